@@ -1,0 +1,246 @@
+"""Command line: `python -m core summary|train|export|evaluate|predict|bench|study` (see --help on each)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def _print_json(obj: Any) -> None:
+    from core.fsutil import _json_default
+
+    print(json.dumps(obj, default=_json_default, allow_nan=True))
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def cmd_summary(a: argparse.Namespace) -> int:
+    from core.summary import summarize
+
+    knobs = {"width": a.width}
+    if a.dropout is not None:
+        knobs["dropout"] = a.dropout
+    s = summarize(a.arch, **knobs)
+    if a.json:
+        _print_json(s.as_dict())
+        return 0
+    print(s.layers.to_string(index=False))
+    print(f"\n{a.arch} {s.knobs}")
+    print(f"params     {_fmt_int(s.params)} ({_fmt_int(s.trainable)} trainable)")
+    print(f"MACs       {_fmt_int(s.macs)} per 48x48 image")
+    print(f"fp32 size  {s.size_bytes / 2**20:.2f} MiB (parameters + buffers)")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core.config import TrainConfig
+    from core.runs import resolve_run_dir, run_training
+
+    cfg = TrainConfig(
+        arch=a.arch, width=a.width, dropout=a.dropout, data=a.data, synthetic_size=a.synthetic_size, subset=a.subset,
+        epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer,
+        weight_decay=a.weight_decay, schedule=a.schedule, warmup_epochs=a.warmup_epochs,
+        label_smoothing=a.label_smoothing, augment=not a.no_augment, seed=a.seed, device=a.device,
+        precision=a.precision, teacher=a.teacher, distill_temperature=a.distill_temperature,
+        distill_alpha=a.distill_alpha, threads=a.threads,
+    )
+    bar = tqdm(total=None, unit="step", dynamic_ncols=True, disable=a.quiet, file=sys.stderr)
+
+    def on_batch(b: dict) -> None:
+        if bar.total != b["total_steps"]:
+            bar.total = b["total_steps"]
+            bar.refresh()
+        bar.n = b["global_step"]
+        bar.set_description(f"epoch {b['epoch']}/{cfg.epochs}")
+        bar.set_postfix(loss=f"{b['loss']:.3f}", lr=f"{b['lr']:.2e}", refresh=False)
+        bar.update(0)
+
+    last: dict = {}
+    run_dir = resolve_run_dir(cfg, a.out, a.name, a.run_dir)
+    for m in run_training(cfg, run_dir, on_batch=on_batch):
+        last = m
+        bar.write(f"epoch {m['epoch']}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | "
+                  f"{m['val_split']} loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} | {m['images_per_s']:.0f} img/s", file=sys.stderr)
+    bar.close()
+    from core import checkpoint as ck
+
+    record = ck.read_record(run_dir)
+    result = {
+        "run_dir": str(run_dir), "status": record["status"], "arch": cfg.arch, "knobs": record["model"]["knobs"],
+        "params": record["params"], "macs": record["macs"], "epochs": len(record["epochs"]),
+        "images_per_s": last.get("images_per_s"), "accuracy": record["final"]["accuracy"],
+        "wall_time_s": record["wall_time_s"], "device": record["device"], "onnx": str(run_dir / ck.ONNX),
+    }
+    if a.json:
+        _print_json(result)
+    else:
+        accs = ", ".join(f"{k} {v:.4f}" for k, v in result["accuracy"].items())
+        print(f"{record['status']}: {run_dir}\n{cfg.arch} {_fmt_int(result['params'])} params, accuracy: {accs}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from core.runs import export_run
+
+    info = export_run(a.run_dir)
+    if a.json:
+        _print_json({"run_dir": a.run_dir, **info})
+    else:
+        print(f"exported {Path(a.run_dir) / info['file']} (max |PyTorch - ONNX Runtime| = {info['parity_max_abs']:.2e})")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from core.classes import CLASSES
+    from core.data import load_data
+    from core.runs import evaluate_path
+
+    data = load_data(a.data)
+    splits = a.split or [s for s in data.splits if s != "train"] or list(data.splits)
+    results = evaluate_path(a.target, data, splits)
+    if a.json:
+        _print_json({"target": a.target, "data": data.describe(), "results": results})
+        return 0
+    for s, r in results.items():
+        print(f"{s}: accuracy {r['accuracy']:.4f} on {r['n']:,} images (loss {r['loss']:.4f})")
+        print("  per class: " + ", ".join(f"{c} {v:.3f}" for c, v in zip(CLASSES, r["per_class"])))
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from core.classes import CLASSES
+    from core.photo import analyze_photo
+
+    out, failed = [], 0
+    for img in a.images:
+        p = Path(img)
+        try:
+            data = p.read_bytes()
+            r = analyze_photo(data, p.name, a.model)
+        except (OSError, ValueError) as exc:
+            failed += 1
+            msg = str(exc) if isinstance(exc, ValueError) else f"{p}: cannot read file ({exc.strerror})"
+            out.append({"image": str(p), "error": msg})
+            if not a.json:
+                print(f"error: {msg}", file=sys.stderr)
+            continue
+        faces = [{"box": list(f.box), "top": f.top, "confidence": f.confidence, "no_face_found": f.fallback,
+                  "probs": dict(zip(CLASSES, map(float, f.probs)))} for f in r.faces]
+        out.append({"image": str(p), "faces": faces, "timings_ms": r.timings_ms})
+        if not a.json:
+            for i, f in enumerate(r.faces, 1):
+                where = "no face found, centre crop" if f.fallback else f"face {i} at {f.box}"
+                print(f"{p.name}: {where}: {f.top} ({f.confidence:.1%})")
+    if a.json:
+        _print_json(out)
+    return 1 if failed and failed == len(a.images) else 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from core.bench import main as bench_main
+
+    return bench_main(quick=a.quick, data=a.data, out=a.out)
+
+
+def cmd_study(a: argparse.Namespace) -> int:
+    from core.study import write_study
+
+    path = write_study(a.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core.archs import WIDTH_MAX, WIDTH_MIN, list_archs
+    from core.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
+
+    p = argparse.ArgumentParser(prog="python -m core", description="FER Compact-CNN Explorer: how small can an expression classifier get?")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    archs = list_archs()
+
+    s = sub.add_parser("summary", help="parameters, MACs, size and layer table of an architecture")
+    s.add_argument("--arch", required=True, choices=archs)
+    s.add_argument("--width", type=float, default=1.0, help=f"width multiplier ({WIDTH_MIN}-{WIDTH_MAX})")
+    s.add_argument("--dropout", type=float, default=None)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_summary)
+
+    t = sub.add_parser("train", help="train a model, save a checkpoint folder and export ONNX")
+    t.add_argument("--arch", required=True, choices=archs)
+    t.add_argument("--width", type=float, default=1.0, help=f"width multiplier ({WIDTH_MIN}-{WIDTH_MAX})")
+    t.add_argument("--dropout", type=float, default=None, help="dropout probability (family default if omitted)")
+    t.add_argument("--data", required=True, help="'synthetic' or a path to FER2013 (CSV, image folder, or a folder holding them)")
+    t.add_argument("--synthetic-size", type=int, default=6000, help="images to draw when --data synthetic")
+    t.add_argument("--subset", type=int, default=None, help="train on only this many images (stratified)")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--schedule", choices=SCHEDULES, default="cosine")
+    t.add_argument("--warmup-epochs", type=int, default=0)
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--no-augment", action="store_true", help="turn off shift/scale/rotation/flip augmentation")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", choices=DEVICES, default="auto")
+    t.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: mixed precision on CUDA only")
+    t.add_argument("--teacher", default=None, help="run folder of a trained model to distil from")
+    t.add_argument("--distill-temperature", type=float, default=4.0)
+    t.add_argument("--distill-alpha", type=float, default=0.7)
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS_DIR or ./runs)")
+    t.add_argument("--name", default=None, help="run folder name (default: arch-width-timestamp)")
+    t.add_argument("--run-dir", default=None, help="exact run folder; an unfinished run there is resumed")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="(re-)export a run folder's weights to ONNX")
+    e.add_argument("run_dir")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("evaluate", help="accuracy of a run folder or .onnx model on a dataset (ONNX Runtime)")
+    v.add_argument("target", help="run folder or model.onnx")
+    v.add_argument("--data", required=True, help="'synthetic' or a path to FER2013")
+    v.add_argument("--split", action="append", default=None, help="split name (train, public, private, val); repeatable")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="detect faces in photos and classify their expressions")
+    r.add_argument("--model", required=True, help="an .onnx model following the contract")
+    r.add_argument("images", nargs="+")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_predict)
+
+    b = sub.add_parser("bench", help="speed benchmarks against plain PyTorch/torchvision; writes docs/benchmarks.md")
+    b.add_argument("--quick", action="store_true", help="short run (fewer repeats and steps)")
+    b.add_argument("--data", default=None, help="FER2013 path (synthetic data when absent)")
+    b.add_argument("--out", default="docs/benchmarks.md")
+    b.set_defaults(func=cmd_bench)
+
+    st = sub.add_parser("study", help="regenerate docs/study.md and its charts from the checkpoint records")
+    st.add_argument("--out", default="docs")
+    st.set_defaults(func=cmd_study)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except ValueError as exc:
+        # bad input: one clear line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished epochs are saved and the run can be resumed with --run-dir", file=sys.stderr)
+        return 130

@@ -1,0 +1,70 @@
+"""ONNX export keeps the contract (names, raw-pixel input, dynamic batch, metadata) and matches PyTorch."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from core import archs, checkpoint as ck
+from core.classes import CLASSES
+from core.onnx_io import OnnxClassifier, export_onnx, parity
+
+
+@pytest.mark.parametrize("name", archs.list_archs())
+def test_every_family_exports_with_parity(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = archs.build(name, width=0.25).eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, arch=name, knobs={"width": 0.25}, params=sum(p.numel() for p in model.parameters()))
+    assert parity(model, path) < 1e-4
+
+
+def test_contract(tiny_run: Path) -> None:
+    path = tiny_run / ck.ONNX
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"]) == list(CLASSES)
+    assert meta["arch"] == "plain_cnn" and float(meta["width_mult"]) == 0.125
+    model, record = ck.load_model(tiny_run)
+    assert int(meta["params"]) == record["params"] == sum(p.numel() for p in model.parameters())
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert inp.name == "image" and inp.type == "tensor(float)" and inp.shape[1:] == [1, 48, 48]
+    assert isinstance(inp.shape[0], str)  # dynamic batch
+    assert out.name == "logits" and out.shape[1] == 7
+    for n in (1, 5):
+        raw = np.random.default_rng(n).integers(0, 256, (n, 1, 48, 48)).astype(np.float32)
+        got = sess.run(["logits"], {"image": raw})[0]
+        assert got.shape == (n, 7)
+        # normalisation lives in the graph: raw 0-255 pixels give PyTorch's logits
+        np.testing.assert_allclose(got, model(torch.from_numpy(raw)).detach().numpy(), atol=1e-4)
+    assert record["onnx"]["parity_max_abs"] < 1e-4
+
+
+def test_session_is_reused(tiny_run: Path) -> None:
+    assert OnnxClassifier.get(tiny_run / ck.ONNX) is OnnxClassifier.get(tiny_run / ck.ONNX)
+    probs = OnnxClassifier.get(tiny_run / ck.ONNX).probabilities(np.zeros((3, 48, 48), np.uint8))
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_contract_violations_are_clear(tmp_path: Path) -> None:
+    import torch.nn as nn
+
+    bad = tmp_path / "bad.onnx"
+    torch.onnx.export(nn.Linear(10, 3), (torch.zeros(1, 10),), str(bad), input_names=["x"], output_names=["y"], dynamo=False)
+    with pytest.raises(ValueError, match="input named 'image'"):
+        OnnxClassifier(bad)
+    wrong_out = tmp_path / "wrong_out.onnx"
+    torch.onnx.export(nn.Sequential(nn.Flatten(), nn.Linear(48 * 48, 5)), (torch.zeros(1, 1, 48, 48),), str(wrong_out),
+                      input_names=["image"], output_names=["logits"], dynamo=False)
+    with pytest.raises(ValueError, match=r"output shape must be \[N, 7\]"):
+        OnnxClassifier(wrong_out)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a loadable ONNX model"):
+        OnnxClassifier(junk)

@@ -1,0 +1,72 @@
+"""Photo pipeline on real images: decoding, EXIF orientation, Haar detection, crops and ONNX classification."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import checkpoint as ck
+from core.photo import analyze_photo, crop_face, decode_image, detect_faces, draw_boxes
+
+from conftest import SAMPLE_PHOTO
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_detects_the_face_in_the_sample_photo(tiny_run: Path) -> None:
+    r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, tiny_run / ck.ONNX)
+    assert len(r.faces) == 1 and not r.no_face
+    x, y, w, h = r.faces[0].box
+    assert 150 < x < 200 and 40 < y < 90 and 80 < w < 130  # Eileen Collins' face in the 512x512 portrait
+    face = r.faces[0]
+    assert face.crop.shape == (48, 48) and face.crop.dtype == np.uint8
+    assert face.probs.shape == (7,) and abs(face.probs.sum() - 1) < 1e-5
+    assert draw_boxes(r).shape == r.display.shape
+
+
+def test_no_face_falls_back_to_centre(tiny_run: Path) -> None:
+    blank = encode(Image.new("RGB", (200, 100), (120, 120, 120)), "PNG")
+    r = analyze_photo(blank, "wall.png", tiny_run / ck.ONNX)
+    assert r.no_face and len(r.faces) == 1 and r.faces[0].box == (50, 0, 100, 100)
+
+
+def test_exif_rotation_is_applied() -> None:
+    img = Image.open(SAMPLE_PHOTO).convert("RGB")
+    rotated = img.rotate(-90, expand=True)  # stored turned clockwise, as a phone held sideways writes it...
+    exif = Image.Exif()
+    exif[0x0112] = 8  # ...with EXIF orientation 8: the viewer turns it back 90 degrees counter-clockwise
+    upright = decode_image(encode(rotated, "JPEG", exif=exif.tobytes()), "sideways.jpg")
+    assert upright.shape == (512, 512, 3)
+    assert np.abs(upright.astype(int) - np.asarray(img).astype(int)).mean() < 6  # same picture, upright (JPEG noise)
+    boxes = detect_faces(np.asarray(Image.fromarray(upright).convert("L")))
+    assert any(150 < b[0] < 200 and 40 < b[1] < 90 for b in boxes)  # found where it is in the upright photo
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_formats_decode(fmt: str) -> None:
+    img = Image.open(SAMPLE_PHOTO).convert("RGB").resize((128, 128))
+    out = decode_image(encode(img, fmt), f"x.{fmt.lower()}")
+    assert out.shape == (128, 128, 3) and out.dtype == np.uint8
+
+
+def test_corrupt_and_empty_files_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        decode_image(b"", "empty.jpg")
+    with pytest.raises(ValueError, match="not an image"):
+        decode_image(b"hello, I am text", "note.jpg")
+    truncated = SAMPLE_PHOTO.read_bytes()[:3000]
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        decode_image(truncated, "cut.jpg")
+
+
+def test_crop_near_border_is_padded() -> None:
+    gray = np.full((100, 100), 50, np.uint8)
+    crop = crop_face(gray, (-10, -10, 40, 40))
+    assert crop.shape == (48, 48)
