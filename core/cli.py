@@ -36,6 +36,37 @@ def cmd_summary(a: argparse.Namespace) -> int:
     return 0
 
 
+class _ProgressWriter:
+    """Writes the latest batch's position atomically, at most every `interval` seconds and at each epoch's end."""
+
+    def __init__(self, path: Path, epochs: int, interval: float = 0.5) -> None:
+        import time
+
+        self.path, self.epochs, self.interval = path, epochs, interval
+        self.clock = time.monotonic
+        self.t0 = self.clock()  # reset at the first batch
+        self.last = float("-inf")
+        self.first_step: int | None = None  # a resumed run starts part-way; the ETA counts this process's steps
+
+    def __call__(self, b: dict) -> None:
+        import time
+
+        from core.fsutil import atomic_write_json
+
+        now = self.clock()
+        if self.first_step is None:  # start the clock at the first batch: data loading is not training time
+            self.first_step = b["global_step"] - 1
+            self.t0 = now - b["seconds"]
+        if now - self.last < self.interval and b["step"] < b["steps"] and b["global_step"] < b["total_steps"]:
+            return
+        self.last = now
+        atomic_write_json(self.path, {
+            "epoch": b["epoch"], "epochs": self.epochs, "step": b["step"], "steps": b["steps"],
+            "global_step": b["global_step"], "total_steps": b["total_steps"], "first_step": self.first_step,
+            "loss": b["loss"], "lr": b["lr"], "seconds": b["seconds"], "elapsed": now - self.t0, "time": time.time(),
+        })
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -51,8 +82,14 @@ def cmd_train(a: argparse.Namespace) -> int:
         distill_alpha=a.distill_alpha, threads=a.threads,
     )
     bar = tqdm(total=None, unit="step", dynamic_ncols=True, disable=a.quiet, file=sys.stderr)
+    run_dir = resolve_run_dir(cfg, a.out, a.name, a.run_dir)
+    # Background runs (core.jobs) pass --run-dir and read a small progress file for a per-step bar with ETA;
+    # run.json is only written per epoch. Throttled to twice a second so it costs nothing measurable.
+    progress = _ProgressWriter(run_dir / "progress.json", cfg.epochs) if a.run_dir else None
 
     def on_batch(b: dict) -> None:
+        if progress is not None:
+            progress(b)
         if bar.total != b["total_steps"]:
             bar.total = b["total_steps"]
             bar.refresh()
@@ -62,7 +99,6 @@ def cmd_train(a: argparse.Namespace) -> int:
         bar.update(0)
 
     last: dict = {}
-    run_dir = resolve_run_dir(cfg, a.out, a.name, a.run_dir)
     for m in run_training(cfg, run_dir, on_batch=on_batch):
         last = m
         bar.write(f"epoch {m['epoch']}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | "

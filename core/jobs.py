@@ -1,0 +1,301 @@
+"""Background training jobs: `python -m core train` subprocesses whose whole state lives in their run folders,
+so they survive Streamlit reruns, page switches, browser reloads and even a restart of the app."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from core import checkpoint as ck
+from core.config import TrainConfig
+from core.fsutil import PROJECT_ROOT, atomic_write_json, runs_dir
+
+JOB_FILE = "job.json"  # written here at launch: pid, start time, command
+PROGRESS_FILE = "progress.json"  # written by `core train --run-dir` about twice a second: step, loss, elapsed
+ACTIVE = ("starting", "running", "stopping")  # statuses with a live process behind them
+# Popen objects of the jobs this process launched: polling them reaps finished children (no zombies).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def cli_args(cfg: TrainConfig) -> list[str]:
+    """The `core train` flags that rebuild exactly this config (the trainer refuses to resume a different one)."""
+    args: list[str] = []
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "augment":
+            if not value:
+                args.append("--no-augment")
+        elif value is None:
+            continue  # None means "the default" everywhere in TrainConfig, and the CLI's default is None too
+        elif isinstance(value, float):
+            args += [flag, repr(value)]  # repr round-trips floats exactly
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _pid_alive(pid: int | None, run_dir: Path) -> bool:
+    """Is `pid` a live (not zombie) trainer for this run folder? Guards against pid reuse via /proc's cmdline."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        if proc.poll() is None:
+            return True
+        _CHILDREN.pop(pid, None)
+        return False
+    try:  # our child from an earlier import of this module: reap it if it has finished
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (another app process or a CLI run): look it up instead
+    except OSError:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    proc_dir = Path(f"/proc/{pid}")
+    if proc_dir.is_dir():
+        try:
+            state = (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X") and run_dir.name in cmdline
+    return True
+
+
+def _log_tail(run_dir: Path, lines: int = 1) -> str:
+    """Last non-empty lines of the run's log: the trainer prints its reason there before exiting."""
+    try:
+        with open(run_dir / ck.LOG, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    # "===" lines are the launch headers written by start_run, not the trainer's words
+    kept = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("=== ")]
+    return "\n".join(kept[-lines:])
+
+
+@dataclass
+class JobStatus:
+    """What the app shows for one run folder; computed from files on disk every time it is asked for."""
+
+    path: Path
+    status: str  # starting | running | stopping | done | stopped | failed | interrupted
+    error: str | None = None  # why a run failed or was interrupted
+    pid: int | None = None
+    started: str | None = None  # ISO time of the latest launch
+    record: dict[str, Any] | None = None  # run.json, once the trainer has written it
+    progress: dict[str, Any] | None = None  # progress.json: the latest batch
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def resumable(self) -> bool:
+        """Interrupted runs (process gone, record still 'running') and failed ones can be launched again."""
+        return self.status in ("interrupted", "failed") and bool(self.config)
+
+    @property
+    def epochs(self) -> list[dict[str, Any]]:
+        return list((self.record or {}).get("epochs") or [])
+
+    @property
+    def fraction(self) -> float:
+        """0..1 of the run's optimiser steps."""
+        if self.status == "done":
+            return 1.0
+        p = self.progress
+        if p and p.get("total_steps"):
+            return max(0.0, min(1.0, p["global_step"] / p["total_steps"]))
+        total = self.config.get("epochs") or 0
+        return min(1.0, len(self.epochs) / total) if total else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left, from this process's step rate (evaluation time included); None when unknown."""
+        p = self.progress
+        if self.status != "running" or not p:
+            return None
+        done = p.get("global_step", 0) - p.get("first_step", 0)
+        if done <= 0 or not p.get("elapsed"):
+            return None
+        left = p["total_steps"] - p["global_step"]
+        # The file is written at most twice a second; count the time since it was written as well.
+        behind = max(0.0, time.time() - p.get("time", time.time()))
+        return max(0.0, p["elapsed"] / done * left - behind)
+
+
+def job_status(run_dir: str | os.PathLike) -> JobStatus:
+    """The state of one run folder: record, live process check, progress, and an 'interrupted' verdict when
+    the record says running but no process is behind it any more."""
+    run_dir = Path(run_dir)
+    record = _read_json(run_dir / ck.RECORD)
+    job = _read_json(run_dir / JOB_FILE) or {}
+    progress = _read_json(run_dir / PROGRESS_FILE)
+    pid = job.get("pid") if job else (record or {}).get("pid")
+    alive = _pid_alive(pid, run_dir)
+    stop_requested = (run_dir / ck.STOP_FILE).exists()
+    config = (record or {}).get("config") or job.get("config") or {}
+    st = JobStatus(run_dir, "failed", pid=pid, started=job.get("started") or (record or {}).get("created"),
+                   record=record, progress=progress, config=config)
+    launched_after_record = bool(job) and record is not None and job.get("started_unix", 0) > _record_mtime(run_dir)
+    if record is None or launched_after_record:
+        # The trainer (re)writes run.json once its data is loaded; until then the process is all there is.
+        if alive:
+            st.status = "stopping" if stop_requested else "starting"
+        else:
+            st.status = "failed"
+            st.error = _log_tail(run_dir) or "the training process exited before writing its record"
+        return st
+    status = record.get("status", "done")
+    if status == "running":
+        if alive:
+            st.status = "stopping" if stop_requested else "running"
+        else:
+            st.status = "interrupted"
+            tail = _log_tail(run_dir)
+            st.error = (f"the training process (pid {pid}) ended without finishing; finished epochs are saved, "
+                        "so it can be resumed" + (f". Last log line: {tail}" if tail else ""))
+        return st
+    if status == "failed" and stop_requested and "stopped before" in str(record.get("error")):
+        st.status, st.error = "stopped", record.get("error")  # a stop during the first epoch: nothing to keep
+        return st
+    st.status = status
+    st.error = record.get("error") if status == "failed" else None
+    return st
+
+
+def _record_mtime(run_dir: Path) -> float:
+    try:
+        return (run_dir / ck.RECORD).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def list_jobs(runs_root: str | os.PathLike | None = None) -> list[JobStatus]:
+    """Every run folder in the runs folder: live ones first, then interrupted, then the rest newest first."""
+    root = runs_dir(runs_root)
+    out = []
+    for d in root.iterdir():
+        if d.is_dir() and not d.name.startswith(".") and ((d / JOB_FILE).exists() or (d / ck.RECORD).exists()):
+            out.append(job_status(d))
+    rank = {s: 0 for s in ACTIVE} | {"interrupted": 1}
+    out.sort(key=lambda j: (rank.get(j.status, 2), -_started_unix(j)))
+    return out
+
+
+def _started_unix(j: JobStatus) -> float:
+    job = _read_json(j.path / JOB_FILE) or {}
+    if job.get("started_unix"):
+        return float(job["started_unix"])
+    try:
+        return j.path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name: str | None = None, *,
+              run_dir: str | os.PathLike | None = None) -> Path:
+    """Launch `python -m core train` in the background for this config; returns the run folder.
+
+    With `run_dir` (or a `name` whose folder holds an unfinished run) the trainer resumes from the last
+    finished epoch. A live run, or a finished run of the same name, is never overwritten (ValueError)."""
+    from core.runs import default_run_name
+
+    if run_dir is None:
+        run_dir = runs_dir(runs_root) / ck.check_run_name(name or default_run_name(cfg))
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        current = job_status(run_dir)
+        if current.active:
+            raise ValueError(f"run {run_dir.name!r} is already {current.status}; stop it first or choose another name")
+        if current.status in ("done", "stopped") and current.record is not None:
+            raise ValueError(f"a finished run named {run_dir.name!r} already exists; choose another name")
+        if current.record and current.record.get("config") and current.record["config"] != cfg.to_dict() \
+                and (run_dir / ck.RESUME).exists():
+            raise ValueError(f"run {run_dir.name!r} holds an unfinished run with different settings; choose another name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (ck.STOP_FILE, PROGRESS_FILE):
+        (run_dir / stale).unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "core", "train", *cli_args(cfg), "--run-dir", str(run_dir), "--json", "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run_dir / ck.LOG, "ab") as log:
+        log.write(f"\n=== {_now_iso()} {' '.join(cmd[1:])}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)  # own session: survives the app, not killed by ^C
+    _CHILDREN[proc.pid] = proc
+    atomic_write_json(run_dir / JOB_FILE, {"pid": proc.pid, "started": _now_iso(), "started_unix": time.time(),
+                                           "command": cmd, "config": cfg.to_dict()})
+    return run_dir
+
+
+def resume_run(run_dir: str | os.PathLike) -> Path:
+    """Launch an interrupted or failed run again with its recorded settings; it continues after its last epoch."""
+    st = job_status(run_dir)
+    if not st.config:
+        raise ValueError(f"{run_dir}: no recorded settings to resume from")
+    if st.active:
+        raise ValueError(f"run {st.name!r} is already {st.status}")
+    return start_run(TrainConfig.from_dict(st.config), run_dir=st.path)
+
+
+def stop_run(run_dir: str | os.PathLike, *, kill: bool = False) -> None:
+    """Ask a run to stop: the trainer sees the STOP file at its next batch, keeps its finished epochs and exports
+    them. `kill=True` also sends SIGTERM to the process group (for a run stuck outside the batch loop)."""
+    run_dir = Path(run_dir)
+    st = job_status(run_dir)
+    if not st.active:
+        raise ValueError(f"run {run_dir.name!r} is not running (status: {st.status})")
+    (run_dir / ck.STOP_FILE).touch()
+    if kill and st.pid:
+        try:
+            os.killpg(st.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating..."
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds}s"
+

@@ -1,0 +1,100 @@
+"""Data page: which dataset is in use (built-in synthetic set or FER2013 on disk), split sizes, class balance,
+a gallery of samples per class, and the data's known quirks."""
+from pathlib import Path
+
+import altair as alt
+import streamlit as st
+
+from core import report
+from core.classes import CLASSES
+from core.data import SPLIT_TITLES, find_local_fer, load_data
+
+SYNTHETIC_SIZE = 3000  # the Train page's default for quick demos
+
+st.title("Data")
+st.caption("Training and evaluation data. The built-in synthetic set works offline at once; point the app at "
+           "FER2013 on disk (any released format) for real results.")
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def load(source: str, stamp: float, synthetic_size: int):  # noqa: ANN201 - core.data.FERData
+    # `stamp` (the path's mtime) keys the cache so a replaced file is read again; core caches decoded arrays on disk.
+    return load_data(source, synthetic_size=synthetic_size)
+
+
+def mtime(path: str) -> float:
+    try:
+        return Path(path).expanduser().stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+detected = find_local_fer()
+st.session_state.setdefault("data_source", "synthetic")
+current = st.session_state["data_source"]
+options = ["synthetic", "fer2013"]
+choice = st.radio("Dataset", options, horizontal=True, index=0 if current == "synthetic" else 1, key="data_choice",
+                  format_func=lambda o: {"synthetic": "Built-in synthetic faces",
+                                         "fer2013": "FER2013 from disk"}[o])
+
+if choice == "synthetic":
+    source = "synthetic"
+    st.info("**Synthetic data.** Procedurally drawn 48x48 cartoon faces, one prototype expression per class with "
+            "random pose, lighting, occluders and noise. It exists so that everything works offline on a fresh "
+            "machine; accuracies on it say nothing about real faces.")
+else:
+    default_path = current if current != "synthetic" else (str(detected) if detected else "")
+    source = st.text_input("Path to FER2013", value=default_path, key="data_path",
+                           placeholder="data/fer2013, .../fer2013.csv, .../train.csv or a folder holding train/<class>/",
+                           help="fer2013.csv, icml_face_data.csv, Kaggle train.csv (+test.csv), course train.csv "
+                                "(label,feature), image folders train/<class>/*.jpg (+test/), or torchvision's "
+                                "ROOT/fer2013/ layout.").strip()
+    if detected:
+        st.caption(f"Found FER2013 in the project at `{detected}`.")
+    if not source:
+        st.info("Enter the path to a FER2013 copy. Nothing found in the project's `data/` folder.")
+        st.stop()
+
+try:
+    with st.spinner("Loading the dataset (the first read of FER2013 takes a few seconds; later ones use a cache)..."):
+        data = load(source, mtime(source) if source != "synthetic" else 0.0, SYNTHETIC_SIZE)
+except ValueError as exc:
+    st.error(f"Cannot use this data: {exc}")
+    st.stop()
+
+# The Train page reads this: the dataset chosen here is the default there.
+st.session_state["data_source"] = source
+
+st.subheader("Splits")
+cols = st.columns(len(data.splits) + 1)
+cols[0].metric("Source", "synthetic" if data.synthetic else "FER2013", help=data.source, border=True)
+for col, (name, split) in zip(cols[1:], data.splits.items()):
+    col.metric(f"{name} images", f"{len(split):,}", help=SPLIT_TITLES.get(name, name), border=True)
+st.caption(f"Format: {data.kind}. Source: {data.source}. Validation during training uses the "
+           f"**{data.val_split}** split.")
+for warning in data.warnings:
+    st.warning(f"Data quirk: {warning}")
+
+st.subheader("Class balance")
+balance = report.class_balance(data)
+chart = alt.Chart(balance).mark_bar().encode(
+    x=alt.X("class:N", sort=list(CLASSES), title=None),
+    xOffset=alt.XOffset("split:N"),
+    y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of the split"),
+    color=alt.Color("split:N", legend=alt.Legend(orient="top")),
+    tooltip=["split", "class", alt.Tooltip("count:Q", format=","), alt.Tooltip("share:Q", format=".1%")],
+).properties(height=300)
+st.altair_chart(chart, width="stretch")
+st.caption("FER2013 is imbalanced (disgust has about 1.5% of the images); the synthetic set copies that on purpose.")
+
+st.subheader("Samples per class")
+split_name = "train" if "train" in data.splits else next(iter(data.splits))
+samples = report.gallery(data.splits[split_name], per_class=10, seed=0, factor=2)
+st.caption(f"Random {split_name} images at 2x, exactly as the models see them: 48x48 grayscale.")
+for cls in CLASSES:
+    label_col, images_col = st.columns([1, 8], vertical_alignment="center")
+    label_col.markdown(f"**{cls}**")
+    if samples[cls]:
+        images_col.image(samples[cls], width=96)
+    else:
+        images_col.caption("no images of this class")

@@ -1,0 +1,119 @@
+"""Predict page: photos (upload, camera or the bundled sample) -> face boxes, 48x48 crops as the model sees them,
+expression probabilities from an ONNX model; a results table with CSV download."""
+from pathlib import Path
+
+import altair as alt
+import streamlit as st
+
+from core import report
+from core.checkpoint import list_runs
+from core.classes import CLASSES
+from core.fsutil import PROJECT_ROOT, runs_dir
+from core.photo import MAX_FILE_BYTES, analyze_photo, draw_boxes
+
+SAMPLE = PROJECT_ROOT / "assets" / "astronaut.jpg"
+TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+
+st.title("Predict")
+st.caption("Faces are found with OpenCV's Haar detector, cropped to 48x48 grayscale exactly like FER2013, and "
+           "classified by an ONNX model in ONNX Runtime. Photos stay on this machine.")
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def analyze(data: bytes, name: str, model_path: str, stamp: float):  # noqa: ANN201 - core.photo.PhotoResult
+    # `stamp` (the model file's mtime) keys the cache so a re-exported model is used at once.
+    return analyze_photo(data, name, model_path)
+
+
+models = [i for i in list_runs(runs_dir()) if i.ok and i.has_onnx]
+if not models:
+    st.info("No model with an ONNX export yet. Train one on the **Train** page (about a minute on the built-in "
+            "synthetic data) or put shipped checkpoints in `checkpoints/`; it appears here when it finishes.")
+    st.stop()
+by_path = {str(i.path): i for i in models}
+default = report.best_model(models)
+paths = list(by_path)
+model_path = st.selectbox("Model", paths, index=paths.index(str(default.path)), key="predict_model",
+                          format_func=lambda p: report.model_label(by_path[p]),
+                          help="every checkpoint with an ONNX export; the default is the best shipped one")
+model = by_path[model_path]
+if report.data_label(model.record) == "synthetic":
+    st.warning("This model was trained on the synthetic cartoon faces, so its guesses on real photos only "
+               "demonstrate the pipeline. Pick a model trained on FER2013 for meaningful predictions.")
+onnx_file = model.path / "model.onnx"
+
+uploads = st.file_uploader("Photos (JPEG, PNG, WebP, BMP, GIF, TIFF; several at once)", type=TYPES,
+                           accept_multiple_files=True, key="predict_upload",
+                           help=f"up to {MAX_FILE_BYTES // 2**20} MB each")
+c1, c2, _ = st.columns([1, 1, 3])
+if c1.button("Try a sample photo", key="predict_sample", icon=":material/image:"):
+    st.session_state["predict_show_sample"] = True
+if st.session_state.get("predict_show_sample") and c2.button("Remove sample", key="predict_sample_remove"):
+    st.session_state["predict_show_sample"] = False
+camera_on = st.toggle("Take a photo with the camera", key="predict_camera_on",
+                      help="the browser asks for camera access only when this is on")
+shot = st.camera_input("Camera", key="predict_camera") if camera_on else None
+
+photos: list[tuple[str, bytes]] = []
+if st.session_state.get("predict_show_sample"):
+    photos.append((f"sample: {SAMPLE.name}", SAMPLE.read_bytes()))
+for up in uploads or []:
+    photos.append((up.name, up.getvalue()))
+if shot is not None:
+    photos.append(("camera photo", shot.getvalue()))
+
+if not photos:
+    st.info("Upload photos, take one with the camera, or press **Try a sample photo**.")
+    st.stop()
+
+stamp = onnx_file.stat().st_mtime
+results = []
+bar = st.progress(0.0, text="Analysing...") if len(photos) > 1 else None
+for n, (name, data) in enumerate(photos, 1):
+    try:
+        with st.spinner(f"Analysing {name}..."):
+            results.append(analyze(data, name, str(onnx_file), stamp))
+    except ValueError as exc:
+        st.error(str(exc))  # core names the file and says what is allowed
+    if bar is not None:
+        bar.progress(n / len(photos), text=f"Analysed {n} of {len(photos)} photos")
+if bar is not None:
+    bar.empty()
+
+
+def prob_chart(probs) -> alt.Chart:  # noqa: ANN001 - numpy array
+    df = report.probabilities_frame(probs)
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=None),
+        y=alt.Y("class:N", sort=list(CLASSES), title=None),
+        color=alt.condition(alt.datum.probability == float(probs.max()), alt.value("#2f6fdf"), alt.value("#b8c4d6")),
+        tooltip=["class", alt.Tooltip("probability:Q", format=".1%")],
+    ).properties(height=170)
+
+
+for r in results:
+    with st.container(border=True):
+        st.markdown(f"#### {r.name}")
+        if r.no_face:
+            st.warning(f"{r.name}: no face found, so the centre of the photo was classified instead (orange box). "
+                       "Treat this result with care.")
+        photo_col, faces_col = st.columns([1, 1], gap="large")
+        photo_col.image(draw_boxes(r), width="stretch",
+                        caption=f"{r.size[0]}x{r.size[1]} px · {len(r.faces)} face(s) · detect "
+                                f"{r.timings_ms['detect']:.0f} ms · classify {r.timings_ms['classify']:.1f} ms")
+        with faces_col:
+            for i, face in enumerate(r.faces, 1):
+                crop_col, chart_col = st.columns([1, 2], vertical_alignment="center")
+                crop_col.image(report.upscale(face.crop, 3),
+                               caption="centre crop (no face found)" if face.fallback else f"face {i}: 48x48, as the model sees it")
+                chart_col.metric(f"Face {i}" + (" (centre crop)" if face.fallback else ""), face.top,
+                                 help=f"{face.confidence:.1%} probability")
+                chart_col.altair_chart(prob_chart(face.probs), width="stretch")
+
+if results:
+    st.subheader("Results")
+    rows = report.photo_rows(results)
+    st.dataframe(rows, hide_index=True, key="predict_table")
+    st.download_button("Download results as CSV", rows.to_csv(index=False).encode(), file_name="fer_predictions.csv",
+                       mime="text/csv", key="predict_csv", icon=":material/download:")
+    st.caption(f"Model: {report.model_label(model)} · `{Path(onnx_file).relative_to(PROJECT_ROOT) if onnx_file.is_relative_to(PROJECT_ROOT) else onnx_file}`")

@@ -1,0 +1,241 @@
+"""The Streamlit app through AppTest: every page renders, widgets by key, background training end to end,
+predictions on the sample photo and on a corrupt upload; plus core.jobs and core.report on their own."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import SAMPLE_PHOTO
+
+from core import jobs, report
+from core.classes import CLASSES
+from core.config import TrainConfig
+from core.fsutil import runs_dir
+
+PAGES = ["pages/1_Architectures.py", "pages/2_Data.py", "pages/3_Train.py", "pages/4_Compare.py", "pages/5_Predict.py"]
+
+
+def app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file("../streamlit_app.py", default_timeout=120).run()
+    assert not at.exception, at.exception
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def wait_for(run_dir: Path, statuses: tuple[str, ...], timeout: float = 240) -> jobs.JobStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = jobs.job_status(run_dir)
+        if st.status in statuses:
+            return st
+        time.sleep(0.5)
+    log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else "(no log)"
+    raise AssertionError(f"{run_dir.name} never reached {statuses}; last status {st.status}; log:\n{log[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def onnx_model() -> Path:
+    """A run with an ONNX model in the runs folder (the Predict page needs one; checkpoints/ may be empty)."""
+    from core.checkpoint import list_runs
+    from core.runs import run_training
+
+    usable = [i for i in list_runs(runs_dir()) if i.ok and i.has_onnx]
+    if usable:
+        return usable[0].path
+    run_dir = runs_dir() / "tiny-predict"
+    cfg = TrainConfig(arch="plain_cnn", width=0.125, synthetic_size=300, epochs=1, max_steps=4, batch_size=32,
+                      lr=3e-3, augment=False)
+    list(run_training(cfg, run_dir))
+    return run_dir
+
+
+def test_every_page_renders_without_exception() -> None:
+    at = app()
+    assert any("Architectures" in t.value for t in at.title)
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        assert len(at.title) == 1, page
+
+
+def test_width_slider_changes_parameter_count() -> None:
+    at = app("pages/1_Architectures.py")
+    at.selectbox(key="arch_family").set_value("plain_cnn").run()
+    at.slider(key="arch_width").set_value(1.0).run()
+    assert metric(at, "Parameters") == "2,959,943"
+    at.slider(key="arch_width").set_value(0.5).run()
+    half = metric(at, "Parameters")
+    assert half != "2,959,943" and int(half.replace(",", "")) < 2_959_943
+    at.selectbox(key="arch_family").set_value("mobilenet").run()
+    at.slider(key="arch_width").set_value(1.0).run()
+    assert metric(at, "Parameters") == "109,607"
+    assert not at.exception
+    # the depthwise-separable explanation quotes the current model's own numbers
+    assert any("depthwise-separable blocks hold" in i.value for i in at.info)
+
+
+def test_data_page_bad_path_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    at = app("pages/2_Data.py")
+    assert any("synthetic" in m.value.lower() for m in at.metric)
+    at.radio(key="data_choice").set_value("fer2013").run()
+    at.text_input(key="data_path").set_value(str(tmp_path / "missing")).run()
+    assert not at.exception
+    assert any("no such file or folder" in e.value for e in at.error)
+
+
+def test_bad_run_name_shows_error() -> None:
+    at = app("pages/3_Train.py")
+    at.text_input(key="train_name").set_value("../escape").run()
+    assert not at.exception
+    assert any("not allowed" in e.value for e in at.error)
+    assert at.button(key="train_start").proto.disabled
+    assert not (runs_dir().parent / "escape").exists()
+
+
+def test_train_page_runs_a_tiny_job_that_appears_on_compare() -> None:
+    at = app("pages/3_Train.py")
+    at.selectbox(key="train_arch").set_value("plain_cnn")
+    at.slider(key="train_width").set_value(0.125)
+    at.number_input(key="train_epochs").set_value(1)
+    at.selectbox(key="train_batch").set_value(32)
+    at.number_input(key="train_synthetic_size").set_value(200)
+    at.number_input(key="train_max_steps").set_value(3)
+    at.text_input(key="train_name").set_value("apptest-run")
+    at.run()
+    at.button(key="train_start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    run_dir = runs_dir() / "apptest-run"
+    assert (run_dir / jobs.JOB_FILE).exists()
+    done = wait_for(run_dir, ("done", "failed", "stopped", "interrupted"))
+    assert done.status == "done", done.error
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "done"
+    at.run()  # the runs panel now shows the finished run
+    assert not at.exception
+    assert any("apptest-run" in m.value for m in at.markdown)
+    assert any(s.value.startswith("Done in") for s in at.success)
+    at.switch_page("pages/4_Compare.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    row = table[table["name"] == "apptest-run"].iloc[0]
+    assert row["status"] == "done" and row["arch"] == "plain_cnn" and not row["shipped"]
+    assert 0.0 <= row["acc_val"] <= 1.0
+
+
+def test_stop_button_stops_a_running_job() -> None:
+    cfg = TrainConfig(arch="plain_cnn", width=0.125, synthetic_size=3000, epochs=50, batch_size=16, lr=3e-3,
+                      augment=False)
+    run_dir = jobs.start_run(cfg, name="apptest-stop")
+    try:
+        wait_for(run_dir, ("running",), timeout=180)
+        at = app("pages/3_Train.py")
+        at.button(key="stop_apptest-stop").click().run()
+        assert not at.exception
+        t0 = time.monotonic()
+        st = wait_for(run_dir, ("stopped", "done", "failed", "interrupted"), timeout=120)
+        assert st.status == "stopped", (st.status, st.error)
+        assert time.monotonic() - t0 < 60
+    finally:
+        if jobs.job_status(run_dir).active:
+            jobs.stop_run(run_dir, kill=True)
+
+
+def test_predict_sample_photo_shows_a_prediction(onnx_model: Path) -> None:
+    at = app("pages/5_Predict.py")
+    assert not at.info or "No model" not in at.info[0].value
+    at.button(key="predict_sample").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    tops = [m.value for m in at.metric if m.label.startswith("Face")]
+    assert tops and all(t in CLASSES for t in tops)
+    table = at.dataframe[0].value
+    assert len(table) == len(tops) and table["photo"].str.contains("astronaut").all()
+
+
+def test_predict_corrupt_upload_is_an_error_and_others_still_work(onnx_model: Path) -> None:
+    at = app("pages/5_Predict.py")
+    at.file_uploader(key="predict_upload").set_value([
+        ("bad.jpg", b"not an image", "image/jpeg"),
+        ("astronaut.jpg", SAMPLE_PHOTO.read_bytes(), "image/jpeg"),
+    ]).run()
+    assert not at.exception
+    assert any("bad.jpg" in e.value for e in at.error), [e.value for e in at.error]
+    assert [m.value for m in at.metric if m.label.startswith("Face")][0] in CLASSES
+    table = at.dataframe[0].value
+    assert (table["photo"] == "astronaut.jpg").any() and not (table["photo"] == "bad.jpg").any()
+
+
+def test_compare_lists_a_broken_folder_with_its_reason() -> None:
+    broken = runs_dir() / "apptest-broken"
+    broken.mkdir(exist_ok=True)
+    (broken / "run.json").write_text("{not json")
+    try:
+        at = app("pages/4_Compare.py")
+        assert not at.exception
+        assert any("apptest-broken" in w.value and "not valid JSON" in w.value for w in at.warning)
+    finally:
+        (broken / "run.json").unlink()
+        broken.rmdir()
+
+
+# --- core.jobs and core.report without the UI ---------------------------------------------------------------------
+def test_cli_args_rebuild_the_same_config() -> None:
+    from core.cli import build_parser
+
+    cfg = TrainConfig(arch="mobilenet", width=0.375, dropout=0.15, synthetic_size=500, subset=100, epochs=2,
+                      max_steps=7, batch_size=48, lr=0.0031, augment=False, label_smoothing=0.1, device="cpu")
+    a = build_parser().parse_args(["train", *jobs.cli_args(cfg)])
+    rebuilt = {k: getattr(a, k) for k in cfg.to_dict() if hasattr(a, k)}
+    rebuilt["augment"] = not a.no_augment
+    assert rebuilt == cfg.to_dict()
+
+
+def test_dead_process_with_running_record_is_interrupted(tmp_path: Path) -> None:
+    run_dir = tmp_path / "ghost"
+    run_dir.mkdir()
+    cfg = TrainConfig(arch="plain_cnn", width=0.125, epochs=2)
+    (run_dir / "run.json").write_text(json.dumps({"name": "ghost", "status": "running", "model": {"arch": "plain_cnn"},
+                                                  "config": cfg.to_dict(), "epochs": [], "pid": 2**22 + 12345}))
+    st = jobs.job_status(run_dir)
+    assert st.status == "interrupted" and st.resumable and "resumed" in st.error
+    with pytest.raises(ValueError, match="not running"):
+        jobs.stop_run(run_dir)
+    assert jobs.format_eta(75) == "1m 15s" and jobs.format_eta(None) == "estimating..."
+
+
+def test_pareto_front_keeps_only_undominated_runs() -> None:
+    df = pd.DataFrame({"name": list("abcdef"), "params": [10, 20, 30, 40, 50, 50],
+                       "accuracy": [0.50, 0.45, 0.60, 0.60, 0.70, 0.65]})
+    assert report.pareto_front(df)["name"].tolist() == ["a", "c", "e"]
+    refs = report.reference_points()
+    assert set(refs["params"]) == {2_959_943, 109_607}
+    grid = report.params_vs_width(["mobilenet"], [1.0])
+    assert grid["params"].tolist() == [109_607]
+
+
+def test_conv_breakdown_backs_the_depthwise_argument() -> None:
+    b = report.conv_breakdown("mobilenet", width=1.0)
+    assert b["pointwise_params"] > 10 * b["depthwise_params"]  # 1x1 convs carry the capacity
+    assert b["pairs_standard"] > 8 * b["pairs_separable"]  # standard 3x3 convs would cost 8-9x more
+    plain = report.conv_breakdown("plain_cnn", width=1.0)
+    assert plain["pairs"] == [] and plain["standard_total"] > 8 * plain["standard_as_separable"]
+
+
+def test_pages_stay_thin() -> None:
+    root = Path(__file__).resolve().parent.parent
+    banned = ("import torch", "from torch", "onnxruntime", "InferenceSession", "torch.save", "torch.load", "torch.onnx",
+              "run_training", "export_onnx", "nn.Module")
+    for page in [root / "streamlit_app.py", *(root / "pages").glob("*.py")]:
+        text = page.read_text()
+        assert not [w for w in banned if w in text], page.name
+    assert os.environ["FER_RUNS_DIR"] == str(runs_dir())
