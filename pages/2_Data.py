@@ -75,26 +75,30 @@ st.caption(f"Format: {data.kind}. Source: {data.source}. Validation during train
 for warning in data.warnings:
     st.warning(f"Data quirk: {warning}")
 
-st.subheader("Class balance")
-balance = report.class_balance(data)
-chart = alt.Chart(balance).mark_bar().encode(
-    x=alt.X("class:N", sort=list(CLASSES), title=None),
-    xOffset=alt.XOffset("split:N"),
-    y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of the split"),
-    color=alt.Color("split:N", legend=alt.Legend(orient="top")),
-    tooltip=["split", "class", alt.Tooltip("count:Q", format=","), alt.Tooltip("share:Q", format=".1%")],
-).properties(height=300)
-st.altair_chart(chart, width="stretch")
-st.caption("FER2013 is imbalanced (disgust has about 1.5% of the images); the synthetic set copies that on purpose.")
+balance_col, gallery_col = st.columns([2, 3], gap="large")
+with balance_col:
+    st.subheader("Class balance")
+    balance = report.class_balance(data)
+    chart = alt.Chart(balance).mark_bar().encode(
+        y=alt.Y("class:N", sort=list(CLASSES), title=None),
+        yOffset=alt.YOffset("split:N"),
+        x=alt.X("share:Q", axis=alt.Axis(format="%"), title="share of the split"),
+        color=alt.Color("split:N", legend=alt.Legend(orient="bottom")),
+        tooltip=["split", "class", alt.Tooltip("count:Q", format=","), alt.Tooltip("share:Q", format=".1%")],
+    ).properties(height=420)
+    st.altair_chart(chart, width="stretch")
+    st.caption("FER2013 is imbalanced (disgust has about 1.5% of the images); the synthetic set copies that on "
+               "purpose.")
 
-st.subheader("Samples per class")
-split_name = "train" if "train" in data.splits else next(iter(data.splits))
-samples = report.gallery(data.splits[split_name], per_class=10, seed=0, factor=2)
-st.caption(f"Random {split_name} images at 2x, exactly as the models see them: 48x48 grayscale.")
-for cls in CLASSES:
-    label_col, images_col = st.columns([1, 8], vertical_alignment="center")
-    label_col.markdown(f"**{cls}**")
-    if samples[cls]:
-        images_col.image(samples[cls], width=96)
-    else:
-        images_col.caption("no images of this class")
+with gallery_col:
+    st.subheader("Samples per class")
+    split_name = "train" if "train" in data.splits else next(iter(data.splits))
+    samples = report.gallery(data.splits[split_name], per_class=7, seed=0, factor=2)
+    st.caption(f"Random {split_name} images, exactly as the models see them: 48x48 grayscale (shown at 2x).")
+    for cls in CLASSES:
+        label_col, images_col = st.columns([1, 6], vertical_alignment="center")
+        label_col.markdown(f"**{cls}**")
+        if samples[cls]:
+            images_col.image(samples[cls], width=64)
+        else:
+            images_col.caption("no images of this class")

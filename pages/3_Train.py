@@ -12,6 +12,7 @@ from core.fsutil import runs_dir
 from core.summary import summarize
 from core.train import available_devices
 
+LEARNING_RATES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 MAX_SHOWN = 8  # most recent runs shown here in full; every run is on Compare
 STATUS_BADGE = {"starting": ":blue-badge[starting]", "running": ":blue-badge[running]",
                 "stopping": ":orange-badge[stopping]", "done": ":green-badge[done]", "stopped": ":gray-badge[stopped]",
@@ -34,7 +35,7 @@ with form:
     data = st.radio("Dataset", sources, key="train_data", horizontal=True, index=sources.index(chosen) if chosen in sources else 0,
                     format_func=lambda s: "synthetic (built-in)" if s == "synthetic" else f"FER2013 at {s}",
                     help="Choose FER2013 on the Data page; the built-in synthetic set needs no download.")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3 = st.columns([3, 3, 2])
     names = archs.list_archs()
     arch = c1.selectbox("Architecture", names, index=names.index("plain_cnn"), key="train_arch", persist_state=S,
                         format_func=lambda n: archs.get_family(n).title)
@@ -52,14 +53,14 @@ with form:
     c1, c2, c3, c4 = st.columns(4)
     epochs = c1.number_input("Epochs", min_value=1, max_value=1000, value=3, step=1, key="train_epochs", persist_state=S)
     batch = c2.selectbox("Batch size", [16, 32, 64, 128, 256, 512], index=2, key="train_batch", persist_state=S)
-    lr = c3.number_input("Learning rate", min_value=1e-5, max_value=1.0, value=3e-3, step=5e-4, format="%.4f",
-                         key="train_lr", persist_state=S, help="Adam; the study used 0.001 with batch 256")
+    lr = c3.selectbox("Learning rate", LEARNING_RATES, index=LEARNING_RATES.index(3e-3), format_func="{:g}".format,
+                      key="train_lr", persist_state=S, help="Adam; the study used 0.001 with batch 256")
     devices = available_devices()
     device = c4.selectbox("Device", devices, key="train_device", persist_state=S,
                           help="auto picks cuda, then mps, then cpu; only devices present here are listed")
 
     c1, c2, c3, c4 = st.columns(4)
-    augment = c1.toggle("Augmentation", value=False, key="train_augment", persist_state=S,
+    augment = c1.toggle("Augment", value=False, key="train_augment", persist_state=S,
                         help="random shift, scale, rotation and flip; helps long FER2013 runs, slows short demos")
     subset = c2.number_input("Subset (0 = all)", min_value=0, max_value=10**7, value=0, step=500, key="train_subset",
                              persist_state=S, help="train on only this many images, class balance kept: classroom demos")
@@ -130,9 +131,9 @@ def curves(job: jobs.JobStatus) -> None:
         chart = alt.Chart(df[df["metric"] == metric]).mark_line(point=True).encode(
             x=alt.X("epoch:Q", scale=alt.Scale(domain=[1, max(2, total)]), axis=alt.Axis(tickMinStep=1)),
             y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=metric == "accuracy")),
-            color=alt.Color("split:N", legend=alt.Legend(orient="bottom", title=None)),
+            color=alt.Color("split:N", legend=alt.Legend(orient="top-right", title=None)),
             tooltip=["epoch", "split", alt.Tooltip("value:Q", format=".4f")],
-        ).properties(height=200)
+        ).properties(height=190)
         col.altair_chart(chart, width="stretch")
 
 

@@ -29,6 +29,7 @@ else:
     st.subheader("All runs")
     shown = ["name", "shipped", "family", "width", "params", "macs", "size_mb", "acc_public", "acc_private", "acc_val",
              "epochs", "wall_time_s", "device", "data", "status"]
+    shown = [c for c in shown if not (c.startswith("acc_") and table[c].isna().all())]  # e.g. no FER2013 runs yet
     st.dataframe(table, hide_index=True, column_order=shown, key="compare_table", column_config={
         "name": st.column_config.TextColumn("run", pinned=True),
         "shipped": st.column_config.CheckboxColumn("shipped"),
@@ -59,7 +60,8 @@ acc_col = c2.selectbox("Accuracy on", list(split_opts), format_func=split_opts.g
 points = table if data_pick == "all" else table[table["data"] == data_pick]
 points = points.dropna(subset=[acc_col, "params"]).assign(acc=lambda d: d[acc_col].astype(float),
                                                         params=lambda d: d["params"].astype(float))
-refs = report.reference_points().assign(acc=lambda d: d["public"])
+refs = report.reference_points().assign(acc=lambda d: d["public"],
+                                        short=lambda d: "study " + d["arch"] + ": " + d["public"].map("{:.3f}".format))
 x = alt.X("params:Q", scale=alt.Scale(type="log"), title="parameters (log scale)", axis=alt.Axis(format="~s"))
 y = alt.Y("acc:Q", title="accuracy", scale=alt.Scale(zero=False))
 layers = []
@@ -75,8 +77,8 @@ if not points.empty:
                  "device", alt.Tooltip("wall_time_s:Q", format=".0f")]))
 layers.append(alt.Chart(refs).mark_point(shape="diamond", size=170, filled=True, color="#d62728").encode(
     x=x, y=y, tooltip=["label", alt.Tooltip("public:Q", format=".3f"), alt.Tooltip("private:Q", format=".3f")]))
-layers.append(alt.Chart(refs).mark_text(align="left", dx=10, dy=-8, color="#d62728", fontSize=11).encode(
-    x=x, y=y, text="label"))
+layers.append(alt.Chart(refs).mark_text(align="right", dx=-12, dy=-10, color="#d62728", fontSize=11).encode(
+    x=x, y=y, text="short"))
 st.altair_chart(alt.layer(*layers).properties(height=420), width="stretch")
 st.caption("Each dot is a run (hover for details); the dashed step line is the Pareto front, the best accuracy "
            "reached at each parameter budget; red diamonds are the study's models (FER2013 public accuracy).")

@@ -45,12 +45,12 @@ onnx_file = model.path / "model.onnx"
 uploads = st.file_uploader("Photos (JPEG, PNG, WebP, BMP, GIF, TIFF; several at once)", type=TYPES,
                            accept_multiple_files=True, key="predict_upload",
                            help=f"up to {MAX_FILE_BYTES // 2**20} MB each")
-c1, c2, _ = st.columns([1, 1, 3])
+c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="center")
 if c1.button("Try a sample photo", key="predict_sample", icon=":material/image:"):
     st.session_state["predict_show_sample"] = True
 if st.session_state.get("predict_show_sample") and c2.button("Remove sample", key="predict_sample_remove"):
     st.session_state["predict_show_sample"] = False
-camera_on = st.toggle("Take a photo with the camera", key="predict_camera_on",
+camera_on = c3.toggle("Take a photo with the camera", key="predict_camera_on",
                       help="the browser asks for camera access only when this is on")
 shot = st.camera_input("Camera", key="predict_camera") if camera_on else None
 
@@ -88,7 +88,7 @@ def prob_chart(probs) -> alt.Chart:  # noqa: ANN001 - numpy array
         y=alt.Y("class:N", sort=list(CLASSES), title=None),
         color=alt.condition(alt.datum.probability == float(probs.max()), alt.value("#2f6fdf"), alt.value("#b8c4d6")),
         tooltip=["class", alt.Tooltip("probability:Q", format=".1%")],
-    ).properties(height=170)
+    ).properties(height=215)
 
 
 for r in results:

@@ -1,0 +1,207 @@
+"""The real app in a real browser: `streamlit run` on a loopback port, driven by Debian's headless Chromium.
+
+Visits every page, trains in the background and stops the run, uploads the sample photo on Predict and checks the
+predicted class, and saves one screenshot per page to docs/screenshots/ (the README shows them)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SAMPLE_PHOTO
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SHOTS = ROOT / "docs" / "screenshots"
+CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+    pytest.skip(f"headless browser not installed ({CHROMIUM} and {CHROMEDRIVER}; "
+                "`apt-get install chromium chromium-driver`)", allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (requirements-dev.txt)")
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seed_runs(runs: Path) -> None:
+    """Two small finished runs so Compare and Predict have something to show when checkpoints/ is empty."""
+    from core.checkpoint import list_runs
+    from core.config import TrainConfig
+    from core.runs import run_training
+
+    if any(i.ok and i.has_onnx for i in list_runs(None)):
+        return
+    for arch, width in (("plain_cnn", 0.125), ("mobilenet", 0.25)):
+        cfg = TrainConfig(arch=arch, width=width, synthetic_size=600, epochs=2, batch_size=32, lr=3e-3, augment=False)
+        list(run_training(cfg, runs / f"demo-{arch}-w{width:g}"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields the base URL
+    runs = tmp_path_factory.mktemp("browser-runs")
+    seed_runs(runs)
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("logs") / "streamlit.log", "wb")
+    env = {**os.environ, "FER_RUNS_DIR": str(runs), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.close()
+            pytest.fail(f"streamlit did not start: {Path(log.name).read_text()[-2000:]}")
+        time.sleep(0.5)
+    try:
+        yield url, runs
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        from core import jobs
+
+        for job in jobs.list_jobs(runs):  # never leave a trainer behind
+            if job.active:
+                jobs.stop_run(job.path, kill=True)
+
+
+@pytest.fixture(scope="module")
+def browser():  # noqa: ANN201 - yields a selenium driver
+    opts = Options()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--window-size=1400,1000", "--hide-scrollbars", "--force-device-scale-factor=1"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver, condition, timeout: float = 60, what: str = "") -> object:  # noqa: ANN001
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: condition(d))
+    except TimeoutException:
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}") from None
+
+
+def settle(driver, title: str, timeout: float = 90) -> None:  # noqa: ANN001
+    """Wait until the page's title is shown and the script has finished, then let charts draw."""
+    wait(driver, lambda d: any(h.text.strip() == title for h in d.find_elements(By.CSS_SELECTOR, "h1")),
+         timeout, f"the {title!r} heading")
+    wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=stApp]")
+         .get_attribute("data-test-script-state") == "notRunning", timeout, f"{title} to finish running")
+    time.sleep(1.5)  # vega-embed draws charts after the script run ends
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid=stException]"), f"{title} shows an exception"
+
+
+def text_of(driver) -> str:  # noqa: ANN001
+    return driver.find_element(By.CSS_SELECTOR, "[data-testid=stMain]").text
+
+
+def shoot(driver, name: str, height: int = 1000) -> Path:  # noqa: ANN001
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.set_window_size(1400, height)
+    time.sleep(0.8)
+    path = SHOTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    driver.set_window_size(1400, 1000)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def click_button(driver, label: str) -> None:  # noqa: ANN001
+    button = wait(driver, lambda d: next((b for b in d.find_elements(By.CSS_SELECTOR, "button")
+                                          if b.text.strip().endswith(label) and b.is_enabled()), None),
+                  30, f"a {label!r} button")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    button.click()
+
+
+def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
+    url, runs = server
+    d = browser
+
+    d.get(f"{url}/")
+    settle(d, "Architectures")
+    assert "Parameters" in text_of(d) and "Why depthwise-separable" in text_of(d)
+    shoot(d, "architectures", 1250)
+
+    d.get(f"{url}/data")
+    settle(d, "Data")
+    assert "Synthetic data" in text_of(d) and "Samples per class" in text_of(d)
+    shoot(d, "data", 1300)
+
+    # Train: start a run with the page's quick defaults, watch it learn, then stop it from the page.
+    d.get(f"{url}/train")
+    settle(d, "Train")
+    epochs = d.find_element(By.CSS_SELECTOR, "input[aria-label='Epochs']")
+    epochs.send_keys(Keys.CONTROL, "a")
+    epochs.send_keys("8", Keys.ENTER)  # long enough that the Stop button is still there after epoch 1
+    settle(d, "Train")
+    before = {p.name for p in runs.iterdir()}
+    click_button(d, "Start training")
+    wait(d, lambda _: {p.name for p in runs.iterdir()} - before, 30, "a new run folder")
+    new_run = next(iter({p.name for p in runs.iterdir()} - before))
+    wait(d, lambda dd: "ETA" in text_of(dd), 180, "the progress bar with an ETA")
+    # A reload is a new browser session: the run must still be there, because its state lives on disk.
+    d.get(f"{url}/train")
+    settle(d, "Train")
+    assert new_run in text_of(d)
+    wait(d, lambda dd: (runs / new_run / "run.json").exists() and '"epoch": 2' in (runs / new_run / "run.json").read_text(),
+         300, "two epochs to finish (curves need two points)")
+    time.sleep(2.5)  # one fragment refresh draws the curves
+    shoot(d, "train", 1300)
+    click_button(d, "Stop")
+    wait(d, lambda dd: "Stopped on request" in text_of(dd), 120, "the run to stop")
+
+    d.get(f"{url}/compare")
+    settle(d, "Compare")
+    assert "Parameters vs accuracy" in text_of(d) and "Download as CSV" in text_of(d)
+    shoot(d, "compare", 1300)
+
+    d.get(f"{url}/predict")
+    settle(d, "Predict")
+    d.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(SAMPLE_PHOTO.resolve()))
+    values = wait(d, lambda dd: [e.text.strip() for e in dd.find_elements(By.CSS_SELECTOR, "[data-testid=stMetricValue]")
+                                 if e.text.strip()], 90, "a predicted class")
+    assert values[0] in CLASSES, values
+    settle(d, "Predict")
+    assert "astronaut.jpg" in text_of(d)
+    shoot(d, "predict", 1150)
+
+
+def test_screenshots_are_pngs() -> None:
+    for name in ("architectures", "data", "train", "compare", "predict"):
+        path = SHOTS / f"{name}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
