@@ -54,8 +54,19 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _pid_alive(pid: int | None, run_dir: Path) -> bool:
-    """Is `pid` a live (not zombie) trainer for this run folder? Guards against pid reuse via /proc's cmdline."""
+def _boot_time() -> float | None:
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _pid_alive(pid: int | None, started_by: float | None = None) -> bool:
+    """Is `pid` a live (not zombie) process that was already running at `started_by` (unix time)? The time check
+    guards against pid reuse: a trainer that died long ago may share its pid with some unrelated newer process."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     proc = _CHILDREN.get(pid)
@@ -69,7 +80,7 @@ def _pid_alive(pid: int | None, run_dir: Path) -> bool:
         if done == pid:
             return False
     except ChildProcessError:
-        pass  # not our child (another app process or a CLI run): look it up instead
+        pass  # not our child (another app process, a CLI run, a script): look it up instead
     except OSError:
         return False
     try:
@@ -77,16 +88,28 @@ def _pid_alive(pid: int | None, run_dir: Path) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by someone else
-    proc_dir = Path(f"/proc/{pid}")
-    if proc_dir.is_dir():
-        try:
-            state = (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            return False
-        return state not in ("Z", "X") and run_dir.name in cmdline
+        pass  # exists, owned by someone else; /proc below still tells its state and age
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():
+        return True  # no /proc (macOS): os.kill's answer is all there is
+    try:
+        fields_after_name = stat.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    if fields_after_name[0] in ("Z", "X"):
+        return False
+    boot = _boot_time()
+    if started_by is not None and boot is not None:
+        started = boot + int(fields_after_name[19]) / os.sysconf("SC_CLK_TCK")
+        return started <= started_by + 2.0  # 2 s of slack for clock granularity
     return True
+
+
+def _iso_to_unix(value: Any) -> float | None:
+    try:
+        return _dt.datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None
 
 
 def _log_tail(run_dir: Path, lines: int = 1) -> str:
@@ -166,8 +189,11 @@ def job_status(run_dir: str | os.PathLike) -> JobStatus:
     record = _read_json(run_dir / ck.RECORD)
     job = _read_json(run_dir / JOB_FILE) or {}
     progress = _read_json(run_dir / PROGRESS_FILE)
-    pid = job.get("pid") if job else (record or {}).get("pid")
-    alive = _pid_alive(pid, run_dir)
+    if job:  # launched by start_run: the process existed when job.json was written
+        pid, started_by = job.get("pid"), job.get("started_unix")
+    else:  # launched some other way (CLI, script): the trainer wrote its pid and was alive at `updated`
+        pid, started_by = (record or {}).get("pid"), _iso_to_unix((record or {}).get("updated"))
+    alive = _pid_alive(pid, started_by)
     stop_requested = (run_dir / ck.STOP_FILE).exists()
     config = (record or {}).get("config") or job.get("config") or {}
     st = JobStatus(run_dir, "failed", pid=pid, started=job.get("started") or (record or {}).get("created"),
