@@ -58,7 +58,7 @@ else:
 try:
     with st.spinner("Loading the dataset (the first read of FER2013 takes a few seconds; later ones use a cache)..."):
         data = load(source, mtime(source) if source != "synthetic" else 0.0, SYNTHETIC_SIZE)
-except ValueError as exc:
+except (ValueError, OSError) as exc:  # OSError: unreadable file or folder (permissions, I/O)
     st.error(f"Cannot use this data: {exc}")
     st.stop()
 

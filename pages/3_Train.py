@@ -107,7 +107,7 @@ if start:
                           batch_size=int(batch), lr=float(lr), schedule=schedule, label_smoothing=float(smoothing),
                           augment=bool(augment), seed=int(seed), device=device)
         run_dir = jobs.start_run(cfg, root, run_name or None)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # OSError: the runs folder is not writable, or no disk space
         st.error(f"Could not start: {exc}")
     else:
         st.toast(f"Started {run_dir.name}", icon=":material/rocket_launch:")

@@ -139,6 +139,11 @@ def test_stop_button_stops_a_running_job() -> None:
     run_dir = jobs.start_run(cfg, name="apptest-stop")
     try:
         wait_for(run_dir, ("running",), timeout=180)
+        deadline = time.monotonic() + 60
+        while jobs.job_status(run_dir).progress is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+        progress = jobs.job_status(run_dir).progress  # written by `core train --run-dir` between epochs' records
+        assert progress and progress["global_step"] >= 1 and progress["total_steps"] == 50 * (2400 // 16)
         at = app("pages/3_Train.py")
         at.button(key="stop_apptest-stop").click().run()
         assert not at.exception
