@@ -86,24 +86,33 @@ def parse_pixel_rows(rows: list[str], where: str, first_line: int = 2) -> np.nda
     empty = np.flatnonzero(lengths == 0)
     if empty.size:
         raise ValueError(f"{where}, line {first_line + int(empty[0])}: empty pixels field (expected {N_PIXELS} values)")
-    digit = (buf - 48) < 10  # uint8 wrap-around turns this into one comparison
-    bad = np.flatnonzero(~digit & (buf != 32))
-    if bad.size:
-        ch = chr(buf[bad[0]])
-        raise ValueError(f"{where}, line {line_of(int(bad[0]))}: pixels must be integers 0-255 separated by spaces, found {ch!r}")
-    prev_digit = np.concatenate(([False], digit[:-1]))
-    next_digit = np.concatenate((digit[1:], [False]))
-    starts = np.flatnonzero(digit & ~prev_digit)
-    ends = np.flatnonzero(digit & ~next_digit)
-    token_row = np.searchsorted(row_starts, starts, side="right") - 1
-    counts = np.bincount(token_row, minlength=n)
+    digit = (buf - 48) < 10  # uint8 wrap-around turns the range check into one comparison
+    if not (digit | (buf == 32)).all():
+        pos = int(np.flatnonzero(~digit & (buf != 32))[0])
+        raise ValueError(f"{where}, line {line_of(pos)}: pixels must be integers 0-255 separated by spaces, found {chr(buf[pos])!r}")
+    # a token starts where a digit follows a non-digit (bool '>' is "this and not that") and ends likewise
+    start_mask = np.empty_like(digit)
+    start_mask[0] = digit[0]
+    np.greater(digit[1:], digit[:-1], out=start_mask[1:])
+    starts = np.flatnonzero(start_mask)
+    end_mask = start_mask  # reuse the buffer
+    end_mask[-1] = digit[-1]
+    np.greater(digit[:-1], digit[1:], out=end_mask[:-1])
+    ends = np.flatnonzero(end_mask)
+    # tokens per row: locate the ~30k row starts among the token starts, not the ~66M tokens among the rows
+    bounds = np.searchsorted(starts, np.append(row_starts, len(buf)))
+    counts = np.diff(bounds)
     wrong = np.flatnonzero(counts != N_PIXELS)
     if wrong.size:
         i = int(wrong[0])
         raise ValueError(f"{where}, line {first_line + i}: expected {N_PIXELS} pixel values (48x48), found {int(counts[i])}")
     width = ends - starts + 1
-    d = buf.astype(np.int32) - 48
-    values = d[ends] + np.where(width >= 2, d[ends - 1] * 10, 0) + np.where(width >= 3, d[ends - 2] * 100, 0)
+    values = buf[ends] - np.uint8(48)
+    values = values.astype(np.uint16)
+    two = width >= 2
+    values[two] += (buf[ends[two] - 1] - np.uint8(48)).astype(np.uint16) * 10
+    three = width >= 3
+    values[three] += (buf[ends[three] - 2] - np.uint8(48)).astype(np.uint16) * 100
     too_big = np.flatnonzero((width > 3) | (values > 255))
     if too_big.size:
         raise ValueError(f"{where}, line {line_of(int(starts[too_big[0]]))}: pixel value out of range 0-255")
