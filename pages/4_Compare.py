@@ -3,7 +3,7 @@ front and the study's reference points; learning curves; confusion matrix and pe
 import altair as alt
 import streamlit as st
 
-from core import jobs, report
+from core import charts, jobs, report
 from core.checkpoint import delete_run, list_runs
 from core.classes import CLASSES
 from core.fsutil import runs_dir
@@ -60,26 +60,7 @@ acc_col = c2.selectbox("Accuracy on", list(split_opts), format_func=split_opts.g
 points = table if data_pick == "all" else table[table["data"] == data_pick]
 points = points.dropna(subset=[acc_col, "params"]).assign(acc=lambda d: d[acc_col].astype(float),
                                                         params=lambda d: d["params"].astype(float))
-refs = report.reference_points().assign(acc=lambda d: d["public"],
-                                        short=lambda d: "study " + d["arch"] + ": " + d["public"].map("{:.3f}".format))
-x = alt.X("params:Q", scale=alt.Scale(type="log"), title="parameters (log scale)", axis=alt.Axis(format="~s"))
-y = alt.Y("acc:Q", title="accuracy", scale=alt.Scale(zero=False))
-layers = []
-if not points.empty:
-    front = report.pareto_front(points, "params", "acc")
-    layers.append(alt.Chart(front).mark_line(color="#888", strokeDash=[4, 3], interpolate="step-after").encode(
-        x=x, y=y, order="params:Q"))
-    layers.append(alt.Chart(points).mark_point(size=110, filled=True, opacity=0.85).encode(
-        x=x, y=y, color=alt.Color("family:N", legend=alt.Legend(orient="bottom", columns=3)),
-        shape=alt.Shape("shipped:N", legend=alt.Legend(title="shipped", orient="bottom")),
-        tooltip=["name", "family", alt.Tooltip("width:Q", format=".3g"), alt.Tooltip("params:Q", format=","),
-                 alt.Tooltip("acc:Q", format=".3f", title="accuracy"), "accuracy_split", "data", "epochs", "recipe",
-                 "device", alt.Tooltip("wall_time_s:Q", format=".0f")]))
-layers.append(alt.Chart(refs).mark_point(shape="diamond", size=170, filled=True, color="#d62728").encode(
-    x=x, y=y, tooltip=["label", alt.Tooltip("public:Q", format=".3f"), alt.Tooltip("private:Q", format=".3f")]))
-layers.append(alt.Chart(refs).mark_text(align="right", dx=-12, dy=-10, color="#d62728", fontSize=11).encode(
-    x=x, y=y, text="short"))
-st.altair_chart(alt.layer(*layers).properties(height=420), width="stretch")
+st.altair_chart(charts.params_accuracy_chart(points), width="stretch")
 st.caption("Each dot is a run (hover for details); the dashed step line is the Pareto front, the best accuracy "
            "reached at each parameter budget; red diamonds are the study's models (FER2013 public accuracy).")
 
