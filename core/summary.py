@@ -83,7 +83,7 @@ def summarize_model(model: nn.Module, arch: str = "", knobs: dict[str, float] | 
 # each of them still costs a trip through torch's Python reference kernels (BatchNorm most of all), so the
 # summary pass runs them as identity: same shapes, same MACs, 4-10x faster (docs/benchmarks.md).
 _SHAPE_KEEPING = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid,
-                  nn.SiLU, nn.Dropout, nn.Identity)
+                  nn.SiLU, nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
 def _identity(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
