@@ -3,6 +3,7 @@ copy, 48x48 face crops as the model sees them, and one batched ONNX Runtime clas
 from __future__ import annotations
 
 import io
+import re
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -53,21 +54,25 @@ class PhotoResult:
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     """Bytes -> upright RGB uint8. Every failure is a ValueError naming the file and what is allowed."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     if not data:
         raise ValueError(f"{name}: the file is empty (0 bytes)")
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(f"{name}: {len(data) / 2**20:.1f} MB is over the {MAX_FILE_BYTES // 2**20} MB limit")
     try:
+        # Image.open reads only the header: nothing is decoded until load(), so the size checks below come first.
         im = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
+    except Image.DecompressionBombError as exc:
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "its size"
+        raise ValueError(f"{name}: the header claims {size}, over the {MAX_PIXELS:,}-pixel limit; "
+                         "refused before decoding (a decompression bomb?)") from None
+    except Exception:  # noqa: BLE001 - UnidentifiedImageError, or whatever a malformed header makes a plugin raise
         raise ValueError(f"{name}: not an image Pillow can read (allowed: {ALLOWED})") from None
-    except Image.DecompressionBombError:
-        raise ValueError(f"{name}: image dimensions exceed the {MAX_PIXELS:,}-pixel limit") from None
     w, h = im.size
     if w * h > MAX_PIXELS:
-        raise ValueError(f"{name}: {w}x{h} pixels is over the {MAX_PIXELS:,}-pixel limit")
+        raise ValueError(f"{name}: {w}x{h} pixels is over the {MAX_PIXELS:,}-pixel limit; refused before decoding")
     if w < 1 or h < 1:
         raise ValueError(f"{name}: image has no pixels ({w}x{h})")
     try:
@@ -75,12 +80,19 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
         if im.format == "JPEG" and max(w, h) > 2 * DISPLAY_SIDE:
             # JPEG DCT-domain downscaling: decodes a 12 MP photo at 1/2-1/8 size for a fraction of the time
             im.draft("RGB", (DISPLAY_SIDE, DISPLAY_SIDE))
-        im = ImageOps.exif_transpose(im)
-        im = _to_rgb(im)
         im.load()
-        rgb = np.asarray(im, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
-        raise ValueError(f"{name}: truncated or corrupt image ({str(exc)[:120]})") from None
+    except MemoryError:
+        raise ValueError(f"{name}: not enough memory to decode {w}x{h} pixels") from None
+    except Exception as exc:  # noqa: BLE001 - decoders of untrusted bytes raise many types; all mean "unusable"
+        raise ValueError(f"{name}: truncated or corrupt image ({str(exc)[:120] or type(exc).__name__})") from None
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - malformed EXIF: the pixels are fine, keep them as stored
+        pass
+    try:
+        rgb = np.asarray(_to_rgb(im), dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{name}: colour mode {im.mode} cannot be converted to RGB ({str(exc)[:120]})") from None
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"{name}: could not convert to RGB (mode {im.mode})")
     return rgb
@@ -90,9 +102,12 @@ def _to_rgb(im):  # noqa: ANN001, ANN202 - PIL image in and out
     from PIL import Image
 
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16/32-bit greyscale: scale the actual range to 8 bits (convert('L') would clip to 255)
+        # 16/32-bit greyscale: scale the actual range to 8 bits (convert('L') would clip to 255); NaN/inf in float
+        # images (hostile or broken TIFFs) count as the darkest value instead of poisoning the range
         a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
+        finite = np.isfinite(a)
+        lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
+        a = np.where(finite, a, lo)
         a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
         return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
