@@ -213,3 +213,31 @@ def export_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     record["onnx"] = {"file": ck.ONNX, "parity_max_abs": parity(model, run_dir / ck.ONNX)}
     ck.write_record(run_dir, record)
     return record["onnx"]
+
+
+def ship_run(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy a finished run's contract files (weights, ONNX, record) into `dest`, e.g. checkpoints/NAME.
+
+    Paths in the record (data source, teacher) are made relative to the project, so shipped records name no
+    machine's folders."""
+    from core.fsutil import PROJECT_ROOT, atomic_write_bytes
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    record = ck.read_record(run_dir)
+    if record.get("status") != "done":
+        raise ValueError(f"{run_dir}: only finished runs can be shipped (status {record.get('status')!r})")
+
+    def rel(value: str | None) -> str | None:
+        if not value or value == "synthetic" or not os.path.isabs(value):
+            return value
+        return os.path.relpath(value, PROJECT_ROOT)
+
+    record["config"]["data"] = rel(record["config"].get("data"))
+    record["config"]["teacher"] = rel(record["config"].get("teacher"))
+    record["data"]["source"] = rel(record["data"].get("source"))
+    record["name"] = dest.name
+    record.pop("pid", None)
+    for name in (ck.WEIGHTS, ck.ONNX):
+        atomic_write_bytes(dest / name, (run_dir / name).read_bytes())
+    ck.write_record(dest, record)
+    return dest

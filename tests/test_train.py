@@ -139,3 +139,37 @@ def test_stratified_subset_keeps_balance() -> None:
     full = data.splits["train"].class_counts() / len(data.splits["train"])
     assert len(sub) == 700 and abs(sub.class_counts() / 700 - full).max() < 0.02
     assert isinstance(sub, Split)
+
+
+def test_ship_run_copies_contract_files_with_relative_paths(tiny_run: Path, tmp_path: Path) -> None:
+    from core.fsutil import PROJECT_ROOT
+    from core.runs import ship_run
+
+    dest = ship_run(tiny_run, tmp_path / "shipped" / "tiny")
+    assert sorted(p.name for p in dest.iterdir()) == sorted([ck.WEIGHTS, ck.ONNX, ck.RECORD])
+    record = ck.read_record(dest)
+    assert record["name"] == "tiny" and "pid" not in record and record["config"]["data"] == "synthetic"
+    model, _ = ck.load_model(dest)
+    x = torch.randint(0, 256, (2, 1, 48, 48)).float()
+    torch.testing.assert_close(model(x), ck.load_model(tiny_run)[0](x))
+    # an absolute data path becomes relative to the project
+    original = ck.read_record(tiny_run)
+    rec = json.loads(json.dumps(original))
+    rec["config"]["data"] = rec["data"]["source"] = str(PROJECT_ROOT.parent / "shared" / "data" / "fer2013")
+    ck.write_record(tiny_run, rec)
+    try:
+        shipped = ck.read_record(ship_run(tiny_run, tmp_path / "shipped" / "tiny2"))
+        assert shipped["config"]["data"] == shipped["data"]["source"] == "../shared/data/fer2013"
+    finally:
+        ck.write_record(tiny_run, original)
+
+
+def test_ship_refuses_unfinished(tmp_path: Path) -> None:
+    from core.runs import ship_run
+
+    cfg = TrainConfig(epochs=2, **{**QUICK, "synthetic_size": 300})
+    gen = run_training(cfg, tmp_path / "run")
+    next(gen)
+    gen.close()
+    with pytest.raises(ValueError, match="only finished runs"):
+        ship_run(tmp_path / "run", tmp_path / "dest")
