@@ -131,22 +131,46 @@ def _parse_labels(values: list[str], where: str, first_line: int = 2) -> np.ndar
 
 def _read_csv_columns(path: Path) -> tuple[list[str], dict[str, list[str]]]:
     """Read a CSV as strings; header names are stripped (icml_face_data.csv writes ' Usage', ' pixels')."""
+    import re
+
     import pandas as pd
 
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty (expected a FER2013 CSV with a header row)")
+    with open(path, "rb") as f:
+        if b"\0" in f.read(8192):  # text never holds NUL bytes; images, archives and spreadsheets do
+            raise ValueError(f"{path}: not a readable CSV (binary data, e.g. an image or a spreadsheet, not text)")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+        # header=None: the header is row 0, so a row with more fields than the header is a parser error naming
+        # its line (with header=0, pandas would quietly turn the first column into an index and shift the rest)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, header=None)
+    except pd.errors.ParserError as exc:
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if m:
+            raise ValueError(f"{path}, line {m.group(2)}: {m.group(3)} comma-separated fields, but the header has "
+                             f"{m.group(1)}") from None
+        raise ValueError(f"{path}: not a readable CSV ({str(exc).strip().splitlines()[0]})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a readable CSV (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     except pd.errors.EmptyDataError:
+        if path.read_bytes().strip():
+            raise ValueError(f"{path}: the first line must be the header (e.g. 'emotion,pixels,Usage'), found a blank line") from None
         raise ValueError(f"{path}: the file is empty (expected a FER2013 CSV with a header row)") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    # blank lines at the end of a file are harmless; blank rows inside it are reported by the parsers
+    columns = [str(c).strip() for c in frame.iloc[0]]
+    if not any(columns):
+        if not path.read_bytes().strip():
+            raise ValueError(f"{path}: the file is empty (only blank lines or spaces)")
+        raise ValueError(f"{path}: the first line must be the header (e.g. 'emotion,pixels,Usage'), found a blank line")
+    frame = frame.iloc[1:]
+    frame.columns = columns
+    # blank lines at the end of a file are harmless; blank rows inside it are errors with their line
     filled = (frame != "").any(axis=1).to_numpy()
     last = int(np.flatnonzero(filled)[-1]) + 1 if filled.any() else 0
+    holes = np.flatnonzero(~filled[:last])
+    if holes.size:
+        raise ValueError(f"{path}, line {int(holes[0]) + 2}: empty row (every row needs a label and {N_PIXELS} pixels)")
     frame = frame.iloc[:last]
-    return list(frame.columns), {c: frame[c].tolist() for c in frame.columns}
+    return columns, {c: frame[c].tolist() for c in frame.columns}
 
 
 CSV_LAYOUTS = {
@@ -177,6 +201,8 @@ def read_csv_file(path: Path) -> tuple[str, dict[str, Split]]:
     """One CSV file -> its splits (by Usage where the file has it, else everything is 'train')."""
     columns, data = _read_csv_columns(path)
     layout = _csv_layout(columns, path)
+    if not data[columns[0]]:
+        raise ValueError(f"{path}: has a header ({', '.join(columns)}) but no data rows")
     label_col, pixel_col, usage_col = CSV_LAYOUTS[layout]
     labels = _parse_labels(data[label_col], str(path))
     images = parse_pixel_rows(data[pixel_col], str(path))
@@ -212,10 +238,16 @@ def _read_csv_pair(train_csv: Path) -> tuple[str, dict[str, Split]]:
 def _decode_gray48(path: Path) -> np.ndarray:
     import cv2
 
-    raw = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(raw, cv2.IMREAD_GRAYSCALE) if raw.size else None
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    if not raw.size:
+        raise ValueError(f"{path}: the image file is empty (0 bytes)")
+    img = cv2.imdecode(raw, cv2.IMREAD_GRAYSCALE)
     if img is None:
-        raise ValueError(f"{path}: not a readable image (allowed: {', '.join(sorted(IMAGE_EXTS))})")
+        raise ValueError(f"{path}: not a readable image: truncated, corrupt, or not really a {path.suffix.lower()} file "
+                         f"(allowed: {', '.join(sorted(IMAGE_EXTS))})")
     if img.shape != (IMAGE_SIDE, IMAGE_SIDE):
         img = cv2.resize(img, (IMAGE_SIDE, IMAGE_SIDE), interpolation=cv2.INTER_AREA)
     return img
@@ -240,12 +272,14 @@ def _image_folder_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
             for f in sorted(class_dir.iterdir()):
                 if f.name.startswith("."):
                     continue
-                if f.suffix.lower() not in IMAGE_EXTS:
+                if f.suffix.lower() not in IMAGE_EXTS or not f.is_file():
                     raise ValueError(f"{f}: not an image file (allowed extensions: {', '.join(sorted(IMAGE_EXTS))})")
                 files.append((f, CLASSES.index(name)))
         found[split] = files
     if "train" not in found:
         raise ValueError(f"{root}: no train/ folder with class subfolders ({', '.join(CLASSES)})")
+    if not found["train"]:
+        raise ValueError(f"{root / 'train'}: holds no images; expected train/<class>/*.jpg with classes {', '.join(CLASSES)}")
     return found
 
 
