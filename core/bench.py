@@ -24,7 +24,7 @@ from tqdm import tqdm
 from core import archs
 from core.config import TrainConfig
 from core.data import FERData, Split, load_data, load_fer
-from core.fsutil import PROJECT_ROOT
+from core.fsutil import PROJECT_ROOT, SHIPPED_DIR
 from core.onnx_io import OnnxClassifier, export_onnx
 from core.summary import _summarize_cached, summarize
 from core.train import TrainState, fit, make_optimizer, resolve_device
@@ -167,6 +167,43 @@ def inference_rows(tmp: Path, repeats: int) -> tuple[list[Row], dict[str, Path]]
     return rows, paths
 
 
+def int8_rows(paths: dict[str, Path], data: FERData, tmp: Path, repeats: int) -> list[Row]:
+    """Static int8 (QDQ) quantisation with ONNX Runtime, calibrated on 256 training images: latency and accuracy
+    change vs the fp32 model. Measured, not adopted: the app keeps fp32 unless this table says otherwise."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from core.train import metrics_from_logits
+
+    calib = data.splits["train"].images[:256].astype(np.float32)[:, None]
+    val = data.splits[data.val_split]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"image": calib[i:i + 32]} for i in range(0, len(calib), 32)])
+
+        def get_next(self):  # noqa: ANN201
+            return next(self.batches, None)
+
+    rows = []
+    for arch, path in paths.items():
+        shipped = SHIPPED_DIR / f"{arch}-w1" / "model.onnx"
+        trained = shipped.is_file() and not data.synthetic
+        path = shipped if trained else path  # accuracy only means something with trained weights on real faces
+        q = tmp / f"{arch}.int8.onnx"
+        quantize_static(str(path), str(q), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8)
+        f32, i8 = OnnxClassifier.get(path), OnnxClassifier.get(q)
+        x1 = calib[:1]
+        t32 = median_time(lambda: f32.logits(x1), repeats, warmup=3)
+        t8 = median_time(lambda: i8.logits(x1), repeats, warmup=3)
+        acc32 = metrics_from_logits(f32.logits(val.images[:1000]), val.labels[:1000])["accuracy"]
+        acc8 = metrics_from_logits(i8.logits(val.images[:1000]), val.labels[:1000])["accuracy"]
+        rows.append(Row("inference", f"{arch} batch 1, static int8 (QDQ) vs fp32 ONNX Runtime", t8 * 1e3, t32 * 1e3, "ms",
+                        "", None, f"accuracy on 1,000 {data.val_split} images: {acc8:.3f} int8 vs {acc32:.3f} fp32"
+                        + (" (shipped weights)" if trained else " (untrained weights: only the latency is meaningful)")))
+    return rows
+
+
 def photo_row(onnx_path: Path, repeats: int) -> Row:
     import cv2
 
@@ -292,6 +329,7 @@ def main(quick: bool = False, data: str | None = None, out: str = "docs/benchmar
                 rows += inf
             elif part == "photo":
                 rows.append(photo_row(paths["mobilenet"], repeats))
+                rows += int8_rows(paths, fer, tmp, repeats)
             elif part == "data":
                 rows += data_rows(fer, tmp, quick)
                 if cache_env is None:
