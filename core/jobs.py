@@ -54,6 +54,53 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+JOB_TYPES = {"pid": int, "started": str, "started_unix": (int, float), "command": list, "config": dict}
+PROGRESS_NUMBERS = ("epoch", "epochs", "step", "steps", "global_step", "total_steps", "loss")
+
+
+def _read_job(run_dir: Path) -> dict[str, Any]:
+    """job.json with wrongly typed fields dropped: the app writes it, but a hand-edited or damaged one must not
+    crash the pages that compare its times."""
+    job = _read_json(run_dir / JOB_FILE) or {}
+    return {k: v for k, v in job.items()
+            if k in JOB_TYPES and isinstance(v, JOB_TYPES[k]) and not isinstance(v, bool)}
+
+
+def _read_progress(run_dir: Path) -> dict[str, Any] | None:
+    """progress.json, or None unless it holds the numbers the progress bar and ETA use."""
+    p = _read_json(run_dir / PROGRESS_FILE)
+    if p is None or not all(_is_num(p.get(k)) for k in PROGRESS_NUMBERS) or not p.get("total_steps"):
+        return None
+    if not all(_is_num(p.get(k, 0)) for k in ("first_step", "elapsed", "time", "seconds")):
+        return None
+    return p
+
+
+def _valid_config(config: Any) -> dict[str, Any]:
+    """A recorded config that rebuilds a TrainConfig, else {} (the run is then shown but cannot be resumed)."""
+    if not isinstance(config, dict):
+        return {}
+    try:
+        TrainConfig.from_dict(config)
+    except Exception:  # noqa: BLE001 - a damaged config may fail in any way (wrong types, unknown arch...)
+        return {}
+    return config
+
+
+def _read_record(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(run.json, None) when usable; (None, reason) when present but unusable; (None, None) when not written yet."""
+    if not (run_dir / ck.RECORD).exists():
+        return None, None
+    try:
+        return ck.read_record(run_dir), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
 def _boot_time() -> float | None:
     try:
         for line in Path("/proc/stat").read_text().splitlines():
@@ -67,7 +114,7 @@ def _boot_time() -> float | None:
 def _pid_alive(pid: int | None, started_by: float | None = None) -> bool:
     """Is `pid` a live (not zombie) process that was already running at `started_by` (unix time)? The time check
     guards against pid reuse: a trainer that died long ago may share its pid with some unrelated newer process."""
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:  # larger ones overflow os.kill
         return False
     proc = _CHILDREN.get(pid)
     if proc is not None:
@@ -186,16 +233,16 @@ def job_status(run_dir: str | os.PathLike) -> JobStatus:
     """The state of one run folder: record, live process check, progress, and an 'interrupted' verdict when
     the record says running but no process is behind it any more."""
     run_dir = Path(run_dir)
-    record = _read_json(run_dir / ck.RECORD)
-    job = _read_json(run_dir / JOB_FILE) or {}
-    progress = _read_json(run_dir / PROGRESS_FILE)
+    record, record_problem = _read_record(run_dir)
+    job = _read_job(run_dir)
+    progress = _read_progress(run_dir)
     if job:  # launched by start_run: the process existed when job.json was written
         pid, started_by = job.get("pid"), job.get("started_unix")
     else:  # launched some other way (CLI, script): the trainer wrote its pid and was alive at `updated`
         pid, started_by = (record or {}).get("pid"), _iso_to_unix((record or {}).get("updated"))
     alive = _pid_alive(pid, started_by)
     stop_requested = (run_dir / ck.STOP_FILE).exists()
-    config = (record or {}).get("config") or job.get("config") or {}
+    config = _valid_config((record or {}).get("config")) or _valid_config(job.get("config"))
     st = JobStatus(run_dir, "failed", pid=pid, started=job.get("started") or (record or {}).get("created"),
                    record=record, progress=progress, config=config)
     launched_after_record = bool(job) and record is not None and job.get("started_unix", 0) > _record_mtime(run_dir)
@@ -205,7 +252,7 @@ def job_status(run_dir: str | os.PathLike) -> JobStatus:
             st.status = "stopping" if stop_requested else "starting"
         else:
             st.status = "failed"
-            st.error = _log_tail(run_dir) or "the training process exited before writing its record"
+            st.error = record_problem or _log_tail(run_dir) or "the training process exited before writing its record"
         return st
     status = record.get("status", "done")
     if status == "running":
@@ -245,7 +292,7 @@ def list_jobs(runs_root: str | os.PathLike | None = None) -> list[JobStatus]:
 
 
 def _started_unix(j: JobStatus) -> float:
-    job = _read_json(j.path / JOB_FILE) or {}
+    job = _read_job(j.path)
     if job.get("started_unix"):
         return float(job["started_unix"])
     try:

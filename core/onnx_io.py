@@ -57,6 +57,72 @@ def parity(model: nn.Module, path: Path, n: int = 16, seed: int = 0) -> float:
     return float(np.abs(ref - got).max())
 
 
+def contract_error(inputs: list[tuple[str, list[Any], str]], outputs: list[tuple[str, list[Any], str]]) -> str | None:
+    """What breaks the ONNX contract, or None. Each input/output is (name, shape, element type); a shape entry is an
+    int for a fixed dimension and a string or None for a dynamic one; element types are 'float', 'double', ..."""
+    if len(inputs) != 1 or inputs[0][0] != INPUT_NAME:
+        return f"expected one input named {INPUT_NAME!r}, found {[i[0] for i in inputs]}"
+    _, shape, etype = inputs[0]
+    if len(shape) != 4 or list(shape[1:]) != [1, 48, 48]:
+        return f"input shape must be [N, 1, 48, 48], found {shape}"
+    if etype != "float":
+        return f"input must be float32, found {etype}"
+    if len(outputs) != 1 or outputs[0][0] != OUTPUT_NAME:
+        return f"expected one output named {OUTPUT_NAME!r}, found {[o[0] for o in outputs]}"
+    _, oshape, otype = outputs[0]
+    if len(oshape) != 2 or oshape[1] != NUM_CLASSES:
+        return f"output shape must be [N, {NUM_CLASSES}] (one logit per class: {', '.join(CLASSES)}), found {oshape}"
+    if otype != "float":
+        return f"output must be float32, found {otype}"
+    if isinstance(shape[0], int):  # a fixed batch breaks on photos with several faces
+        return f"the batch dimension of the input must be dynamic (N), found a fixed {shape[0]}"
+    return None
+
+
+_FILE_CHECKS: dict[tuple[str, int, int], str | None] = {}
+
+
+def check_onnx_file(path: str | os.PathLike) -> None:
+    """Cheap contract check of a model file without building a session (listing many runs stays fast): reads the
+    graph's declared inputs and outputs. ValueError says what is wrong; results are cached by path, size and mtime."""
+    import onnx
+    from onnx import TensorProto
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        raise ValueError(f"{p}: ONNX model file not found") from None
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_CHECKS:
+        problem = None
+        if not p.is_file():
+            problem = "not a file"
+        elif st.st_size == 0:
+            problem = "the file is empty (0 bytes)"
+        else:
+            try:
+                proto = onnx.load(str(p), load_external_data=False)
+            except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError...: all mean "not a model"
+                problem = f"not a loadable ONNX model ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
+            else:
+                def describe(values) -> list[tuple[str, list[Any], str]]:  # noqa: ANN001
+                    out = []
+                    for v in values:
+                        t = v.type.tensor_type
+                        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+                        out.append((v.name, dims, TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "unknown"))
+                    return out
+
+                inits = {i.name for i in proto.graph.initializer}  # old exports also list weights as inputs
+                problem = contract_error(describe(i for i in proto.graph.input if i.name not in inits),
+                                         describe(proto.graph.output))
+        _FILE_CHECKS[key] = problem
+    problem = _FILE_CHECKS[key]
+    if problem is not None:
+        raise ValueError(f"{p}: {problem}")
+
+
 class OnnxClassifier:
     """One ONNX Runtime session per model file, reused across calls (building one costs milliseconds to seconds)."""
 
@@ -79,19 +145,12 @@ class OnnxClassifier:
         self._check_contract()
 
     def _check_contract(self) -> None:
-        ins, outs = self.session.get_inputs(), self.session.get_outputs()
-        if len(ins) != 1 or ins[0].name != INPUT_NAME:
-            raise ValueError(f"{self.path}: expected one input named {INPUT_NAME!r}, found {[i.name for i in ins]}")
-        shape = ins[0].shape
-        if len(shape) != 4 or list(shape[1:]) != [1, 48, 48]:
-            raise ValueError(f"{self.path}: input shape must be [N, 1, 48, 48], found {shape}")
-        if ins[0].type != "tensor(float)":
-            raise ValueError(f"{self.path}: input must be float32, found {ins[0].type}")
-        if len(outs) != 1 or outs[0].name != OUTPUT_NAME:
-            raise ValueError(f"{self.path}: expected one output named {OUTPUT_NAME!r}, found {[o.name for o in outs]}")
-        oshape = outs[0].shape
-        if len(oshape) != 2 or oshape[1] != NUM_CLASSES:
-            raise ValueError(f"{self.path}: output shape must be [N, {NUM_CLASSES}], found {oshape}")
+        def describe(values) -> list[tuple[str, list[Any], str]]:  # noqa: ANN001 - ORT NodeArg list
+            return [(v.name, list(v.shape), v.type.removeprefix("tensor(").removesuffix(")")) for v in values]
+
+        problem = contract_error(describe(self.session.get_inputs()), describe(self.session.get_outputs()))
+        if problem is not None:
+            raise ValueError(f"{self.path}: {problem}")
 
     @classmethod
     def get(cls, path: str | Path) -> "OnnxClassifier":
@@ -116,7 +175,14 @@ class OnnxClassifier:
             x = x[:, None]
         if x.ndim != 4 or x.shape[1:] != (1, 48, 48):
             raise ValueError(f"images must be [N, 48, 48] or [N, 1, 48, 48], got {x.shape}")
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        try:
+            out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        except Exception as exc:  # noqa: BLE001 - ORT's own exception types: a model that declares the contract but fails
+            raise ValueError(f"{self.path}: the model failed on a batch of {len(x)} ({str(exc).splitlines()[0][:200]})") from None
+        if out.ndim != 2 or out.shape != (len(x), NUM_CLASSES):
+            raise ValueError(f"{self.path}: the model returned shape {list(out.shape)} for {len(x)} images, "
+                             f"expected [{len(x)}, {NUM_CLASSES}]")
+        return out
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         z = self.logits(images)

@@ -47,6 +47,9 @@ else:
 
 for info in broken:
     st.warning(f"Unusable run folder `{info.name}`{' (shipped)' if info.shipped else ''}: {info.problem}")
+for info in infos:
+    if info.ok and info.onnx_problem:
+        st.warning(f"Run `{info.name}` is listed, but left out of Predict: {info.onnx_problem}")
 
 # --- parameters vs accuracy ------------------------------------------------------------------------------------
 st.subheader("Parameters vs accuracy")

@@ -25,7 +25,12 @@ def analyze(data: bytes, name: str, model_path: str, stamp: float):  # noqa: ANN
     return analyze_photo(data, name, model_path)
 
 
-models = [i for i in list_runs(runs_dir()) if i.ok and i.has_onnx]
+infos = list_runs(runs_dir())
+models = [i for i in infos if i.ok and i.has_onnx]
+left_out = [i for i in infos if i.ok and i.onnx_problem]
+if left_out:
+    st.warning("Left out, their ONNX export cannot be used (details on Compare):  \n"
+               + "  \n".join(f"`{i.name}`: {i.onnx_problem}" for i in left_out))
 if not models:
     st.info("No model with an ONNX export yet. Train one on the **Train** page (about a minute on the built-in "
             "synthetic data) or put shipped checkpoints in `checkpoints/`; it appears here when it finishes.")
@@ -66,7 +71,11 @@ if not photos:
     st.info("Upload photos, take one with the camera, or press **Try a sample photo**.")
     st.stop()
 
-stamp = onnx_file.stat().st_mtime
+try:
+    stamp = onnx_file.stat().st_mtime
+except OSError as exc:  # the run was deleted or re-exported since the list above was made
+    st.error(f"{onnx_file}: the model file is gone ({exc.strerror}); pick another model.")
+    st.stop()
 results = []
 bar = st.progress(0.0, text="Analysing...") if len(photos) > 1 else None
 for n, (name, data) in enumerate(photos, 1):
