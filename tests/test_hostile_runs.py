@@ -294,3 +294,34 @@ def test_compare_page_delete_is_confined(tiny_run: Path, tmp_path: Path, monkeyp
     assert not at.exception, at.exception
     assert not (root / "mine").exists() and any(s.value == "Deleted mine." for s in at.success)
     assert (tmp_path / "elsewhere" / ck.WEIGHTS).is_file() and (shipped / "shipped-model" / ck.WEIGHTS).is_file()
+
+
+def test_damaged_job_and_progress_files_do_not_crash_the_train_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "runs"
+    cfg = TrainConfig(**TINY).to_dict()
+    damage = {  # run name: (job.json, progress.json, run.json changes)
+        "job-wrong-types": ({"pid": "1234", "started_unix": "yesterday", "started": 5, "config": [1, 2]}, None, None),
+        "job-truncated": ('{"pid": 12', None, None),
+        "progress-wrong-types": (None, {"epoch": "one", "steps": None, "loss": "low"}, {}),
+        "progress-truncated": (None, '{"epoch": 1, "ste', {}),
+        "huge-pid": (None, None, {"pid": 10**30}),
+        "bad-config": (None, None, {"config": {"arch": ["plain_cnn"], "epochs": "many"}}),
+    }
+    for name, (job, progress, record) in damage.items():
+        run = root / name
+        run.mkdir(parents=True)
+        for fname, content in ((jobs.JOB_FILE, job), (jobs.PROGRESS_FILE, progress)):
+            if content is not None:
+                (run / fname).write_text(content if isinstance(content, str) else json.dumps(content))
+        if record is not None:
+            ck.write_record(run, {"name": name, "status": "running", "model": {"arch": "plain_cnn"}, "config": cfg,
+                                  "epochs": [], "pid": 2**22 + 7, **record})
+    statuses = {j.name: j for j in jobs.list_jobs(root)}
+    assert set(statuses) == set(damage)
+    assert statuses["huge-pid"].status == "interrupted"
+    assert statuses["progress-wrong-types"].progress is None and statuses["progress-truncated"].progress is None
+    assert not statuses["bad-config"].resumable  # settings that cannot be rebuilt are not relaunched
+    monkeypatch.setenv("FER_RUNS_DIR", str(root))
+    at = app("pages/3_Train.py")
+    assert not at.exception, at.exception
+    assert all(any(name in m.value for m in at.markdown) for name in damage)
