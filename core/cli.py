@@ -280,3 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished epochs are saved and the run can be resumed with --run-dir", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - only the trainer's own early-stop reason is turned into one line
+        from core.train import StopRun
+
+        if isinstance(exc, StopRun):  # NaN loss, stop before the first epoch: recorded in run.json too
+            print(f"error: training stopped: {exc}", file=sys.stderr)
+            return 1
+        raise
