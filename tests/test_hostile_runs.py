@@ -223,7 +223,7 @@ def test_train_page_shows_why_runs_failed(failed_runs: Path, monkeypatch: pytest
     at = app("pages/3_Train.py")
     errors = [e.value for e in at.error]
     assert any(e.startswith("Failed: loss became") for e in errors), errors
-    assert sum(e.startswith("Failed: out of memory") for e in errors) == 2, errors
+    assert sum(e.startswith("Failed: out of memory") for e in errors) >= 2, errors  # 3 once runs.py names CPU OOM
     assert any(e.startswith("Failed: ") and "can't allocate memory" in e for e in errors), errors
     assert at.button(key="resume_nan-run")  # a failed run can be started again (e.g. after a fix)
 
