@@ -283,7 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - only the trainer's own early-stop reason is turned into one line
         from core.train import StopRun
 
+        from core.runs import OOM_MESSAGES
+
         if isinstance(exc, StopRun):  # NaN loss, stop before the first epoch: recorded in run.json too
             print(f"error: training stopped: {exc}", file=sys.stderr)
+            return 1
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, MemoryError) or any(m in first.lower() for m in OOM_MESSAGES):
+            print(f"error: out of memory: {first} (lower the batch size or width)", file=sys.stderr)
             return 1
         raise

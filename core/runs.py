@@ -20,6 +20,7 @@ from core.summary import summarize
 from core.train import (BatchHook, StopRun, TrainState, evaluate, fit, make_optimizer, metrics_from_logits, resolve_device,
                         stratified_subset)
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA's and PyTorch CPU allocator's wording
 TRAIN_EVAL_SAMPLE = 5000  # final train-split accuracy on a stratified sample: the full split costs minutes on CPU
 
 
@@ -173,7 +174,7 @@ def run_training(
     except (StopRun, ValueError, RuntimeError, MemoryError) as exc:
         # The reason is recorded for the app and CLI; finished epochs stay on disk and resumable.
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, MemoryError) or "out of memory" in reason.lower():
+        if isinstance(exc, MemoryError) or any(m in reason.lower() for m in OOM_MESSAGES):
             reason = f"out of memory: {reason} (lower the batch size or width)"
         if record is not None:
             record.update(status="failed", error=reason, updated=now_iso())
