@@ -4,8 +4,8 @@ import streamlit as st
 st.set_page_config(page_title="FER Compact-CNN Explorer", page_icon=":material/face:", layout="wide")
 
 PAGES = [
-    st.Page("pages/1_Architectures.py", title="Architectures", icon=":material/account_tree:", url_path="architectures",
-            default=True),
+    # the default page is served at "/" (Streamlit ignores a url_path on it, and /architectures would not exist)
+    st.Page("pages/1_Architectures.py", title="Architectures", icon=":material/account_tree:", default=True),
     st.Page("pages/2_Data.py", title="Data", icon=":material/photo_library:", url_path="data"),
     st.Page("pages/3_Train.py", title="Train", icon=":material/model_training:", url_path="train"),
     st.Page("pages/4_Compare.py", title="Compare", icon=":material/scatter_plot:", url_path="compare"),
