@@ -225,8 +225,10 @@ def ship_run(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
 
     run_dir, dest = Path(run_dir), Path(dest)
     record = ck.read_record(run_dir)
-    if record.get("status") != "done":
-        raise ValueError(f"{run_dir}: only finished runs can be shipped (status {record.get('status')!r})")
+    # 'stopped' runs were evaluated and exported from their last finished epoch; the record says how many ran
+    if record.get("status") not in ("done", "stopped") or not (run_dir / ck.ONNX).is_file():
+        raise ValueError(f"{run_dir}: only finished or stopped runs with an ONNX export can be shipped "
+                         f"(status {record.get('status')!r})")
 
     def rel(value: str | None) -> str | None:
         if not value or value == "synthetic" or not os.path.isabs(value):

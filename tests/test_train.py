@@ -171,5 +171,5 @@ def test_ship_refuses_unfinished(tmp_path: Path) -> None:
     gen = run_training(cfg, tmp_path / "run")
     next(gen)
     gen.close()
-    with pytest.raises(ValueError, match="only finished runs"):
+    with pytest.raises(ValueError, match="only finished or stopped runs"):
         ship_run(tmp_path / "run", tmp_path / "dest")
