@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.request
@@ -19,7 +20,9 @@ from conftest import ROOT, SAMPLE_PHOTO
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SHOTS = ROOT / "docs" / "screenshots"
+SHOTS = ROOT / "docs" / "screenshots"  # the README's pictures, committed
+# A normal test run keeps its screenshots out of the work tree; FER_UPDATE_SCREENSHOTS=1 refreshes the README's.
+SHOT_DIR = SHOTS if os.environ.get("FER_UPDATE_SCREENSHOTS") else Path(tempfile.gettempdir()) / "fer-browser-shots"
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
@@ -130,10 +133,10 @@ def text_of(driver) -> str:  # noqa: ANN001
 
 
 def shoot(driver, name: str, height: int = 1000) -> Path:  # noqa: ANN001
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    SHOT_DIR.mkdir(parents=True, exist_ok=True)
     driver.set_window_size(1400, height)
     time.sleep(0.8)
-    path = SHOTS / f"{name}.png"
+    path = SHOT_DIR / f"{name}.png"
     driver.save_screenshot(str(path))
     driver.set_window_size(1400, 1000)
     assert path.stat().st_size > 10_000
