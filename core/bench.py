@@ -5,7 +5,6 @@ right after the other, because shared machines are noisy: absolute numbers drift
 """
 from __future__ import annotations
 
-import io
 import os
 import platform
 import statistics

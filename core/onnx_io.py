@@ -82,6 +82,15 @@ def contract_error(inputs: list[tuple[str, list[Any], str]], outputs: list[tuple
 _FILE_CHECKS: dict[tuple[str, int, int], str | None] = {}
 
 
+def _file_key(p: Path) -> tuple[str, int, int]:
+    """Cache key that changes when the file is replaced or rewritten (path, size, mtime)."""
+    try:
+        st = p.stat()
+    except OSError:
+        raise ValueError(f"{p}: ONNX model file not found") from None
+    return (str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
 def check_onnx_file(path: str | os.PathLike) -> None:
     """Cheap contract check of a model file without building a session (listing many runs stays fast): reads the
     graph's declared inputs and outputs. ValueError says what is wrong; results are cached by path, size and mtime."""
@@ -89,16 +98,12 @@ def check_onnx_file(path: str | os.PathLike) -> None:
     from onnx import TensorProto
 
     p = Path(path)
-    try:
-        st = p.stat()
-    except OSError:
-        raise ValueError(f"{p}: ONNX model file not found") from None
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    key = _file_key(p)
     if key not in _FILE_CHECKS:
         problem = None
         if not p.is_file():
             problem = "not a file"
-        elif st.st_size == 0:
+        elif key[1] == 0:  # size
             problem = "the file is empty (0 bytes)"
         else:
             try:
@@ -156,11 +161,7 @@ class OnnxClassifier:
     def get(cls, path: str | Path) -> "OnnxClassifier":
         """Cached by path, size and mtime so a re-exported file gets a fresh session."""
         p = Path(path)
-        try:
-            st = p.stat()
-        except OSError:
-            raise ValueError(f"{p}: ONNX model file not found") from None
-        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        key = _file_key(p)
         with cls._lock:
             hit = cls._cache.get(key)
             if hit is None:

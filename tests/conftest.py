@@ -37,3 +37,20 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = TrainConfig(arch="plain_cnn", width=0.125, synthetic_size=600, epochs=2, batch_size=64, lr=3e-3)
     list(run_training(cfg, run_dir))
     return run_dir
+
+
+def wait_for_status(run_dir: Path, statuses: tuple[str, ...], timeout: float = 240):  # noqa: ANN201
+    """Poll a background run (core.jobs) until it reaches one of `statuses`; fail with its log otherwise."""
+    import time
+
+    from core import jobs
+    from core.checkpoint import LOG
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = jobs.job_status(run_dir)
+        if st.status in statuses:
+            return st
+        time.sleep(0.3)
+    log = (run_dir / LOG).read_text() if (run_dir / LOG).exists() else "(no log)"
+    raise AssertionError(f"{run_dir.name} never reached {statuses}; last status {st.status}; log:\n{log[-2000:]}")

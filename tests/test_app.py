@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import SAMPLE_PHOTO
+from conftest import wait_for_status, SAMPLE_PHOTO
 
 from core import jobs, report
 from core.classes import CLASSES
@@ -34,15 +34,7 @@ def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
-def wait_for(run_dir: Path, statuses: tuple[str, ...], timeout: float = 240) -> jobs.JobStatus:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = jobs.job_status(run_dir)
-        if st.status in statuses:
-            return st
-        time.sleep(0.5)
-    log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else "(no log)"
-    raise AssertionError(f"{run_dir.name} never reached {statuses}; last status {st.status}; log:\n{log[-2000:]}")
+wait_for = wait_for_status  # shared helper (conftest); the short name reads better in these tests
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ recorded and shown; deleting a run cannot touch shipped checkpoints or anything 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -17,7 +16,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT
+from conftest import wait_for_status, ROOT
 
 from core import checkpoint as ck, jobs
 from core.config import TrainConfig
@@ -43,15 +42,7 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def wait_for(run_dir: Path, statuses: tuple[str, ...], timeout: float = 240) -> jobs.JobStatus:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = jobs.job_status(run_dir)
-        if st.status in statuses:
-            return st
-        time.sleep(0.3)
-    log = (run_dir / ck.LOG).read_text() if (run_dir / ck.LOG).exists() else "(no log)"
-    raise AssertionError(f"{run_dir.name} never reached {statuses}; last status {st.status}; log:\n{log[-2000:]}")
+wait_for = wait_for_status  # shared helper (conftest); the short name reads better in these tests
 
 
 # --- SIGKILL mid-epoch ---------------------------------------------------------------------------------------------
