@@ -70,3 +70,15 @@ def test_crop_near_border_is_padded() -> None:
     gray = np.full((100, 100), 50, np.uint8)
     crop = crop_face(gray, (-10, -10, 40, 40))
     assert crop.shape == (48, 48)
+
+
+def test_best_shipped_model_reads_the_smile_in_the_sample() -> None:
+    """End to end with a real FER2013-trained model: Eileen Collins smiles in the sample portrait."""
+    from core import report
+    from core.checkpoint import list_runs
+
+    best = report.best_model([i for i in list_runs(None) if i.shipped])
+    if best is None:
+        pytest.skip("no shipped checkpoint with an ONNX model in checkpoints/")
+    r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, best.path / ck.ONNX)
+    assert len(r.faces) == 1 and r.faces[0].top == "happy" and r.faces[0].confidence > 0.5
