@@ -28,7 +28,7 @@ RECIPES: dict[str, dict] = {
     "plain_cnn-w1": dict(arch="plain_cnn", width=1.0, epochs=16, lr=1e-3, weight_decay=5e-4, augment=True, precision="bf16"),
     "mobilenet-w1": dict(arch="mobilenet", width=1.0, dropout=0.0, epochs=40, lr=2e-3, weight_decay=1e-4, augment=True),
     # the same model without augmentation (the study's setting): augmentation left it underfitting at 40 epochs
-    "mobilenet-w1-noaug": dict(arch="mobilenet", width=1.0, dropout=0.0, epochs=30, lr=2e-3, weight_decay=1e-4, augment=False),
+    "mobilenet-w1-noaug": dict(arch="mobilenet", width=1.0, dropout=0.0, epochs=20, lr=2e-3, weight_decay=1e-4, augment=False),
     "plain_cnn-w0.125": dict(arch="plain_cnn", width=0.125, dropout=0.3, epochs=20, lr=2e-3, weight_decay=1e-4, augment=False),
     "mobilenet-w0.5": dict(arch="mobilenet", width=0.5, dropout=0.0, epochs=20, lr=2e-3, weight_decay=1e-4, augment=False),
     "plain_cnn-w0.25": dict(arch="plain_cnn", width=0.25, dropout=0.3, epochs=20, lr=2e-3, weight_decay=1e-4, augment=False),
