@@ -203,3 +203,39 @@ def draw_boxes(result: PhotoResult) -> np.ndarray:
         label = f"{i}: {f.top} {f.confidence:.0%}" + (" (no face: centre)" if f.fallback else "")
         cv2.putText(img, label, (x + 2, max(14, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * thick / 2 + 0.2, colour, max(1, thick - 1), cv2.LINE_AA)
     return img
+
+
+def occlusion_map(crop: np.ndarray, model_path: str | Path, patch: int = 12, stride: int = 4) -> tuple[np.ndarray, int]:
+    """Where the model looks: grey out each patch of the 48x48 crop in turn and measure how much the top class's
+    probability drops (Zeiler & Fergus's occlusion sensitivity). All occluded copies go through ONNX Runtime in one
+    batch (121 crops with the defaults: a few milliseconds for the small models).
+
+    Returns (map [48, 48] float32 in 0..1, where 1 = the area whose hiding costs the most; the class index explained)."""
+    clf = OnnxClassifier.get(model_path)
+    base = clf.probabilities(crop[None])[0]
+    top = int(np.argmax(base))
+    starts = list(range(0, 48 - patch + 1, stride))
+    batch = np.repeat(crop[None].astype(np.float32), len(starts) ** 2, axis=0)
+    fill = float(crop.mean())  # the crop's own mean grey: hides the patch without adding an edge the model reacts to
+    for k, (y, x) in enumerate((y, x) for y in starts for x in starts):
+        batch[k, y:y + patch, x:x + patch] = fill
+    drop = np.clip(base[top] - clf.probabilities(batch)[:, top], 0, None)
+    heat = np.zeros((48, 48), np.float32)
+    count = np.zeros((48, 48), np.float32)
+    for k, (y, x) in enumerate((y, x) for y in starts for x in starts):
+        heat[y:y + patch, x:x + patch] += drop[k]
+        count[y:y + patch, x:x + patch] += 1
+    heat /= np.maximum(count, 1)
+    peak = float(heat.max())
+    return (heat / peak if peak > 0 else heat), top
+
+
+def overlay_heatmap(crop: np.ndarray, heat: np.ndarray, size: int = 192) -> np.ndarray:
+    """The crop upscaled with the occlusion map blended on top (RGB), for display."""
+    import cv2
+
+    gray = cv2.resize(crop, (size, size), interpolation=cv2.INTER_NEAREST)
+    colour = cv2.applyColorMap((cv2.resize(heat, (size, size), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).astype(np.uint8),
+                               cv2.COLORMAP_INFERNO)
+    blended = cv2.addWeighted(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), 0.55, colour, 0.45, 0)
+    return cv2.cvtColor(blended, cv2.COLOR_BGR2RGB)

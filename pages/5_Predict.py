@@ -3,13 +3,14 @@ expression probabilities from an ONNX model; a results table with CSV download."
 from pathlib import Path
 
 import altair as alt
+import numpy as np
 import streamlit as st
 
 from core import report
 from core.checkpoint import list_runs
 from core.classes import CLASSES
 from core.fsutil import PROJECT_ROOT, runs_dir
-from core.photo import MAX_FILE_BYTES, analyze_photo, draw_boxes
+from core.photo import MAX_FILE_BYTES, analyze_photo, draw_boxes, occlusion_map, overlay_heatmap
 
 SAMPLE = PROJECT_ROOT / "assets" / "astronaut.jpg"
 TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
@@ -23,6 +24,12 @@ st.caption("Faces are found with OpenCV's Haar detector, cropped to 48x48 graysc
 def analyze(data: bytes, name: str, model_path: str, stamp: float):  # noqa: ANN201 - core.photo.PhotoResult
     # `stamp` (the model file's mtime) keys the cache so a re-exported model is used at once.
     return analyze_photo(data, name, model_path)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def occlusion(crop_bytes: bytes, model_path: str, stamp: float):  # noqa: ANN201 - (heatmap, class index)
+    # bytes in, so the cache key is cheap to hash; `stamp` (the model's mtime) invalidates it on re-export
+    return occlusion_map(np.frombuffer(crop_bytes, np.uint8).reshape(48, 48), model_path)
 
 
 infos = list_runs(runs_dir())
@@ -115,6 +122,9 @@ for r in results:
                 crop_col, chart_col = st.columns([1, 2], vertical_alignment="center")
                 crop_col.image(report.upscale(face.crop, 3),
                                caption="centre crop (no face found)" if face.fallback else f"face {i}: 48x48, as the model sees it")
+                heat, _ = occlusion(face.crop.tobytes(), str(onnx_file), onnx_file.stat().st_mtime)
+                crop_col.image(overlay_heatmap(face.crop, heat, 144),
+                               caption=f"where it looks: hiding the bright areas lowers '{face.top}' most")
                 chart_col.metric(f"Face {i}" + (" (centre crop)" if face.fallback else ""), face.top,
                                  help=f"{face.confidence:.1%} probability")
                 chart_col.altair_chart(prob_chart(face.probs), width="stretch")

@@ -82,3 +82,17 @@ def test_best_shipped_model_reads_the_smile_in_the_sample() -> None:
         pytest.skip("no shipped checkpoint with an ONNX model in checkpoints/")
     r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, best.path / ck.ONNX)
     assert len(r.faces) == 1 and r.faces[0].top == "happy" and r.faces[0].confidence > 0.5
+
+
+def test_occlusion_map_points_at_what_matters(tiny_run: Path) -> None:
+    from core.photo import occlusion_map, overlay_heatmap
+
+    r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, tiny_run / ck.ONNX)
+    heat, top = occlusion_map(r.faces[0].crop, tiny_run / ck.ONNX)
+    assert heat.shape == (48, 48) and heat.dtype == np.float32
+    assert 0.0 <= heat.min() and heat.max() <= 1.0
+    assert top == int(np.argmax(r.faces[0].probs))
+    assert overlay_heatmap(r.faces[0].crop, heat, 96).shape == (96, 96, 3)
+    # a constant image has nothing to hide: no patch changes the prediction
+    flat, _ = occlusion_map(np.full((48, 48), 128, np.uint8), tiny_run / ck.ONNX)
+    assert float(flat.max()) == 0.0
