@@ -123,7 +123,7 @@ def test_two_runs_at_once_both_finish_in_separate_folders(tmp_path: Path) -> Non
 
 
 # --- run names -----------------------------------------------------------------------------------------------------
-HOSTILE_NAMES = ["../escape", "..", ".", "/tmp/evil-run", "/", "a/b", "a\\b", "..\\..\\windows", "a/../../b", "./run",
+HOSTILE_NAMES = ["../escape", "..", ".", "/var/evil-run", "/", "a/b", "a\\b", "..\\..\\windows", "a/../../b", "./run",
                  ".hidden", "a..b", "", " ", "name with space", "tab\tname", "new\nline", "nul\x00byte", "ümlaut", "名前",
                  "x" * 81, "-rf", "~root", "$(touch pwned)", "`id`", "run;rm -rf ~", "C:\\evil", "%2e%2e%2fescape"]
 
@@ -149,7 +149,7 @@ def test_train_page_refuses_hostile_names(tmp_path: Path, monkeypatch: pytest.Mo
     root = tmp_path / "runs"
     monkeypatch.setenv("FER_RUNS_DIR", str(root))
     at = app("pages/3_Train.py")
-    for name in ["../escape", "/tmp/evil-run", "a/b", "..", ".hidden", "name with space", "$(touch pwned)", "ümlaut", "x" * 81]:
+    for name in ["../escape", "/var/evil-run", "a/b", "..", ".hidden", "name with space", "$(touch pwned)", "ümlaut", "x" * 81]:
         at.text_input(key="train_name").set_value(name).run()
         assert not at.exception, at.exception
         assert any("not allowed" in e.value for e in at.error), (name, [e.value for e in at.error])
