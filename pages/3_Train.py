@@ -150,6 +150,18 @@ def progress_text(job: jobs.JobStatus) -> str:
     return text
 
 
+def run_button(where, label: str, key: str, action, toast: str | None, **kw) -> None:  # noqa: ANN001
+    """A button that calls into core.jobs: a toast on success, the ValueError's message as st.error otherwise."""
+    if where.button(label, key=key, **kw):
+        try:
+            action()
+        except ValueError as exc:
+            st.error(str(exc))
+        else:
+            if toast:
+                st.toast(toast)
+
+
 def show_job(job: jobs.JobStatus) -> None:
     cfg = job.config
     with st.container(border=True):
@@ -160,25 +172,14 @@ def show_job(job: jobs.JobStatus) -> None:
                       f"{desc} · {data_desc} · batch {cfg.get('batch_size', '?')} · lr {cfg.get('lr', '?')}"
                       + (f" · {job.record['params']:,} params" if job.record and job.record.get("params") else ""))
         if job.status in ("starting", "running"):
-            if buttons.button("Stop", key=f"stop_{job.name}", icon=":material/stop:"):
-                try:
-                    jobs.stop_run(job.path)
-                    st.toast(f"Asked {job.name} to stop; it keeps its finished epochs.")
-                except ValueError as exc:
-                    st.error(str(exc))
+            run_button(buttons, "Stop", f"stop_{job.name}", lambda: jobs.stop_run(job.path),
+                       f"Asked {job.name} to stop; it keeps its finished epochs.", icon=":material/stop:")
         elif job.status == "stopping":
-            if buttons.button("Force stop", key=f"kill_{job.name}", help="terminate the process now"):
-                try:
-                    jobs.stop_run(job.path, kill=True)
-                except ValueError as exc:
-                    st.error(str(exc))
+            run_button(buttons, "Force stop", f"kill_{job.name}", lambda: jobs.stop_run(job.path, kill=True), None,
+                       help="terminate the process now")
         elif job.resumable:
-            if buttons.button("Resume", key=f"resume_{job.name}", icon=":material/replay:"):
-                try:
-                    jobs.resume_run(job.path)
-                    st.toast(f"Resumed {job.name}")
-                except ValueError as exc:
-                    st.error(str(exc))
+            run_button(buttons, "Resume", f"resume_{job.name}", lambda: jobs.resume_run(job.path), f"Resumed {job.name}",
+                       icon=":material/replay:")
         if job.active or job.status == "interrupted":
             st.progress(job.fraction, text=progress_text(job))
         if job.status == "failed":
