@@ -160,8 +160,11 @@ def run_training(
         # A stop keeps the last finished epoch's weights (already on disk); a full run keeps the final weights.
         if stopped:
             model.load_state_dict(ck.load_state_dict(run_dir / ck.WEIGHTS))
-        cpu_model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
-        record["final"] = final_evaluation(cpu_model, data, torch.device("cpu"), cfg.seed)
+        # Final metrics in fp32 on the training device (seconds on a GPU, where the CPU would take minutes for
+        # the large models); the ONNX export below is checked against the same weights on the CPU.
+        model.to(memory_format=torch.contiguous_format).float().eval()
+        record["final"] = final_evaluation(model, data, device, cfg.seed)
+        cpu_model = model.to("cpu")
         ck.save_state_dict(run_dir / ck.WEIGHTS, {k: v.contiguous() for k, v in cpu_model.state_dict().items()})
         export_onnx(cpu_model, run_dir / ck.ONNX, arch=cfg.arch, knobs=cfg.model_knobs(), params=record["params"],
                     extra={"run": run_dir.name, "val_accuracy": record["final"]["accuracy"].get(data.val_split)})

@@ -210,6 +210,8 @@ def fit(
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     channels_last = device.type == "cpu"  # measured faster for these convnets on CPU (docs/benchmarks.md)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # input shapes are fixed, so the autotuned kernels are reused every step
     amp = autocast_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     model.to(device)
