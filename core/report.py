@@ -3,6 +3,7 @@ points, learning curves, confusion matrices, conv-parameter breakdown, class bal
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 from typing import Any, Iterable
 
@@ -252,6 +253,14 @@ def class_balance(data: Any) -> pd.DataFrame:
         for c, n in zip(CLASSES, counts):
             rows.append({"split": split, "class": c, "count": int(n), "share": int(n) / total})
     return pd.DataFrame(rows, columns=["split", "class", "count", "share"])
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$:])")
+
+
+def md_escape(text: str) -> str:
+    """Backslash-escape Markdown in user-supplied text (file names) so st.markdown/st.error show it literally."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
 
 
 def upscale(img: np.ndarray, factor: int = 4) -> np.ndarray:

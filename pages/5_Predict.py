@@ -87,10 +87,10 @@ results = []
 bar = st.progress(0.0, text="Analysing...") if len(photos) > 1 else None
 for n, (name, data) in enumerate(photos, 1):
     try:
-        with st.spinner(f"Analysing {name}..."):
+        with st.spinner(f"Analysing {report.md_escape(name)}..."):
             results.append(analyze(data, name, str(onnx_file), stamp))
     except ValueError as exc:
-        st.error(str(exc))  # core names the file and says what is allowed
+        st.error(report.md_escape(exc))  # core names the file and says what is allowed; names are shown literally
     if bar is not None:
         bar.progress(n / len(photos), text=f"Analysed {n} of {len(photos)} photos")
 if bar is not None:
@@ -109,9 +109,9 @@ def prob_chart(probs) -> alt.Chart:  # noqa: ANN001 - numpy array
 
 for r in results:
     with st.container(border=True):
-        st.markdown(f"#### {r.name}")
+        st.markdown(f"#### {report.md_escape(r.name)}")
         if r.no_face:
-            st.warning(f"{r.name}: no face found, so the centre of the photo was classified instead (orange box). "
+            st.warning(f"{report.md_escape(r.name)}: no face found, so the centre of the photo was classified instead (orange box). "
                        "Treat this result with care.")
         photo_col, faces_col = st.columns([1, 1], gap="large")
         photo_col.image(draw_boxes(r), width="stretch",

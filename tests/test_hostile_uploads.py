@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -227,13 +228,17 @@ def test_predict_page_batch_with_bad_files_still_predicts_the_good_ones(predict_
     at.switch_page("pages/5_Predict.py").run()
     assert not at.exception, at.exception
     mime = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
-    batch = [(n, d, mime[n.rsplit(".", 1)[1]]) for n, d in GOOD[:2] + BAD + GOOD[2:]]
+    # a file name with Markdown and Streamlit directives in it must be shown as typed, not rendered
+    bad = BAD + [("**bold** :red[x] $y$.jpg", b"not an image")]
+    batch = [(n, d, mime[n.rsplit(".", 1)[1]]) for n, d in GOOD[:2] + bad + GOOD[2:]]
     at.file_uploader(key="predict_upload").set_value(batch).run()
     assert not at.exception, at.exception
     errors = [e.value for e in at.error]
-    assert len(errors) == len(BAD), errors
-    for (name, _), msg in zip(BAD, errors):
-        assert msg.startswith(f"{name}: "), (name, msg)  # in upload order, each naming its file and problem
+    assert len(errors) == len(bad), errors
+    for (name, _), msg in zip(bad, errors):
+        shown = re.sub(r"\\(.)", r"\1", msg)  # what Markdown renders: each escaped character, literally
+        assert shown.startswith(f"{name}: "), (name, msg)  # in upload order, each naming its file and problem
+    assert errors[-1].startswith(r"\*\*bold\*\* \:red\[x\] \$y\$\.jpg")
     table = at.dataframe[0].value
     assert set(table["photo"]) == {n for n, _ in GOOD}
     assert table["top"].isin(CLASSES).all()
