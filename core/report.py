@@ -19,8 +19,8 @@ SPLITS: tuple[str, ...] = ("public", "private", "val", "train")
 # Headline accuracy: FER2013's PublicTest where the run has it, else the held-out validation split.
 HEADLINE_ORDER: tuple[str, ...] = ("public", "val", "private")
 RUN_COLUMNS = ["name", "shipped", "arch", "family", "width", "params", "macs", "size_mb", "accuracy", "accuracy_split",
-               "acc_public", "acc_private", "acc_val", "acc_train", "epochs", "epochs_planned", "wall_time_s", "device", "data",
-               "status", "recipe", "created", "path"]
+               "acc_public", "acc_private", "acc_val", "acc_train", "epochs", "epochs_planned", "wall_time_s", "device",
+               "data", "status", "recipe", "created", "path"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -150,7 +150,8 @@ def run_row(info: RunInfo, status: str | None = None) -> dict[str, Any]:
         "size_mb": size / 2**20 if isinstance(size, (int, float)) else nan,
         "accuracy": headline, "accuracy_split": split,
         **{f"acc_{s}": float(acc[s]) if isinstance(acc.get(s), (int, float)) else nan for s in SPLITS},
-        "epochs": len(r.get("epochs") or []), "epochs_planned": (r.get("config") or {}).get("epochs"), "wall_time_s": float(r.get("wall_time_s") or 0.0),
+        "epochs": len(r.get("epochs") or []), "epochs_planned": (r.get("config") or {}).get("epochs"),
+        "wall_time_s": float(r.get("wall_time_s") or 0.0),
         "device": r.get("device", ""), "data": data_label(r), "status": status or r.get("status", "done"),
         "recipe": r.get("recipe", ""), "created": r.get("created", ""), "path": str(info.path),
     }
