@@ -154,8 +154,8 @@ def run_parallel(names: list[str], a: argparse.Namespace) -> None:
         if until is not None:
             cmd += ["--budget-s", f"{until - time.monotonic():.1f}"]
             ends[name] = until
-        log = open(runs / f"{name}.log", "w")
-        procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        with open(runs / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
+            procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         print(f"[{time.monotonic() - t0:5.0f} s] started {name}", flush=True)
 
     students = [n for n in names if RECIPES[n].get("teacher")]
