@@ -64,6 +64,8 @@ RECIPES: dict[str, dict] = {
     "mobilenet-w0.5": dict(MOBILE, width=0.5, epochs=35),
     "mobilenet-w0.25": dict(MOBILE, width=0.25, epochs=32),
     "mobilenet-w1-kd": dict(MOBILE, width=1.0, epochs=30, **KD),
+    "mobilenet-w0.5-kd": dict(MOBILE, width=0.5, epochs=35, **KD),  # CPU; compares with mobilenet-w0.5
+    "mobilenet-w0.25-kd": dict(MOBILE, width=0.25, epochs=32, **KD),  # CPU; compares with mobilenet-w0.25
 }
 NOT_SHIPPED = {"plain_cnn-w1-study"}  # 0.590 public; its 24 MB would take the shipped folders past 60 MB
 TEACHER_NAME = Path(TEACHER).name
