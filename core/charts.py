@@ -5,37 +5,46 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from core import report
+from core.archviews import reference_points
+from core.runviews import pareto_front
 
-TOOLTIP = ["name", "family", alt.Tooltip("width:Q", format=".3g"), alt.Tooltip("params:Q", format=","),
+TOOLTIP = ["name", "family", "technique", alt.Tooltip("width:Q", format=".3g"), alt.Tooltip("params:Q", format=","),
            alt.Tooltip("acc:Q", format=".3f", title="accuracy"), "accuracy_split", "data", "epochs", "recipe",
            "device", alt.Tooltip("wall_time_s:Q", format=".0f")]
 
 
-def params_accuracy_chart(points: pd.DataFrame, *, title: str | None = None, height: int = 420,
-                          show_reference: bool = True, show_front: bool = True) -> alt.LayerChart:
-    """Parameter count (log x) vs accuracy, coloured by family, with the Pareto front and the study's two models.
+# The choice of x axis on Compare: a model's cost measured four ways (all log scale).
+X_AXES = {"params": "parameters", "macs": "MACs per image", "onnx_kb": "ONNX file size (KB)"}
 
-    `points` is core.report.runs_table() output with an `acc` column holding the accuracy to plot."""
-    x = alt.X("params:Q", scale=alt.Scale(type="log"), title="parameters (log scale)", axis=alt.Axis(format="~s"))
+
+def params_accuracy_chart(points: pd.DataFrame, *, title: str | None = None, height: int = 420,
+                          show_reference: bool = True, show_front: bool = True, x_col: str = "params") -> alt.LayerChart:
+    """A cost (log x: parameters by default) vs accuracy, coloured by family, with the Pareto front and the study's
+    two models (placed only on the parameter axis, where the study reports them).
+
+    `points` is core.runviews.runs_table() output with an `acc` column holding the accuracy to plot."""
+    x = alt.X(f"{x_col}:Q", scale=alt.Scale(type="log"), title=f"{X_AXES.get(x_col, x_col)} (log scale)",
+              axis=alt.Axis(format="~s"))
+    show_reference = show_reference and x_col == "params"
     y = alt.Y("acc:Q", title="accuracy", scale=alt.Scale(zero=False))
     layers: list[alt.Chart] = []
     if not points.empty:
         if show_front:
-            front = report.pareto_front(points, "params", "acc")
+            front = pareto_front(points, x_col, "acc")
             layers.append(alt.Chart(front).mark_line(color="#888", strokeDash=[4, 3], interpolate="step-after").encode(
-                x=x, y=y, order="params:Q"))
+                x=x, y=y, order=f"{x_col}:Q"))
         tooltip = [t for t in TOOLTIP if (t if isinstance(t, str) else t.to_dict()["field"]) in points.columns]
         layers.append(alt.Chart(points).mark_point(size=110, filled=True, opacity=0.85).encode(
-            x=x, y=y, color=alt.Color("family:N", legend=alt.Legend(orient="bottom", columns=3)),
+            x=x, y=y, color=alt.Color("family:N", legend=alt.Legend(orient="bottom", columns=2, labelLimit=0)),
             shape=alt.Shape("shipped:N", legend=alt.Legend(title="shipped", orient="bottom")),
             tooltip=tooltip))
     if show_reference:
-        refs = report.reference_points().assign(
+        refs = reference_points().assign(
             acc=lambda d: d["public"], short=lambda d: "study " + d["arch"] + ": " + d["public"].map("{:.3f}".format))
         layers.append(alt.Chart(refs).mark_point(shape="diamond", size=170, filled=True, color="#d62728").encode(
             x=x, y=y, tooltip=["label", alt.Tooltip("public:Q", format=".3f"), alt.Tooltip("private:Q", format=".3f")]))
-        layers.append(alt.Chart(refs).mark_text(align="right", dx=-12, dy=-10, color="#d62728", fontSize=11).encode(
-            x=x, y=y, text="short"))
+        # labels sit above-left of the diamond, inside the plot, so they never run over the axis
+        layers.append(alt.Chart(refs).mark_text(align="right", baseline="bottom", dx=-8, dy=-8, color="#d62728",
+                                                fontSize=11).encode(x=x, y=y, text="short"))
     chart = alt.layer(*layers).properties(height=height)
     return chart.properties(title=title) if title else chart

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -67,68 +68,86 @@ class _ProgressWriter:
         })
 
 
-def cmd_train(a: argparse.Namespace) -> int:
+def _progress_bar(quiet: bool, epochs: int, progress: "_ProgressWriter | None"):  # noqa: ANN202 - (hook, close)
+    """A tqdm bar made at the first batch (so nothing prints while data loads), fed from the per-batch hook."""
     from tqdm import tqdm
 
-    from core.config import TrainConfig
-    from core.runs import resolve_run_dir, run_training
-
-    cfg = TrainConfig(
-        arch=a.arch, width=a.width, dropout=a.dropout, data=a.data, synthetic_size=a.synthetic_size, subset=a.subset,
-        epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer,
-        weight_decay=a.weight_decay, schedule=a.schedule, warmup_epochs=a.warmup_epochs,
-        label_smoothing=a.label_smoothing, augment=not a.no_augment, seed=a.seed, device=a.device,
-        precision=a.precision, teacher=a.teacher, distill_temperature=a.distill_temperature,
-        distill_alpha=a.distill_alpha, threads=a.threads,
-    )
-    bar = tqdm(total=None, unit="step", dynamic_ncols=True, disable=a.quiet, file=sys.stderr)
-    run_dir = resolve_run_dir(cfg, a.out, a.name, a.run_dir)
-    # Background runs (core.jobs) pass --run-dir and read a small progress file for a per-step bar with ETA;
-    # run.json is only written per epoch. Throttled to twice a second so it costs nothing measurable.
-    progress = _ProgressWriter(run_dir / "progress.json", cfg.epochs) if a.run_dir else None
+    bar: list = []
 
     def on_batch(b: dict) -> None:
         if progress is not None:
             progress(b)
-        if bar.total != b["total_steps"]:
-            bar.total = b["total_steps"]
-            bar.refresh()
-        bar.n = b["global_step"]
-        bar.set_description(f"epoch {b['epoch']}/{cfg.epochs}")
-        bar.set_postfix(loss=f"{b['loss']:.3f}", lr=f"{b['lr']:.2e}", refresh=False)
-        bar.update(0)
+        if quiet:
+            return
+        if not bar:
+            bar.append(tqdm(total=b["total_steps"], initial=b["global_step"] - 1, unit="step", dynamic_ncols=True,
+                            file=sys.stderr))
+        bar[0].n = b["global_step"]
+        bar[0].set_description(f"epoch {b['epoch']}/{epochs}", refresh=False)
+        bar[0].set_postfix(loss=f"{b['loss']:.3f}", lr=f"{b['lr']:.2e}", refresh=False)
+        bar[0].update(0)
 
+    def write(text: str) -> None:
+        (bar[0].write if bar else print)(text, file=sys.stderr)
+
+    def close() -> None:
+        if bar:
+            bar[0].close()
+
+    return on_batch, write, close
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from core import rundir
+    from core.config import config_from_args
+    from core.data import load_data
+    from core.runs import resolve_run_dir, run_training
+
+    cfg = config_from_args(a)
+    # A fresh CLI run loads its data before any folder is made, so a bad --data leaves nothing behind; background
+    # runs (--run-dir, made by the app) load inside run_training, which records a failure for the app to show.
+    data = None if a.run_dir else load_data(cfg.data, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+    if data is not None and not a.quiet:
+        for warning in data.warnings:
+            print(f"data warning: {warning}", file=sys.stderr)
+    run_dir = resolve_run_dir(cfg, a.out, a.name, a.run_dir)
+    # Background runs read a small progress file for a per-step bar with ETA; run.json is only written per epoch.
+    # Throttled to twice a second so it costs nothing measurable.
+    progress = _ProgressWriter(run_dir / rundir.PROGRESS_FILE, cfg.epochs) if a.run_dir else None
+    on_batch, write, close = _progress_bar(a.quiet, cfg.epochs, progress)
     last: dict = {}
-    for m in run_training(cfg, run_dir, on_batch=on_batch):
-        last = m
-        bar.write(f"epoch {m['epoch']}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | "
-                  f"{m['val_split']} loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} | {m['images_per_s']:.0f} img/s", file=sys.stderr)
-    bar.close()
-    from core import checkpoint as ck
-
-    record = ck.read_record(run_dir)
+    try:
+        for m in run_training(cfg, run_dir, on_batch=on_batch, data=data):
+            last = m
+            write(f"epoch {m['epoch']}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | "
+                  f"{m['val_split']} loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} | {m['images_per_s']:.0f} img/s")
+    finally:
+        close()
+    record = rundir.read_record(run_dir)
+    acc = record.final.accuracy if record.final else {}
     result = {
-        "run_dir": str(run_dir), "status": record["status"], "arch": cfg.arch, "knobs": record["model"]["knobs"],
-        "params": record["params"], "macs": record["macs"], "epochs": len(record["epochs"]),
-        "images_per_s": last.get("images_per_s"), "accuracy": record["final"]["accuracy"],
-        "wall_time_s": record["wall_time_s"], "device": record["device"], "onnx": str(run_dir / ck.ONNX),
+        "run_dir": str(run_dir), "status": record.status, "arch": cfg.arch, "knobs": record.model.knobs,
+        "params": record.params, "macs": record.macs, "epochs": len(record.epochs),
+        "images_per_s": last.get("images_per_s"), "accuracy": acc, "wall_time_s": record.wall_time_s,
+        "device": record.device, "onnx": str(run_dir / rundir.ONNX), "data_warnings": record.data.get("warnings", []),
     }
     if a.json:
         _print_json(result)
     else:
-        accs = ", ".join(f"{k} {v:.4f}" for k, v in result["accuracy"].items())
-        print(f"{record['status']}: {run_dir}\n{cfg.arch} {_fmt_int(result['params'])} params, accuracy: {accs}")
+        accs = ", ".join(f"{k} {v:.4f}" for k, v in acc.items())
+        print(f"{record.status}: {run_dir}\n{cfg.arch} {_fmt_int(result['params'] or 0)} params, accuracy: {accs}")
     return 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from core.runs import export_run
+    from core.runs import export_run, find_run
 
-    info = export_run(a.run_dir)
+    run_dir = find_run(a.run_dir)
+    info = export_run(run_dir)
     if a.json:
-        _print_json({"run_dir": a.run_dir, **info})
+        _print_json({"run_dir": str(run_dir), **info})
     else:
-        print(f"exported {Path(a.run_dir) / info['file']} (max |PyTorch - ONNX Runtime| = {info['parity_max_abs']:.2e})")
+        print(f"exported {run_dir / info['file']} (max |PyTorch - ONNX Runtime| = {info['parity_max_abs']:.2e})")
     return 0
 
 
@@ -153,6 +172,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from core.classes import CLASSES
     from core.photo import analyze_photo
 
+    from core.onnx_io import OnnxClassifier
+
+    OnnxClassifier.get(a.model)  # a missing or broken model is the first thing to say, before any photo
     out, failed = [], 0
     for img in a.images:
         p = Path(img)
@@ -194,7 +216,7 @@ def cmd_study(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.archs import WIDTH_MAX, WIDTH_MIN, list_archs
-    from core.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
+    from core.config import add_train_arguments
 
     p = argparse.ArgumentParser(prog="python -m core", description="FER Compact-CNN Explorer: how small can an expression classifier get?")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -203,35 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="parameters, MACs, size and layer table of an architecture")
     s.add_argument("--arch", required=True, choices=archs)
     s.add_argument("--width", type=float, default=1.0, help=f"width multiplier ({WIDTH_MIN}-{WIDTH_MAX})")
-    s.add_argument("--dropout", type=float, default=None)
+    s.add_argument("--dropout", type=float, default=None, help="dropout probability (the family's default if omitted)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_summary)
 
-    t = sub.add_parser("train", help="train a model, save a checkpoint folder and export ONNX")
-    t.add_argument("--arch", required=True, choices=archs)
-    t.add_argument("--width", type=float, default=1.0, help=f"width multiplier ({WIDTH_MIN}-{WIDTH_MAX})")
-    t.add_argument("--dropout", type=float, default=None, help="dropout probability (family default if omitted)")
-    t.add_argument("--data", required=True, help="'synthetic' or a path to FER2013 (CSV, image folder, or a folder holding them)")
-    t.add_argument("--synthetic-size", type=int, default=6000, help="images to draw when --data synthetic")
-    t.add_argument("--subset", type=int, default=None, help="train on only this many images (stratified)")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
-    t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--schedule", choices=SCHEDULES, default="cosine")
-    t.add_argument("--warmup-epochs", type=int, default=0)
-    t.add_argument("--label-smoothing", type=float, default=0.0)
-    t.add_argument("--no-augment", action="store_true", help="turn off shift/scale/rotation/flip augmentation")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", choices=DEVICES, default="auto")
-    t.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: mixed precision on CUDA only")
-    t.add_argument("--teacher", default=None, help="run folder of a trained model to distil from")
-    t.add_argument("--distill-temperature", type=float, default=4.0)
-    t.add_argument("--distill-alpha", type=float, default=0.7)
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    t.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS_DIR or ./runs)")
+    t = sub.add_parser("train", help="train a model, save a checkpoint folder and export ONNX",
+                       description="Train a model into a run folder (weights, ONNX export, run.json). Every training "
+                                   "setting below comes from core.config.TrainConfig.")
+    add_train_arguments(t)
+    t.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS_DIR, else ./runs)")
     t.add_argument("--name", default=None, help="run folder name (default: arch-width-timestamp)")
     t.add_argument("--run-dir", default=None, help="exact run folder; an unfinished run there is resumed")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -272,7 +274,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        return a.func(a)
+        code = a.func(a)
+        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) surfaces here
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe: Python's documented remedy is to point stdout at devnull so the interpreter's
+        # final flush does not raise again, and to exit quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except ValueError as exc:
         # bad input: one clear line, no traceback
         print(f"error: {exc}", file=sys.stderr)
@@ -281,15 +290,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; finished epochs are saved and the run can be resumed with --run-dir", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - only the trainer's own early-stop reason is turned into one line
+        from core.runs import OOM_MESSAGES, failure_reason
         from core.train import StopRun
-
-        from core.runs import OOM_MESSAGES
 
         if isinstance(exc, StopRun):  # NaN loss, stop before the first epoch: recorded in run.json too
             print(f"error: training stopped: {exc}", file=sys.stderr)
             return 1
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, MemoryError) or any(m in first.lower() for m in OOM_MESSAGES):
-            print(f"error: out of memory: {first} (lower the batch size or width)", file=sys.stderr)
+        if isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in OOM_MESSAGES):
+            print(f"error: {failure_reason(exc)}", file=sys.stderr)
             return 1
         raise

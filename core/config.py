@@ -1,9 +1,13 @@
-"""Training configuration as one frozen dataclass: the CLI and the UI both build it, the run record stores it."""
+"""Training configuration: one frozen dataclass whose fields carry their help, choices and bounds. The CLI's train
+flags, the Train form, validation and the way back to flags are all generated from it, so a knob lives in one place."""
 from __future__ import annotations
 
+import argparse
+import functools
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Callable
 
 from core import archs
 
@@ -13,31 +17,66 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def knob(default: Any, help: str, *, low: float | None = None, high: float | str | None = None,
+         choices: tuple | Callable[[], list] | None = None, required: bool = False, label: str | None = None,
+         group: str | None = "more", form_default: Any = MISSING, step: float | None = None,
+         options: tuple | None = None) -> Any:
+    """A TrainConfig field with what every front end needs: `help`, bounds (`high` may name another field),
+    `choices`, whether the CLI requires it, and for the Train form its `label`, `group` ('main', 'more', or None
+    for not on the form), a `form_default` for quick classroom runs, a `step`, and `options` for a pick list."""
+    meta = {"help": help, "low": low, "high": high, "choices": choices, "required": required, "label": label,
+            "group": group, "form_default": default if form_default is MISSING else form_default, "step": step,
+            "options": options}
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = "mobilenet"  # registry name (core.archs)
-    width: float = 1.0  # channel multiplier; every family has it
-    dropout: float | None = None  # None keeps the family's default; families without dropout ignore it
-    data: str = "synthetic"  # 'synthetic' or a path to FER2013 in any supported format
-    synthetic_size: int = 6000  # images drawn when data is synthetic (80% train, 20% val)
-    subset: int | None = None  # use only this many training images (stratified): quick classroom runs
-    epochs: int = 10  # full passes over the training split
-    max_steps: int | None = None  # hard cap on optimiser steps over the whole run (smoke tests, demos)
-    batch_size: int = 256  # the study's batch size
-    lr: float = 1e-3  # the study's Adam learning rate
-    optimizer: str = "adam"  # adam (the study), adamw, or sgd with Nesterov momentum 0.9
-    weight_decay: float = 0.0  # L2 (adam/sgd) or decoupled (adamw)
-    schedule: str = "cosine"  # cosine decay to 0 over the run, or constant (the study)
-    warmup_epochs: int = 0  # linear warm-up before the schedule; helps large lr and SGD
-    label_smoothing: float = 0.0  # FER2013 labels are noisy; 0.1 usually helps a little
-    augment: bool = True  # random shift/scale/rotation/flip on whole batches
-    seed: int = 0  # weights init, shuffling and augmentation are all derived from it
-    device: str = "auto"  # auto picks cuda, then mps, then cpu
-    precision: str = "auto"  # auto: mixed precision on CUDA, fp32 on CPU/MPS; bf16 forces bf16 autocast
-    teacher: str | None = None  # run folder of a trained model to distil from (knowledge distillation)
-    distill_temperature: float = 4.0  # softening temperature for teacher and student logits
-    distill_alpha: float = 0.7  # weight of the distillation term; 1 - alpha weighs the label loss
-    threads: int | None = None  # torch intra-op threads for CPU training; None = torch's default
+    arch: str = knob("mobilenet", "architecture (registry name)", choices=archs.list_archs, required=True,
+                     label="Architecture", group="main", form_default="plain_cnn")
+    width: float = knob(1.0, "channel multiplier; every family has it", low=archs.WIDTH_MIN, high=archs.WIDTH_MAX,
+                        label="Width", group="main", form_default=0.25, step=0.125)
+    # None keeps the family's default; the form shows the family's own dropout slider
+    dropout: float | None = knob(None, "dropout probability (the family's default if omitted; families without "
+                                       "dropout ignore it)", low=0.0, high=0.8, group=None)
+    data: str = knob("synthetic", "'synthetic' or a path to FER2013 (CSV, image folder, or a folder holding them)",
+                     required=True, group=None)
+    synthetic_size: int = knob(6000, "images drawn when data is synthetic (80% train, 20% val)", low=10,
+                               high=200_000, label="Synthetic images", group="main", form_default=3000, step=500)
+    subset: int | None = knob(None, "train on only this many images, class balance kept: quick classroom runs",
+                              low=7, high=10**9, label="Subset (0 = all)", group="main", step=500)
+    epochs: int = knob(10, "full passes over the training split", low=1, high=1000, label="Epochs", group="main",
+                       form_default=3)
+    max_steps: int | None = knob(None, "stop after this many optimiser steps over the whole run (smoke tests, "
+                                       "demos)", low=1, high=10**9, label="Max steps (0 = no cap)", step=10)
+    batch_size: int = knob(256, "images per optimiser step (the study: 256)", low=1, high=8192, label="Batch size",
+                           group="main", form_default=64, options=(16, 32, 64, 128, 256, 512))
+    lr: float = knob(1e-3, "peak learning rate (the study: Adam 0.001)", low=1e-7, high=10.0, label="Learning rate",
+                     group="main", form_default=3e-3, options=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2))
+    optimizer: str = knob("adam", "adam (the study), adamw, or sgd with Nesterov momentum 0.9", choices=OPTIMIZERS,
+                          label="Optimizer")
+    weight_decay: float = knob(0.0, "L2 (adam, sgd) or decoupled (adamw) weight decay", low=0.0, high=1.0,
+                               label="Weight decay", step=1e-4)
+    schedule: str = knob("cosine", "cosine decay to 0 over the run, or constant (the study)", choices=SCHEDULES,
+                         label="Schedule")
+    warmup_epochs: int = knob(0, "linear warm-up epochs before the schedule; helps large lr and SGD", low=0,
+                              high="epochs", label="Warm-up epochs")
+    label_smoothing: float = knob(0.0, "FER2013 labels are noisy; 0.1 usually helps a little", low=0.0, high=0.5,
+                                  label="Label smoothing", step=0.05)
+    augment: bool = knob(True, "random shift, scale, rotation and flip on whole batches", label="Augment",
+                         group="main", form_default=False)
+    seed: int = knob(0, "weights init, shuffling and augmentation all derive from it", low=0, high=2**31 - 1,
+                     label="Seed")
+    device: str = knob("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES, label="Device", group="main")
+    precision: str = knob("auto", "auto: mixed precision on CUDA and on CPUs with native bf16, else fp32",
+                          choices=PRECISIONS, label="Precision")
+    teacher: str | None = knob(None, "run folder of a trained model to distil from (knowledge distillation)",
+                               label="Teacher run folder (distillation)")
+    distill_temperature: float = knob(4.0, "softening temperature for teacher and student logits", low=0.5,
+                                      high=50.0, label="Distillation temperature", step=0.5)
+    distill_alpha: float = knob(0.7, "weight of the distillation term; 1 - alpha weighs the label loss", low=0.0,
+                                high=1.0, label="Distillation alpha", step=0.05)
+    threads: int | None = knob(None, "torch CPU threads (torch's default if omitted)", low=1, high=512, group=None)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -50,32 +89,9 @@ class TrainConfig:
         return family.resolve(**knobs)
 
     def validate(self) -> None:
-        archs.get_family(self.arch)  # raises ValueError listing the choices
-        self.model_knobs()
-        _int_in("epochs", self.epochs, 1, 1000)
-        _int_in("batch_size", self.batch_size, 1, 8192)
-        _int_in("synthetic_size", self.synthetic_size, 10, 200_000)
-        if self.max_steps is not None:
-            _int_in("max_steps", self.max_steps, 1, 10**9)
-        if self.subset is not None:
-            _int_in("subset", self.subset, 7, 10**9)
-        if self.threads is not None:
-            _int_in("threads", self.threads, 1, 512)
-        _int_in("warmup_epochs", self.warmup_epochs, 0, self.epochs)
-        _int_in("seed", self.seed, 0, 2**31 - 1)
-        _num_in("lr", self.lr, 1e-7, 10.0)
-        _num_in("weight_decay", self.weight_decay, 0.0, 1.0)
-        _num_in("label_smoothing", self.label_smoothing, 0.0, 0.5)
-        _num_in("distill_temperature", self.distill_temperature, 0.5, 50.0)
-        _num_in("distill_alpha", self.distill_alpha, 0.0, 1.0)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
-        if not isinstance(self.augment, bool):
-            raise ValueError(f"augment must be true or false, got {self.augment!r}")
-        if not isinstance(self.data, str) or not self.data:
-            raise ValueError(f"data must be 'synthetic' or a path, got {self.data!r}")
+        for f in fields(self):
+            _check_field(self, f)
+        self.model_knobs()  # the family's own ranges (width, dropout)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +105,43 @@ class TrainConfig:
         return cls(**d)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Field metadata -> validation, CLI flags and back, Train form
+# ---------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def field_type(f: Any) -> tuple[type, bool]:
+    """(base type, optional) of a TrainConfig field: `int | None` -> (int, True)."""
+    hint = _hints()[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return (args[0] if args else hint), bool(typing.get_args(hint))
+
+
+def choices_of(f: Any) -> list | None:
+    c = f.metadata["choices"]
+    return list(c()) if callable(c) else (list(c) if c else None)
+
+
+def _check_field(cfg: TrainConfig, f: Any) -> None:
+    value, meta = getattr(cfg, f.name), f.metadata
+    base, optional = field_type(f)
+    if value is None and optional:
+        return
+    choices = choices_of(f)
+    if choices is not None and value not in choices:
+        raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    if base is bool and not isinstance(value, bool):
+        raise ValueError(f"{f.name} must be true or false, got {value!r}")
+    if base is str and (not isinstance(value, str) or not value):
+        raise ValueError(f"{f.name} must be non-empty text, got {value!r}")
+    if base in (int, float):
+        high = getattr(cfg, meta["high"]) if isinstance(meta["high"], str) else meta["high"]
+        (_int_in if base is int else _num_in)(f.name, value, meta["low"], high)
+
+
 def _int_in(name: str, value: Any, lo: int, hi: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not (lo <= value <= hi):
         raise ValueError(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
@@ -99,6 +152,103 @@ def _num_in(name: str, value: Any, lo: float, hi: float) -> None:
         raise ValueError(f"{name} must be a number from {lo:g} to {hi:g}, got {value!r}")
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _help(f: Any) -> str:
+    meta, bits = f.metadata, [f.metadata["help"].replace("%", "%%")]  # argparse formats help with %
+    if meta["low"] is not None:
+        bits.append(f"{_num(meta['low'])} to {_num(meta['high'])}")
+    if not meta["required"] and f.default is not None:
+        bits.append("default: %(default)s")
+    return "; ".join(bits)
+
+
+def _num(v: Any) -> str:
+    return v if isinstance(v, str) else f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, with its help, default, choices and bounds."""
+    for f in fields(TrainConfig):
+        base, _ = field_type(f)
+        kw: dict[str, Any] = {"help": _help(f), "dest": f.name}
+        if base is bool:
+            kw.update(action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kw.update(type=base, default=None if f.metadata["required"] else f.default,
+                      required=f.metadata["required"], metavar=f.name.upper())
+            if choices_of(f):
+                kw.update(choices=choices_of(f), metavar=None)
+        parser.add_argument(_flag(f.name), **kw)
+
+
+def config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(ns, f.name) for f in fields(TrainConfig)})
+
+
+def to_cli_args(cfg: TrainConfig) -> list[str]:
+    """The `core train` flags that rebuild exactly this config (the trainer refuses to resume a different one)."""
+    args: list[str] = []
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool):
+            args.append(_flag(f.name) if value else "--no-" + f.name.replace("_", "-"))
+        elif value is None:
+            continue  # None means "the default" everywhere in TrainConfig, and the CLI's default is None too
+        else:
+            args += [_flag(f.name), repr(value) if isinstance(value, float) else str(value)]  # repr round-trips floats
+    return args
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One Train-form widget, described without Streamlit: the page maps `kind` to a widget."""
+
+    name: str
+    label: str
+    kind: str  # choice | bool | int | float | text
+    default: Any
+    help: str
+    group: str
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    zero_is_none: bool = False  # optional numbers: 0 in the form means "not set"
+
+
+def form_fields() -> list[FormField]:
+    """The Train form's widgets, in field order, from the same metadata as the CLI."""
+    out = []
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        if meta["group"] is None:
+            continue
+        base, optional = field_type(f)
+        choices = tuple(meta["options"] or choices_of(f) or ())
+        kind = "choice" if choices else {bool: "bool", int: "int", float: "float"}.get(base, "text")
+        high = None if isinstance(meta["high"], str) else meta["high"]
+        default = meta["form_default"]
+        zero = optional and base in (int, float)
+        out.append(FormField(f.name, meta["label"] or f.name, kind, 0 if zero and default is None else default,
+                             meta["help"], meta["group"], choices, meta["low"] if not zero else 0, high,
+                             meta["step"], zero))
+    return out
+
+
+def config_from_form(values: dict[str, Any], **fixed: Any) -> TrainConfig:
+    """A TrainConfig from the form's values (0 -> None where the form says so, '' -> None for text)."""
+    by_name = {f.name: f for f in form_fields()}
+    clean: dict[str, Any] = {}
+    for name, value in values.items():
+        spec = by_name.get(name)
+        if spec is not None and ((spec.zero_is_none and not value) or (spec.kind == "text" and not str(value).strip())):
+            value = None
+        elif spec is not None and spec.kind == "int":
+            value = int(value)
+        elif spec is not None and spec.kind == "float":
+            value = float(value)
+        clean[name] = value
+    return TrainConfig(**clean, **fixed)

@@ -1,21 +1,21 @@
 """A training run end to end: folder, data, model, resume, per-epoch checkpoints, final evaluation and ONNX export."""
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import platform
-import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from core import archs, checkpoint as ck
+from core import archs, checkpoint as ck, rundir
 from core.config import TrainConfig
 from core.data import FERData, load_data
 from core.onnx_io import OnnxClassifier, export_onnx, parity
+from core.record import Epoch, Final, ModelSpec, RunRecord, now_iso
 from core.summary import summarize
 from core.train import (BatchHook, StopRun, TrainState, evaluate, fit, make_optimizer, metrics_from_logits, resolve_device,
                         stratified_subset)
@@ -24,8 +24,12 @@ OOM_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA's and PyTorch 
 TRAIN_EVAL_SAMPLE = 5000  # final train-split accuracy on a stratified sample: the full split costs minutes on CPU
 
 
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def failure_reason(exc: BaseException) -> str:
+    """One line for the record and the CLI; out-of-memory errors (CUDA's or the CPU allocator's) say what to do."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, MemoryError) or any(m in reason.lower() for m in OOM_MESSAGES):
+        reason = f"out of memory: {reason} (lower the batch size or width)"
+    return reason
 
 
 def versions() -> dict[str, str]:
@@ -34,11 +38,6 @@ def versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
-
-
-def default_run_name(cfg: TrainConfig) -> str:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.arch}-w{cfg.width:g}-{stamp}-{secrets.token_hex(2)}"  # suffix: two runs started in one second
 
 
 def recipe_text(cfg: TrainConfig) -> str:
@@ -55,44 +54,128 @@ def recipe_text(cfg: TrainConfig) -> str:
     return ", ".join(parts)
 
 
-def new_record(name: str, cfg: TrainConfig, data: FERData, device: torch.device) -> dict[str, Any]:
-    knobs = cfg.model_knobs()
+def device_name(device: torch.device) -> str:
+    return device.type if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})"
+
+
+def new_record(name: str, cfg: TrainConfig, knobs: dict[str, float], data: FERData, device: torch.device) -> RunRecord:
     s = summarize(cfg.arch, **knobs)
-    return {
-        "format": ck.RECORD_FORMAT, "name": name, "status": "running", "error": None,
-        "created": now_iso(), "updated": now_iso(), "pid": os.getpid(),
-        "model": {"arch": cfg.arch, "knobs": knobs, "family": archs.get_family(cfg.arch).title},
-        "params": s.params, "trainable": s.trainable, "macs": s.macs, "size_bytes": s.size_bytes,
-        "data": {**data.describe(), "warnings": data.warnings},
-        "config": cfg.to_dict(), "recipe": recipe_text(cfg),
-        "epochs": [], "final": None, "wall_time_s": 0.0,
-        "device": device.type if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})",
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "versions": versions(),
-    }
+    return RunRecord(
+        name=name, model=ModelSpec(cfg.arch, knobs, archs.get_family(cfg.arch).title), status="running",
+        created=now_iso(), updated=now_iso(), pid=os.getpid(),
+        params=s.params, trainable=s.trainable, macs=s.macs, size_bytes=s.size_bytes,
+        data={**data.describe(), "warnings": data.warnings}, config=cfg.to_dict(), recipe=recipe_text(cfg),
+        device=device_name(device), cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+        versions=versions(),
+    )
 
 
-def final_evaluation(model: torch.nn.Module, data: FERData, device: torch.device, seed: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"accuracy": {}, "per_class": {}, "confusion": {}, "n": {}}
+def final_evaluation(model: torch.nn.Module, data: FERData, device: torch.device, seed: int) -> Final:
+    out = Final()
     for name, split in data.splits.items():
         if name == "train" and len(split) > TRAIN_EVAL_SAMPLE:
             split = stratified_subset(split, TRAIN_EVAL_SAMPLE, seed)
         ev = evaluate(model, split, device)
-        out["accuracy"][name] = ev["accuracy"]
-        out["per_class"][name] = ev["per_class"]
-        out["confusion"][name] = ev["confusion"]
-        out["n"][name] = ev["n"]
+        out.accuracy[name] = ev["accuracy"]
+        out.per_class[name] = ev["per_class"]
+        out.confusion[name] = ev["confusion"]
+        out.n[name] = ev["n"]
     return out
 
 
 def resolve_run_dir(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name: str | None = None,
                     run_dir: str | os.PathLike | None = None) -> Path:
     """An explicit run folder, or <runs folder>/<checked name or arch-width-timestamp>."""
-    from core.fsutil import runs_dir
+    from core.jobs import default_run_name
 
     if run_dir is not None:
         return Path(run_dir)
-    return runs_dir(runs_root) / ck.check_run_name(name or default_run_name(cfg))
+    return rundir.run_path(name or default_run_name(cfg), runs_root)
+
+
+@dataclass
+class _Run:
+    """What one training needs, resolved once: settings, model knobs, data, model, optimiser, state, record."""
+
+    cfg: TrainConfig
+    dir: Path
+    knobs: dict[str, float]
+    device: torch.device
+    data: FERData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    state: TrainState
+    record: RunRecord
+    teacher: torch.nn.Module | None = None
+
+
+def _prepare(cfg: TrainConfig, run_dir: Path, data: FERData | None) -> _Run:
+    """Data, model and optimiser for a run; continues from the folder's resume state when there is one."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    knobs = cfg.model_knobs()
+    data = data if data is not None else load_data(cfg.data, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+    model = archs.build(cfg.arch, **knobs)
+    run = _Run(cfg, run_dir, knobs, device, data, model, make_optimizer(cfg, model), TrainState(),
+               new_record(run_dir.name, cfg, knobs, data, device))
+    resume_path = run_dir / rundir.RESUME
+    if resume_path.exists():
+        old = rundir.read_record(run_dir)
+        if old.config != cfg.to_dict():
+            raise ValueError(f"{run_dir}: holds a run with different settings; choose another run name to start anew")
+        saved = ck.load_state_dict(resume_path)
+        model.load_state_dict(saved["model"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.state = TrainState(epoch=int(saved["epoch"]), steps=int(saved["steps"]),
+                               history=[e.to_json() for e in old.epochs])
+        run.record.created, run.record.wall_time_s = old.created or run.record.created, old.wall_time_s
+        run.record.epochs, run.record.resumed_from_epoch = list(old.epochs), run.state.epoch
+    rundir.write_record(run_dir, run.record)
+    if cfg.teacher:
+        run.teacher, _ = ck.load_model(cfg.teacher)
+    return run
+
+
+def _save_epoch(run: _Run, seconds: float) -> None:
+    """Per-epoch checkpoint: weights first, then the resume state, then the record that points at them, each
+    written atomically, so a kill at any moment leaves the last finished epoch intact."""
+    cpu_state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
+    ck.save_state_dict(run.dir / rundir.WEIGHTS, cpu_state)
+    ck.save_state_dict(run.dir / rundir.RESUME, {"model": cpu_state, "optimizer": run.optimizer.state_dict(),
+                                                 "epoch": run.state.epoch, "steps": run.state.steps})
+    run.record.epochs = [Epoch.from_json(e, i) for i, e in enumerate(run.state.history)]
+    run.record.updated, run.record.wall_time_s = now_iso(), seconds
+    rundir.write_record(run.dir, run.record)
+
+
+def _finish(run: _Run, stopped: bool, seconds: float) -> None:
+    """Final metrics in fp32 on the training device (seconds on a GPU, where the CPU would take minutes for the large
+    models), then weights and the ONNX export from the CPU copy, checked against each other."""
+    if not run.state.history:
+        raise StopRun("stopped before the first epoch finished" if stopped else "no epoch was run")
+    if stopped:  # a stop keeps the last finished epoch's weights (already on disk)
+        run.model.load_state_dict(ck.load_state_dict(run.dir / rundir.WEIGHTS))
+    model = run.model.to(memory_format=torch.contiguous_format).float().eval()
+    run.record.final = final_evaluation(model, run.data, run.device, run.cfg.seed)
+    cpu_model = model.to("cpu")
+    ck.save_state_dict(run.dir / rundir.WEIGHTS, {k: v.contiguous() for k, v in cpu_model.state_dict().items()})
+    onnx_path = run.dir / rundir.ONNX
+    export_onnx(cpu_model, onnx_path, arch=run.cfg.arch, knobs=run.knobs, params=run.record.params or 0,
+                extra={"run": run.dir.name, "val_accuracy": run.record.accuracy(run.data.val_split)})
+    run.record.onnx = {"file": rundir.ONNX, "parity_max_abs": parity(cpu_model, onnx_path)}
+    run.record.status, run.record.updated, run.record.wall_time_s = ("stopped" if stopped else "done"), now_iso(), seconds
+    rundir.write_record(run.dir, run.record)
+    if not stopped:  # a stopped run keeps its resume state, so it can be continued later
+        (run.dir / rundir.RESUME).unlink(missing_ok=True)
+    (run.dir / rundir.STOP_FILE).unlink(missing_ok=True)
+
+
+def _record_failure(cfg: TrainConfig, run_dir: Path, record: RunRecord | None, exc: BaseException) -> None:
+    """The reason goes into the record for the app and CLI; finished epochs stay on disk and resumable."""
+    if record is None:
+        record = RunRecord(name=run_dir.name, model=ModelSpec(cfg.arch, {}), config=cfg.to_dict(), created=now_iso())
+    record.status, record.error, record.updated = "failed", failure_reason(exc), now_iso()
+    rundir.write_record(run_dir, record)
 
 
 def run_training(
@@ -111,90 +194,34 @@ def run_training(
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    stop_file = run_dir / ck.STOP_FILE
+    stop_file = run_dir / rundir.STOP_FILE
 
     def stop_requested() -> bool:
         return (should_stop is not None and should_stop()) or stop_file.exists()
 
-    record: dict[str, Any] | None = None
+    run: _Run | None = None
     try:
-        data = data if data is not None else load_data(cfg.data, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
-        model = archs.build(cfg.arch, **cfg.model_knobs())
-        optimizer = make_optimizer(cfg, model)
-        state = TrainState()
-        resume_path = run_dir / ck.RESUME
-        record = new_record(run_dir.name, cfg, data, device)
-        if resume_path.exists():
-            old = ck.read_record(run_dir)
-            if old.get("config") != cfg.to_dict():
-                raise ValueError(f"{run_dir}: holds a run with different settings; choose another run name to start anew")
-            saved = ck.load_state_dict(resume_path)
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            state = TrainState(epoch=int(saved["epoch"]), steps=int(saved["steps"]), history=list(old.get("epochs", [])))
-            record.update(created=old.get("created", record["created"]), wall_time_s=float(old.get("wall_time_s", 0.0)),
-                          epochs=state.history, resumed_from_epoch=state.epoch)
-        ck.write_record(run_dir, record)
-        teacher = None
-        if cfg.teacher:
-            teacher, _ = ck.load_model(cfg.teacher)
-        t_start = time.perf_counter()
-        wall0 = record["wall_time_s"]
-        model.to(device)
-        for metrics in fit(model, data, cfg, device=device, optimizer=optimizer, state=state, teacher=teacher,
-                           on_batch=on_batch, should_stop=stop_requested):
-            # Per-epoch checkpoint: weights first, then the resume state, then the record that points at them,
-            # each written atomically, so a kill at any moment leaves the last finished epoch intact.
-            cpu_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            ck.save_state_dict(run_dir / ck.WEIGHTS, cpu_state)
-            ck.save_state_dict(resume_path, {"model": cpu_state, "optimizer": optimizer.state_dict(),
-                                             "epoch": state.epoch, "steps": state.steps})
-            record.update(epochs=state.history, updated=now_iso(), wall_time_s=wall0 + time.perf_counter() - t_start)
-            ck.write_record(run_dir, record)
+        run = _prepare(cfg, run_dir, data)
+        t_start, wall0 = time.perf_counter(), run.record.wall_time_s
+        run.model.to(run.device)
+        for metrics in fit(run.model, run.data, cfg, device=run.device, optimizer=run.optimizer, state=run.state,
+                           teacher=run.teacher, on_batch=on_batch, should_stop=stop_requested):
+            _save_epoch(run, wall0 + time.perf_counter() - t_start)
             yield metrics
-        stopped = stop_requested()
-        if not state.history:
-            raise StopRun("stopped before the first epoch finished" if stopped else "no epoch was run")
-        # A stop keeps the last finished epoch's weights (already on disk); a full run keeps the final weights.
-        if stopped:
-            model.load_state_dict(ck.load_state_dict(run_dir / ck.WEIGHTS))
-        # Final metrics in fp32 on the training device (seconds on a GPU, where the CPU would take minutes for
-        # the large models); the ONNX export below is checked against the same weights on the CPU.
-        model.to(memory_format=torch.contiguous_format).float().eval()
-        record["final"] = final_evaluation(model, data, device, cfg.seed)
-        cpu_model = model.to("cpu")
-        ck.save_state_dict(run_dir / ck.WEIGHTS, {k: v.contiguous() for k, v in cpu_model.state_dict().items()})
-        export_onnx(cpu_model, run_dir / ck.ONNX, arch=cfg.arch, knobs=cfg.model_knobs(), params=record["params"],
-                    extra={"run": run_dir.name, "val_accuracy": record["final"]["accuracy"].get(data.val_split)})
-        record["onnx"] = {"file": ck.ONNX, "parity_max_abs": parity(cpu_model, run_dir / ck.ONNX)}
-        record.update(status="stopped" if stopped else "done", updated=now_iso(),
-                      wall_time_s=wall0 + time.perf_counter() - t_start)
-        ck.write_record(run_dir, record)
-        resume_path.unlink(missing_ok=True)
-        stop_file.unlink(missing_ok=True)
+        _finish(run, stop_requested(), wall0 + time.perf_counter() - t_start)
     except (StopRun, ValueError, RuntimeError, MemoryError) as exc:
-        # The reason is recorded for the app and CLI; finished epochs stay on disk and resumable.
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, MemoryError) or any(m in reason.lower() for m in OOM_MESSAGES):
-            reason = f"out of memory: {reason} (lower the batch size or width)"
-        if record is not None:
-            record.update(status="failed", error=reason, updated=now_iso())
-            ck.write_record(run_dir, record)
-        else:
-            ck.write_record(run_dir, {"format": ck.RECORD_FORMAT, "name": run_dir.name, "status": "failed",
-                                      "error": reason, "model": {"arch": cfg.arch, "knobs": {}}, "config": cfg.to_dict(),
-                                      "created": now_iso(), "updated": now_iso(), "epochs": []})
+        _record_failure(cfg, run_dir, run.record if run else None, exc)
         raise
 
 
 def evaluate_path(target: str | os.PathLike, data: FERData, splits: list[str] | None = None) -> dict[str, dict]:
     """Evaluate a run folder or an .onnx file with ONNX Runtime (the deployed graph) on the given splits."""
     target = Path(target)
-    onnx_path = target / ck.ONNX if target.is_dir() else target
+    if not target.exists():
+        raise ValueError(f"{target}: no such run folder or ONNX file")
+    onnx_path = target / rundir.ONNX if target.is_dir() else target
     if target.is_dir() and not onnx_path.exists():
-        raise ValueError(f"{target}: has no {ck.ONNX}; run `python -m core export {target}` first")
+        raise ValueError(f"{target}: has no {rundir.ONNX}; run `python -m core export {target}` first")
     clf = OnnxClassifier.get(onnx_path)
     names = splits or list(data.splits)
     unknown = [s for s in names if s not in data.splits]
@@ -208,15 +235,28 @@ def evaluate_path(target: str | os.PathLike, data: FERData, splits: list[str] | 
     return results
 
 
+def find_run(target: str | os.PathLike) -> Path:
+    """A run folder as the user named it: the path itself, else that name inside the runs folder
+    ($FER_RUNS_DIR), else inside checkpoints/; ValueError naming where it looked."""
+    from core.fsutil import SHIPPED_DIR, runs_dir
+
+    path = Path(target)
+    candidates = [path, runs_dir() / path.name, SHIPPED_DIR / path.name]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise ValueError(f"run folder {str(target)!r} not found (looked in {', '.join(str(c) for c in candidates)})")
+
+
 def export_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     """(Re-)export a run's weights to ONNX and record the parity check."""
-    run_dir = Path(run_dir)
+    run_dir = find_run(run_dir)
     model, record = ck.load_model(run_dir)
-    export_onnx(model, run_dir / ck.ONNX, arch=record["model"]["arch"], knobs=record["model"].get("knobs", {}),
+    export_onnx(model, run_dir / rundir.ONNX, arch=record.model.arch, knobs=record.model.knobs,
                 params=sum(p.numel() for p in model.parameters()), extra={"run": run_dir.name})
-    record["onnx"] = {"file": ck.ONNX, "parity_max_abs": parity(model, run_dir / ck.ONNX)}
-    ck.write_record(run_dir, record)
-    return record["onnx"]
+    record.onnx = {"file": rundir.ONNX, "parity_max_abs": parity(model, run_dir / rundir.ONNX)}
+    rundir.write_record(run_dir, record)
+    return record.onnx
 
 
 def ship_run(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
@@ -227,23 +267,21 @@ def ship_run(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
     from core.fsutil import PROJECT_ROOT, atomic_write_bytes
 
     run_dir, dest = Path(run_dir), Path(dest)
-    record = ck.read_record(run_dir)
+    record = rundir.read_record(run_dir)
     # 'stopped' runs were evaluated and exported from their last finished epoch; the record says how many ran
-    if record.get("status") not in ("done", "stopped") or not (run_dir / ck.ONNX).is_file():
+    if record.status not in ("done", "stopped") or not (run_dir / rundir.ONNX).is_file():
         raise ValueError(f"{run_dir}: only finished or stopped runs with an ONNX export can be shipped "
-                         f"(status {record.get('status')!r})")
+                         f"(status {record.status!r})")
 
     def rel(value: str | None) -> str | None:
         if not value or value == "synthetic" or not os.path.isabs(value):
             return value
         return os.path.relpath(value, PROJECT_ROOT)
 
-    record["config"]["data"] = rel(record["config"].get("data"))
-    record["config"]["teacher"] = rel(record["config"].get("teacher"))
-    record["data"]["source"] = rel(record["data"].get("source"))
-    record["name"] = dest.name
-    record.pop("pid", None)
-    for name in (ck.WEIGHTS, ck.ONNX):
+    record.config = {**record.config, "data": rel(record.config.get("data")), "teacher": rel(record.config.get("teacher"))}
+    record.data = {**record.data, "source": rel(record.data.get("source"))}
+    record.name, record.pid = dest.name, None
+    for name in (rundir.WEIGHTS, rundir.ONNX):
         atomic_write_bytes(dest / name, (run_dir / name).read_bytes())
-    ck.write_record(dest, record)
+    rundir.write_record(dest, record)
     return dest

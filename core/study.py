@@ -6,8 +6,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import archs, charts, report
-from core.checkpoint import list_runs
+from core import archs, charts
+from core.archviews import conv_breakdown
+from core.rundir import list_runs
+from core.runviews import runs_table
 from core.summary import summarize
 
 STUDY_FAMILIES = ("mobilenet", "plain_cnn")
@@ -15,8 +17,7 @@ STUDY_FAMILIES = ("mobilenet", "plain_cnn")
 
 def study_table() -> pd.DataFrame:
     """Shipped runs trained on FER2013 with a public-split accuracy, smallest first."""
-    infos = [i for i in list_runs(None, include_shipped=True) if i.ok and i.shipped]
-    df = report.runs_table(infos)
+    df = runs_table(r for r in list_runs(None, include_shipped=True) if r.ok and r.shipped)
     if df.empty:
         return df
     df = df[(df["data"] != "synthetic") & df["acc_public"].notna()].copy()
@@ -46,7 +47,7 @@ def equal_budget_gaps(df: pd.DataFrame) -> list[dict]:
 
 def why_text() -> list[str]:
     """The parameter arithmetic behind the answer, computed from the architectures themselves."""
-    mb = report.conv_breakdown("mobilenet", width=1.0)
+    mb = conv_breakdown("mobilenet", width=1.0)
     total = summarize("mobilenet", width=1.0).params
     lines = [
         f"- In the 109,607-parameter MobileNet-style model the pointwise 1x1 convolutions hold "

@@ -4,7 +4,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import archs, report
+from core import archs, archviews
 from core.summary import summarize
 
 st.title("Architectures")
@@ -14,7 +14,7 @@ st.caption("How many parameters does an expression classifier need? Move the sli
 
 @st.cache_data(show_spinner=False)
 def width_grid() -> pd.DataFrame:
-    return report.params_vs_width()
+    return archviews.params_vs_width()
 
 
 names = archs.list_archs()
@@ -26,9 +26,12 @@ with pick:
     st.caption(family.description)
     knobs = {}
     for knob in family.knobs:
+        # the width is shared; other knobs get a key per family, so each family starts at its own default (dropout
+        # 0.5 for the plain CNN, 0.1 for MobileNet);
+        # three decimals, so the slider shows the same width as the text below (2.125, not 2.13)
         knobs[knob.name] = st.slider(knob.name.capitalize(), min_value=float(knob.low), max_value=float(knob.high),
-                                     value=float(knob.default), step=float(knob.step), help=knob.help,
-                                     key=f"arch_{knob.name}", persist_state="session")
+                                     value=float(knob.default), step=float(knob.step), help=knob.help, format="%.3f",
+                                     key="arch_width" if knob.name == "width" else f"arch_{arch}_{knob.name}", persist_state="session")
 
 try:
     s = summarize(arch, **knobs)
@@ -37,7 +40,9 @@ except ValueError as exc:
     st.stop()
 
 with numbers:
-    c1, c2, c3 = st.columns(3)
+    # two cards a row: a 13,349,127-parameter count fits whole even on a laptop screen
+    c1, c2 = st.columns(2)
+    c3, _ = st.columns(2)
     ref = family.reference
     c1.metric("Parameters", f"{s.params:,}", border=True,
               help=f"the study's model: {ref['params']:,}" if ref else "all learned weights and biases")
@@ -52,13 +57,13 @@ with numbers:
 st.subheader("Parameters vs width")
 with st.spinner("Counting parameters for every family and width..."):
     grid = width_grid()
-refs = report.reference_points().assign(short=lambda d: "study " + d["arch"] + ": " + d["params"].map("{:,}".format))
+refs = archviews.reference_points().assign(short=lambda d: "study " + d["arch"] + ": " + d["params"].map("{:,}".format))
 current = pd.DataFrame([{"family": family.title, "width": knobs["width"], "params": s.params,
                          "label": f"your choice ({s.params:,})"}])
 y = alt.Y("params:Q", scale=alt.Scale(type="log"), title="parameters (log scale)", axis=alt.Axis(format="~s"))
 x = alt.X("width:Q", title="width multiplier", scale=alt.Scale(domain=[0, 3.1]))
 lines = alt.Chart(grid).mark_line(point=alt.OverlayMarkDef(size=25)).encode(
-    x=x, y=y, color=alt.Color("family:N", title="family", legend=alt.Legend(orient="right")),
+    x=x, y=y, color=alt.Color("family:N", title="family", legend=alt.Legend(orient="bottom", columns=2, labelLimit=0)),
     strokeDash=alt.StrokeDash("depthwise:N", legend=None,
                               scale=alt.Scale(domain=[True, False], range=[[1, 0], [6, 4]])),
     tooltip=["family", "width", alt.Tooltip("params:Q", format=",")])
@@ -80,7 +85,6 @@ st.caption("Solid lines: depthwise-separable families; dashed: standard convolut
 
 
 st.subheader("Why depthwise-separable convolutions save parameters")
-b = report.conv_breakdown(arch, **knobs)
 st.markdown(
     "A standard k x k convolution from C_in to C_out channels learns **k·k·C_in·C_out** weights: every output "
     "channel looks at every input channel at every kernel position. A depthwise-separable block splits that into "
@@ -88,32 +92,9 @@ st.markdown(
     "convolution (**C_in·C_out**: all the channel mixing). The ratio is 1/C_out + 1/k², so a 3x3 block costs "
     "8-9 times fewer weights, and nearly all of what remains sits in the 1x1 convolutions, which do the heavy "
     "lifting at a fraction of the price.")
-linear = int(s.layers.loc[s.layers["type"] == "Linear", "params"].sum())
-if b["pairs"]:
-    biggest = max(b["pairs"], key=lambda p: p["standard"])
-    k = int(round(biggest["k"] ** 0.5))
-    share = b["pointwise_params"] / max(1, b["conv_params"])
-    st.info(
-        f"**This {family.title} at width {knobs['width']:g}:** its {len(b['pairs'])} depthwise-separable blocks hold "
-        f"{b['pairs_separable']:,} weights ({b['depthwise_params']:,} depthwise + pointwise). The 1x1 pointwise "
-        f"convolutions carry {share:.0%} of all convolution weights ({b['pointwise_params']:,} of "
-        f"{b['conv_params']:,}). As standard {k}x{k} convolutions with the same channels the blocks would need "
-        f"**{b['pairs_standard']:,}** weights, {b['pairs_standard'] / max(1, b['pairs_separable']):.1f}x more. "
-        f"Largest block, {biggest['cin']} -> {biggest['cout']} channels: {k}·{k}·{biggest['cin']}·{biggest['cout']} = "
-        f"{biggest['standard']:,} standard vs {k}·{k}·{biggest['cin']} + {biggest['cin']}·{biggest['cout']} = "
-        f"{biggest['separable']:,} separable.")
-elif b["standard_convs"]:
-    biggest = max(b["standard_convs"], key=lambda c: c["standard"])
-    k = int(round(biggest["k"] ** 0.5))
-    st.info(
-        f"**This {family.title} at width {knobs['width']:g}** uses standard convolutions: its "
-        f"{len(b['standard_convs'])} k x k convolutions hold {b['standard_total']:,} weights; depthwise-separable "
-        f"versions with the same channels would need **{b['standard_as_separable']:,}**, "
-        f"{b['standard_total'] / max(1, b['standard_as_separable']):.1f}x fewer. Largest, {biggest['cin']} -> "
-        f"{biggest['cout']} channels: {biggest['standard']:,} standard vs {biggest['separable']:,} separable."
-        + (f" Its fully connected layers add another {linear:,} parameters ({linear / s.params:.0%} of the model): "
-           "in a small-image CNN the classifier head, not the convolutions, is often the biggest cost."
-           if linear > 0.3 * s.params else ""))
+explained = archviews.depthwise_explainer(arch, **knobs)
+if explained:
+    st.info(explained)
 
 st.subheader("Layers")
 st.caption(f"{len(s.layers)} layers with parameters or activations; MACs per 48x48 image.")

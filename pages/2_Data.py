@@ -5,7 +5,7 @@ from pathlib import Path
 import altair as alt
 import streamlit as st
 
-from core import report
+from core.dataviews import class_balance, gallery
 from core.classes import CLASSES
 from core.data import SPLIT_TITLES, find_local_fer, load_data
 
@@ -30,10 +30,11 @@ def mtime(path: str) -> float:
 
 
 detected = find_local_fer()
-st.session_state.setdefault("data_source", "synthetic")
-current = st.session_state["data_source"]
+# Both widgets keep their values across page switches and browser reloads, so switching to synthetic and back
+# keeps the typed FER2013 path.
+KEEP = {"persist_state": "session", "bind": "query-params"}
 options = ["synthetic", "fer2013"]
-choice = st.radio("Dataset", options, horizontal=True, index=0 if current == "synthetic" else 1, key="data_choice",
+choice = st.radio("Dataset", options, horizontal=True, key="data_choice", **KEEP,
                   format_func=lambda o: {"synthetic": "Built-in synthetic faces",
                                          "fer2013": "FER2013 from disk"}[o])
 
@@ -43,8 +44,7 @@ if choice == "synthetic":
             "random pose, lighting, occluders and noise. It exists so that everything works offline on a fresh "
             "machine; accuracies on it say nothing about real faces.")
 else:
-    default_path = current if current != "synthetic" else (str(detected) if detected else "")
-    source = st.text_input("Path to FER2013", value=default_path, key="data_path",
+    source = st.text_input("Path to FER2013", value=str(detected) if detected else "", key="data_path", **KEEP,
                            placeholder="data/fer2013, .../fer2013.csv, .../train.csv or a folder holding train/<class>/",
                            help="fer2013.csv, icml_face_data.csv, Kaggle train.csv (+test.csv), course train.csv "
                                 "(label,feature), image folders train/<class>/*.jpg (+test/), or torchvision's "
@@ -78,7 +78,7 @@ for warning in data.warnings:
 balance_col, gallery_col = st.columns([2, 3], gap="large")
 with balance_col:
     st.subheader("Class balance")
-    balance = report.class_balance(data)
+    balance = class_balance(data)
     chart = alt.Chart(balance).mark_bar().encode(
         y=alt.Y("class:N", sort=list(CLASSES), title=None),
         yOffset=alt.YOffset("split:N"),
@@ -93,7 +93,7 @@ with balance_col:
 with gallery_col:
     st.subheader("Samples per class")
     split_name = "train" if "train" in data.splits else next(iter(data.splits))
-    samples = report.gallery(data.splits[split_name], per_class=7, seed=0, factor=2)
+    samples = gallery(data.splits[split_name], per_class=7, seed=0, factor=2)
     st.caption(f"Random {split_name} images, exactly as the models see them: 48x48 grayscale (shown at 2x).")
     for cls in CLASSES:
         label_col, images_col = st.columns([1, 6], vertical_alignment="center")

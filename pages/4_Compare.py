@@ -1,10 +1,9 @@
-"""Compare page: every checkpoint (shipped and user-trained) in one table; parameters vs accuracy with the Pareto
+"""Compare page: every checkpoint (shipped and user-trained) in one table; a cost vs accuracy chart with the Pareto
 front and the study's reference points; learning curves; confusion matrix and per-class accuracy; CSV; delete."""
 import altair as alt
 import streamlit as st
 
-from core import charts, jobs, report
-from core.checkpoint import delete_run, list_runs
+from core import charts, rundir, runviews
 from core.classes import CLASSES
 from core.fsutil import runs_dir
 
@@ -12,11 +11,10 @@ st.title("Compare")
 st.caption("Every checkpoint in one place: the shipped ones in `checkpoints/` and the runs you trained.")
 
 root = runs_dir()
-infos = list_runs(root)
-live = {str(j.path): j.status for j in jobs.list_jobs(root)}
-table = report.runs_table(infos, live)
-broken = [i for i in infos if not i.ok]
-records = {i.name: i.record for i in infos if i.ok}
+runs = rundir.list_runs(root)
+table = runviews.runs_table(runs)
+broken = [r for r in runs if r.problem]
+records = {r.name: r.record for r in runs if r.ok}
 
 flash = st.session_state.pop("compare_flash", None)
 if flash:
@@ -27,45 +25,41 @@ if table.empty:
             "as soon as they begin. Meanwhile the chart below shows the study's two reference models.")
 else:
     st.subheader("All runs")
-    shown = ["name", "shipped", "family", "width", "params", "macs", "size_mb", "acc_public", "acc_private", "acc_val",
-             "epochs", "wall_time_s", "device", "data", "status"]
+    shown = ["name", "shipped", "family", "width", "technique", "params", "macs", "size_mb", "acc_public",
+             "acc_private", "acc_val", "epochs", "wall_time_s", "device", "data", "status"]
     shown = [c for c in shown if not (c.startswith("acc_") and table[c].isna().all())]  # e.g. no FER2013 runs yet
-    st.dataframe(table, hide_index=True, column_order=shown, key="compare_table", column_config={
-        "name": st.column_config.TextColumn("run", pinned=True),
-        "shipped": st.column_config.CheckboxColumn("shipped"),
-        "width": st.column_config.NumberColumn("width", format="%.3g"),
-        "params": st.column_config.NumberColumn("params", format="localized"),
-        "macs": st.column_config.NumberColumn("MACs", format="localized"),
-        "size_mb": st.column_config.NumberColumn("size (MiB)", format="%.2f"),
-        "acc_public": st.column_config.NumberColumn("public acc", format="%.3f"),
-        "acc_private": st.column_config.NumberColumn("private acc", format="%.3f"),
-        "acc_val": st.column_config.NumberColumn("val acc", format="%.3f"),
-        "wall_time_s": st.column_config.NumberColumn("wall time (s)", format="%.0f"),
-    })
+    st.dataframe(runviews.display_table(table), hide_index=True, column_order=shown, key="compare_table",
+                 column_config={"name": st.column_config.TextColumn("run", pinned=True),
+                                "size_mb": "size (MiB)", "acc_public": "public acc", "acc_private": "private acc",
+                                "acc_val": "val acc", "wall_time_s": "wall time (s)", "macs": "MACs"})
     st.download_button("Download as CSV", table.to_csv(index=False).encode(), file_name="fer_runs.csv",
-                       mime="text/csv", key="compare_csv", icon=":material/download:")
+                       mime="text/csv", key="compare_csv")
 
-for info in broken:
-    st.warning(f"Unusable run folder `{info.name}`{' (shipped)' if info.shipped else ''}: {info.problem}")
-for info in infos:
-    if info.ok and info.onnx_problem:
-        st.warning(f"Run `{info.name}` is listed, but left out of Predict: {info.onnx_problem}")
+for run in broken:
+    st.warning(f"Unusable run folder `{run.name}`{' (shipped)' if run.shipped else ''}: {run.problem}")
+for run in runs:
+    if run.ok and run.onnx_problem:
+        st.warning(f"Run `{run.name}` is listed, but left out of Predict: {run.onnx_problem}")
 
-# --- parameters vs accuracy ------------------------------------------------------------------------------------
-st.subheader("Parameters vs accuracy")
-c1, c2 = st.columns(2)
-data_opts = ["all"] + sorted(table["data"].unique().tolist()) if not table.empty else ["all"]
-data_pick = c1.selectbox("Data", data_opts, key="compare_data",
-                         help="accuracies on synthetic and on FER2013 are not comparable; filter to one")
+# --- cost vs accuracy ------------------------------------------------------------------------------------------
+st.subheader("Cost vs accuracy")
+c1, c2, c3 = st.columns(3)
+data_opts = runviews.data_options(table)
+data_pick = c1.selectbox("Data", data_opts or ["FER2013"], key="compare_data",
+                         help="one dataset per chart: accuracies on synthetic and on FER2013 faces are not comparable")
 split_opts = {"accuracy": "public, else val (headline)", "acc_public": "public (FER2013 PublicTest)",
               "acc_private": "private (FER2013 PrivateTest)", "acc_val": "val (held out)"}
 acc_col = c2.selectbox("Accuracy on", list(split_opts), format_func=split_opts.get, key="compare_split")
-points = table if data_pick == "all" else table[table["data"] == data_pick]
-points = points.dropna(subset=[acc_col, "params"]).assign(acc=lambda d: d[acc_col].astype(float),
-                                                        params=lambda d: d["params"].astype(float))
-st.altair_chart(charts.params_accuracy_chart(points), width="stretch")
+x_col = c3.selectbox("Cost", list(charts.X_AXES), format_func=charts.X_AXES.get, key="compare_x",
+                     help="parameters and MACs come from the architecture; file size from each ONNX export")
+points = runviews.chart_points(table, data_pick, acc_col, x_col) if not table.empty else table
+fer = data_pick != "synthetic"
+st.altair_chart(charts.params_accuracy_chart(points, x_col=x_col, show_reference=fer), width="stretch")
+if points.empty:
+    st.info(runviews.empty_chart_reason(table, data_pick, acc_col, split_opts[acc_col]))
 st.caption("Each dot is a run (hover for details); the dashed step line is the Pareto front, the best accuracy "
-           "reached at each parameter budget; red diamonds are the study's models (FER2013 public accuracy).")
+           "reached at each cost" + ("; red diamonds are the study's models (FER2013 public accuracy)." if fer else
+                                     ". The study's FER2013 models are not shown beside synthetic-data runs."))
 
 if table.empty:
     st.stop()
@@ -73,33 +67,33 @@ if table.empty:
 # --- learning curves -------------------------------------------------------------------------------------------
 st.subheader("Learning curves")
 ranked = table.sort_values("accuracy", ascending=False, na_position="last")["name"].tolist()
-with_epochs = [n for n in ranked if records.get(n) and records[n].get("epochs")]
+with_epochs = [n for n in ranked if records.get(n) and records[n].epochs]
 c1, c2 = st.columns([3, 1])
 picked = c1.multiselect("Runs", with_epochs, default=with_epochs[:3], key="compare_runs")
 metric = c2.selectbox("Metric", ["val_acc", "train_acc", "val_loss", "train_loss"], key="compare_metric")
-curves = report.learning_curves({n: records[n] for n in picked})
+curves = runviews.learning_curves({n: records[n] for n in picked})
 curves = curves[curves["metric"] == metric]
 if curves.empty:
     st.info("Pick one or more runs with finished epochs.")
 else:
     st.altair_chart(alt.Chart(curves).mark_line(point=True).encode(
         x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
-        color=alt.Color("run:N", legend=alt.Legend(orient="bottom")),
+        color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=2, labelLimit=0)),
         tooltip=["run", "epoch", alt.Tooltip("value:Q", format=".4f")]).properties(height=300), width="stretch")
 
 # --- one run in detail -----------------------------------------------------------------------------------------
 st.subheader("One run in detail")
-evaluated = [n for n in ranked if report.evaluated_splits(records.get(n))]
+evaluated = [n for n in ranked if records.get(n) and records[n].evaluated_splits()]
 if not evaluated:
     st.info("Confusion matrices appear once a run has finished.")
 else:
     c1, c2 = st.columns([3, 1])
-    run = c1.selectbox("Run", evaluated, key="compare_detail_run")
-    splits = report.evaluated_splits(records[run])
+    run_name = c1.selectbox("Run", evaluated, key="compare_detail_run")
+    splits = records[run_name].evaluated_splits()
     split = c2.selectbox("Split", splits, key="compare_detail_split",
                          index=next((i for i, s in enumerate(splits) if s != "train"), 0))
-    conf = report.confusion_long(records[run], split)
-    per = report.per_class_accuracy(records[run], split)
+    conf = runviews.confusion_long(records[run_name], split)
+    per = runviews.per_class_accuracy(records[run_name], split)
     left, right = st.columns([3, 2])
     base = alt.Chart(conf).encode(x=alt.X("predicted:N", sort=list(CLASSES)), y=alt.Y("true:N", sort=list(CLASSES)))
     heat = base.mark_rect().encode(color=alt.Color("rate:Q", scale=alt.Scale(scheme="blues"), title="share of true class"),
@@ -115,7 +109,8 @@ else:
         height=340, title=f"Per-class accuracy ({split})"), width="stretch")
 
 # --- delete ----------------------------------------------------------------------------------------------------
-user_runs = table.loc[~table["shipped"], "name"].tolist() + [i.name for i in broken if not i.shipped]
+user_runs = table.loc[~table["shipped"], "name"].tolist() + [r.name for r in broken if not r.shipped]
+live = {r.name: r.status for r in runs}
 with st.expander("Delete a run"):
     if not user_runs:
         st.caption("No user runs to delete. Shipped checkpoints are protected.")
@@ -123,12 +118,11 @@ with st.expander("Delete a run"):
         target = st.selectbox("Run to delete", user_runs, key="compare_delete_pick")
         sure = st.checkbox(f"Yes, delete `{target}` and its files", key=f"compare_delete_confirm_{target}")
         if st.button("Delete", key="compare_delete", disabled=not sure, type="primary"):
-            path = root / target
-            if live.get(str(path)) in jobs.ACTIVE:
+            if live.get(target) in rundir.ACTIVE:
                 st.error(f"{target} is still running: stop it on the Train page first.")
             else:
                 try:
-                    delete_run(path, root)
+                    rundir.delete_run(root / target, root)
                 except (ValueError, OSError) as exc:
                     st.error(f"Could not delete {target}: {exc}")
                 else:

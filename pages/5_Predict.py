@@ -6,8 +6,11 @@ import altair as alt
 import numpy as np
 import streamlit as st
 
-from core import report
-from core.checkpoint import list_runs
+from core import runviews
+from core.dataviews import upscale
+from core.photoviews import photo_rows, probabilities_frame
+from core.rundir import list_runs
+from core.text import md_escape
 from core.classes import CLASSES
 from core.fsutil import PROJECT_ROOT, runs_dir
 from core.photo import MAX_FILE_BYTES, analyze_photo, draw_boxes, occlusion_map, overlay_heatmap
@@ -33,7 +36,7 @@ def occlusion(crop_bytes: bytes, model_path: str, stamp: float):  # noqa: ANN201
 
 
 infos = list_runs(runs_dir())
-models = [i for i in infos if i.ok and i.has_onnx]
+models = [i for i in infos if i.has_onnx]
 left_out = [i for i in infos if i.ok and i.onnx_problem]
 if left_out:
     st.warning("Left out, their ONNX export cannot be used (details on Compare):  \n"
@@ -43,13 +46,13 @@ if not models:
             "synthetic data) or put shipped checkpoints in `checkpoints/`; it appears here when it finishes.")
     st.stop()
 by_path = {str(i.path): i for i in models}
-default = report.best_model(models)
+default = runviews.best_model(models)
 paths = list(by_path)
 model_path = st.selectbox("Model", paths, index=paths.index(str(default.path)), key="predict_model",
-                          format_func=lambda p: report.model_label(by_path[p]),
+                          format_func=lambda p: runviews.model_label(by_path[p]),
                           help="every checkpoint with an ONNX export; the default is the best shipped one")
 model = by_path[model_path]
-if report.data_label(model.record) == "synthetic":
+if model.record.synthetic:
     st.warning("This model was trained on the synthetic cartoon faces, so its guesses on real photos only "
                "demonstrate the pipeline. Pick a model trained on FER2013 for meaningful predictions.")
 onnx_file = model.path / "model.onnx"
@@ -87,10 +90,10 @@ results = []
 bar = st.progress(0.0, text="Analysing...") if len(photos) > 1 else None
 for n, (name, data) in enumerate(photos, 1):
     try:
-        with st.spinner(f"Analysing {report.md_escape(name)}..."):
+        with st.spinner(f"Analysing {md_escape(name)}..."):
             results.append(analyze(data, name, str(onnx_file), stamp))
     except ValueError as exc:
-        st.error(report.md_escape(exc))  # core names the file and says what is allowed; names are shown literally
+        st.error(md_escape(exc))  # core names the file and says what is allowed; names are shown literally
     if bar is not None:
         bar.progress(n / len(photos), text=f"Analysed {n} of {len(photos)} photos")
 if bar is not None:
@@ -98,7 +101,7 @@ if bar is not None:
 
 
 def prob_chart(probs) -> alt.Chart:  # noqa: ANN001 - numpy array
-    df = report.probabilities_frame(probs)
+    df = probabilities_frame(probs)
     return alt.Chart(df).mark_bar().encode(
         x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=None),
         y=alt.Y("class:N", sort=list(CLASSES), title=None),
@@ -109,9 +112,9 @@ def prob_chart(probs) -> alt.Chart:  # noqa: ANN001 - numpy array
 
 for r in results:
     with st.container(border=True):
-        st.markdown(f"#### {report.md_escape(r.name)}")
+        st.markdown(f"#### {md_escape(r.name)}")
         if r.no_face:
-            st.warning(f"{report.md_escape(r.name)}: no face found, so the centre of the photo was classified instead (orange box). "
+            st.warning(f"{md_escape(r.name)}: no face found, so the centre of the photo was classified instead (orange box). "
                        "Treat this result with care.")
         photo_col, faces_col = st.columns([1, 1], gap="large")
         photo_col.image(draw_boxes(r), width="stretch",
@@ -120,7 +123,7 @@ for r in results:
         with faces_col:
             for i, face in enumerate(r.faces, 1):
                 crop_col, chart_col = st.columns([1, 2], vertical_alignment="center")
-                crop_col.image(report.upscale(face.crop, 3),
+                crop_col.image(upscale(face.crop, 3),
                                caption="centre crop (no face found)" if face.fallback else f"face {i}: 48x48, as the model sees it")
                 heat, _ = occlusion(face.crop.tobytes(), str(onnx_file), onnx_file.stat().st_mtime)
                 crop_col.image(overlay_heatmap(face.crop, heat, 144),
@@ -131,8 +134,8 @@ for r in results:
 
 if results:
     st.subheader("Results")
-    rows = report.photo_rows(results)
+    rows = photo_rows(results)
     st.dataframe(rows, hide_index=True, key="predict_table")
     st.download_button("Download results as CSV", rows.to_csv(index=False).encode(), file_name="fer_predictions.csv",
                        mime="text/csv", key="predict_csv", icon=":material/download:")
-    st.caption(f"Model: {report.model_label(model)} · `{Path(onnx_file).relative_to(PROJECT_ROOT) if onnx_file.is_relative_to(PROJECT_ROOT) else onnx_file}`")
+    st.caption(f"Model: {runviews.model_label(model)} · `{Path(onnx_file).relative_to(PROJECT_ROOT) if onnx_file.is_relative_to(PROJECT_ROOT) else onnx_file}`")

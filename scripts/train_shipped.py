@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import checkpoint as ck  # noqa: E402
+from core import rundir as ck  # noqa: E402 - run-folder file names and records
 from core.config import TrainConfig  # noqa: E402
 
 # Recipes for the shipped models; each run.json records what was actually run and measured.
@@ -127,8 +127,8 @@ def train_one(name: str, a: argparse.Namespace) -> None:
     for m in run_training(cfg, run_dir):
         print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}), flush=True)
     record = ck.read_record(run_dir)
-    print(f"{name}: {record['status']} in {time.time() - t:.0f} s, public accuracy "
-          f"{record['final']['accuracy'].get('public', float('nan')):.4f}", flush=True)
+    print(f"{name}: {record.status} in {time.time() - t:.0f} s, public accuracy {record.accuracy('public'):.4f}",
+          flush=True)
     if a.ship and name not in NOT_SHIPPED:
         print(f"{name}: shipped {ship_run(run_dir, ROOT / 'checkpoints' / name)}", flush=True)
 

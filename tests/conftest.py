@@ -43,12 +43,12 @@ def wait_for_status(run_dir: Path, statuses: tuple[str, ...], timeout: float = 2
     """Poll a background run (core.jobs) until it reaches one of `statuses`; fail with its log otherwise."""
     import time
 
-    from core import jobs
-    from core.checkpoint import LOG
+    from core import rundir
+    from core.rundir import LOG
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        st = jobs.job_status(run_dir)
+        st = rundir.run_status(run_dir)
         if st.status in statuses:
             return st
         time.sleep(0.3)

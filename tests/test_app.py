@@ -13,10 +13,11 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import wait_for_status, SAMPLE_PHOTO
 
-from core import jobs, report
+from core import archviews, jobs, rundir, runviews
 from core.classes import CLASSES
-from core.config import TrainConfig
+from core.config import TrainConfig, to_cli_args
 from core.fsutil import runs_dir
+from core.text import format_eta
 
 PAGES = ["pages/1_Architectures.py", "pages/2_Data.py", "pages/3_Train.py", "pages/4_Compare.py", "pages/5_Predict.py"]
 
@@ -40,7 +41,7 @@ wait_for = wait_for_status  # shared helper (conftest); the short name reads bet
 @pytest.fixture(scope="module")
 def onnx_model() -> Path:
     """A run with an ONNX model in the runs folder (the Predict page needs one; checkpoints/ may be empty)."""
-    from core.checkpoint import list_runs
+    from core.rundir import list_runs
     from core.runs import run_training
 
     usable = [i for i in list_runs(runs_dir()) if i.ok and i.has_onnx]
@@ -101,7 +102,7 @@ def test_train_page_runs_a_tiny_job_that_appears_on_compare() -> None:
     at.selectbox(key="train_arch").set_value("plain_cnn")
     at.slider(key="train_width").set_value(0.125)
     at.number_input(key="train_epochs").set_value(1)
-    at.selectbox(key="train_batch").set_value(32)
+    at.selectbox(key="train_batch_size").set_value(32)
     at.number_input(key="train_synthetic_size").set_value(200)
     at.number_input(key="train_max_steps").set_value(3)
     at.text_input(key="train_name").set_value("apptest-run")
@@ -109,7 +110,7 @@ def test_train_page_runs_a_tiny_job_that_appears_on_compare() -> None:
     at.button(key="train_start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     run_dir = runs_dir() / "apptest-run"
-    assert (run_dir / jobs.JOB_FILE).exists()
+    assert (run_dir / rundir.JOB_FILE).exists()
     done = wait_for(run_dir, ("done", "failed", "stopped", "interrupted"))
     assert done.status == "done", done.error
     assert json.loads((run_dir / "run.json").read_text())["status"] == "done"
@@ -132,9 +133,9 @@ def test_stop_button_stops_a_running_job() -> None:
     try:
         wait_for(run_dir, ("running",), timeout=180)
         deadline = time.monotonic() + 60
-        while jobs.job_status(run_dir).progress is None and time.monotonic() < deadline:
+        while rundir.run_status(run_dir).progress is None and time.monotonic() < deadline:
             time.sleep(0.3)
-        progress = jobs.job_status(run_dir).progress  # written by `core train --run-dir` between epochs' records
+        progress = rundir.run_status(run_dir).progress  # written by `core train --run-dir` between epochs' records
         assert progress and progress["global_step"] >= 1 and progress["total_steps"] == 50 * (2400 // 16)
         at = app("pages/3_Train.py")
         at.button(key="stop_apptest-stop").click().run()
@@ -144,7 +145,7 @@ def test_stop_button_stops_a_running_job() -> None:
         assert st.status == "stopped", (st.status, st.error)
         assert time.monotonic() - t0 < 60
     finally:
-        if jobs.job_status(run_dir).active:
+        if rundir.run_status(run_dir).active:
             jobs.stop_run(run_dir, kill=True)
 
 
@@ -185,16 +186,16 @@ def test_compare_lists_a_broken_folder_with_its_reason() -> None:
         broken.rmdir()
 
 
-# --- core.jobs and core.report without the UI ---------------------------------------------------------------------
+# --- core.jobs, core.rundir and the view tables without the UI ---------------------------------------------------------------------
 def test_cli_args_rebuild_the_same_config() -> None:
     from core.cli import build_parser
 
     cfg = TrainConfig(arch="mobilenet", width=0.375, dropout=0.15, synthetic_size=500, subset=100, epochs=2,
                       max_steps=7, batch_size=48, lr=0.0031, augment=False, label_smoothing=0.1, device="cpu")
-    a = build_parser().parse_args(["train", *jobs.cli_args(cfg)])
-    rebuilt = {k: getattr(a, k) for k in cfg.to_dict() if hasattr(a, k)}
-    rebuilt["augment"] = not a.no_augment
-    assert rebuilt == cfg.to_dict()
+    from core.config import config_from_args
+
+    for c in (cfg, TrainConfig(), TrainConfig(teacher="runs/x", threads=1, precision="fp32", schedule="constant")):
+        assert config_from_args(build_parser().parse_args(["train", *to_cli_args(c)])) == c
 
 
 def test_dead_process_with_running_record_is_interrupted(tmp_path: Path) -> None:
@@ -203,28 +204,28 @@ def test_dead_process_with_running_record_is_interrupted(tmp_path: Path) -> None
     cfg = TrainConfig(arch="plain_cnn", width=0.125, epochs=2)
     (run_dir / "run.json").write_text(json.dumps({"name": "ghost", "status": "running", "model": {"arch": "plain_cnn"},
                                                   "config": cfg.to_dict(), "epochs": [], "pid": 2**22 + 12345}))
-    st = jobs.job_status(run_dir)
+    st = rundir.run_status(run_dir)
     assert st.status == "interrupted" and st.resumable and "resumed" in st.error
     with pytest.raises(ValueError, match="not running"):
         jobs.stop_run(run_dir)
-    assert jobs.format_eta(75) == "1m 15s" and jobs.format_eta(None) == "estimating..."
+    assert format_eta(75) == "1m 15s" and format_eta(None) == "estimating..."
 
 
 def test_pareto_front_keeps_only_undominated_runs() -> None:
     df = pd.DataFrame({"name": list("abcdef"), "params": [10, 20, 30, 40, 50, 50],
                        "accuracy": [0.50, 0.45, 0.60, 0.60, 0.70, 0.65]})
-    assert report.pareto_front(df)["name"].tolist() == ["a", "c", "e"]
-    refs = report.reference_points()
+    assert runviews.pareto_front(df)["name"].tolist() == ["a", "c", "e"]
+    refs = archviews.reference_points()
     assert set(refs["params"]) == {2_959_943, 109_607}
-    grid = report.params_vs_width(["mobilenet"], [1.0])
+    grid = archviews.params_vs_width(["mobilenet"], [1.0])
     assert grid["params"].tolist() == [109_607]
 
 
 def test_conv_breakdown_backs_the_depthwise_argument() -> None:
-    b = report.conv_breakdown("mobilenet", width=1.0)
+    b = archviews.conv_breakdown("mobilenet", width=1.0)
     assert b["pointwise_params"] > 10 * b["depthwise_params"]  # 1x1 convs carry the capacity
     assert b["pairs_standard"] > 8 * b["pairs_separable"]  # standard 3x3 convs would cost 8-9x more
-    plain = report.conv_breakdown("plain_cnn", width=1.0)
+    plain = archviews.conv_breakdown("plain_cnn", width=1.0)
     assert plain["pairs"] == [] and plain["standard_total"] > 8 * plain["standard_as_separable"]
 
 

@@ -45,7 +45,7 @@ def free_port() -> int:
 
 def seed_runs(runs: Path) -> None:
     """Two small finished runs so Compare and Predict have something to show when checkpoints/ is empty."""
-    from core.checkpoint import list_runs
+    from core.rundir import list_runs
     from core.config import TrainConfig
     from core.runs import run_training
 
@@ -88,9 +88,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields t
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
-        from core import jobs
+        from core import jobs, rundir
 
-        for job in jobs.list_jobs(runs):  # never leave a trainer behind
+        for job in rundir.list_runs(runs, include_shipped=False):  # never leave a trainer behind
             if job.active:
                 jobs.stop_run(job.path, kill=True)
 

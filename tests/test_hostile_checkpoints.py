@@ -18,9 +18,11 @@ from torch import nn
 
 from conftest import ROOT, SAMPLE_PHOTO
 
+from core import rundir
 from core import checkpoint as ck
 from core.classes import CLASSES
 from core.config import TrainConfig
+from core.fsutil import atomic_write_json
 from core.onnx_io import OnnxClassifier, check_onnx_file
 from core.photo import analyze_photo
 from core.runs import run_training
@@ -57,13 +59,13 @@ def test_malicious_weights_never_run(tiny_run: Path, tmp_path: Path, legacy: boo
     sentinel = tmp_path / "PWNED"
     run = tmp_path / "evil-run"
     shutil.copytree(tiny_run, run)
-    evil_weights(run / ck.WEIGHTS, sentinel, legacy)
+    evil_weights(run / rundir.WEIGHTS, sentinel, legacy)
     with pytest.raises(ValueError, match="not a loadable weights file") as err:
         ck.load_model(run)
-    assert str(run / ck.WEIGHTS) in str(err.value)
+    assert str(run / rundir.WEIGHTS) in str(err.value)
     with pytest.raises(ValueError, match="not a loadable weights file"):
-        ck.load_state_dict(run / ck.WEIGHTS)
-    infos = ck.list_runs(tmp_path, include_shipped=False)  # listing inspects without unpickling
+        ck.load_state_dict(run / rundir.WEIGHTS)
+    infos = rundir.list_runs(tmp_path, include_shipped=False)  # listing inspects without unpickling
     assert [i.name for i in infos] == ["evil-run"]
     assert not sentinel.exists()
 
@@ -73,20 +75,20 @@ def test_malicious_resume_state_and_cli_export_never_run(tiny_run: Path, tmp_pat
     cfg = TrainConfig(arch="plain_cnn", width=0.125, synthetic_size=100, epochs=2, batch_size=32, augment=False)
     run = tmp_path / "interrupted"
     run.mkdir()
-    ck.write_record(run, {"name": "interrupted", "status": "running", "model": {"arch": "plain_cnn", "knobs": {}},
+    atomic_write_json(run / rundir.RECORD, {"name": "interrupted", "status": "running", "model": {"arch": "plain_cnn", "knobs": {}},
                           "config": cfg.to_dict(), "epochs": []})
-    evil_weights(run / ck.RESUME, sentinel)
+    evil_weights(run / rundir.RESUME, sentinel)
     with pytest.raises(ValueError, match="not a loadable weights file"):
         list(run_training(cfg, run))
-    assert ck.read_record(run)["status"] == "failed"
+    assert rundir.read_record(run).status == "failed"
 
     exported = tmp_path / "to-export"
     shutil.copytree(tiny_run, exported)
-    evil_weights(exported / ck.WEIGHTS, sentinel)
+    evil_weights(exported / rundir.WEIGHTS, sentinel)
     proc = subprocess.run([sys.executable, "-m", "core", "export", str(exported)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "not a loadable weights file" in proc.stderr and str(exported / ck.WEIGHTS) in proc.stderr
+    assert "not a loadable weights file" in proc.stderr and str(exported / rundir.WEIGHTS) in proc.stderr
     assert not sentinel.exists()
 
 
@@ -113,9 +115,9 @@ def contract_breakers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
 
 
 def _edit_record(run: Path, change: Callable[[dict], None]) -> None:
-    record = json.loads((run / ck.RECORD).read_text())
+    record = json.loads((run / rundir.RECORD).read_text())
     change(record)
-    (run / ck.RECORD).write_text(json.dumps(record))
+    (run / rundir.RECORD).write_text(json.dumps(record))
 
 
 def _truncate(path: Path) -> None:
@@ -131,12 +133,12 @@ def _replace_dir(path: Path) -> None:
 # case: (break a copy of a good run folder, which field reports it ('problem' = unusable, 'onnx' = left out of
 # Predict only), what the reason must say)
 BROKEN: dict[str, tuple[Callable[[Path, dict], None], str, str]] = {
-    "record-missing": (lambda r, b: (r / ck.RECORD).unlink(), "problem", "run record is missing"),
-    "record-truncated": (lambda r, b: _truncate(r / ck.RECORD), "problem", "not valid JSON"),
-    "record-binary": (lambda r, b: (r / ck.RECORD).write_bytes(b"\xff\xfe\x00\x89PNG garbage"), "problem", "not valid JSON"),
-    "record-deeply-nested": (lambda r, b: (r / ck.RECORD).write_text("[" * 200_000), "problem", "nested too deeply"),
-    "record-is-a-folder": (lambda r, b: _replace_dir(r / ck.RECORD), "problem", "cannot be read"),
-    "record-is-a-list": (lambda r, b: (r / ck.RECORD).write_text("[1, 2, 3]"), "problem", "no model description"),
+    "record-missing": (lambda r, b: (r / rundir.RECORD).unlink(), "problem", "run record is missing"),
+    "record-truncated": (lambda r, b: _truncate(r / rundir.RECORD), "problem", "not valid JSON"),
+    "record-binary": (lambda r, b: (r / rundir.RECORD).write_bytes(b"\xff\xfe\x00\x89PNG garbage"), "problem", "not valid JSON"),
+    "record-deeply-nested": (lambda r, b: (r / rundir.RECORD).write_text("[" * 200_000), "problem", "nested too deeply"),
+    "record-is-a-folder": (lambda r, b: _replace_dir(r / rundir.RECORD), "problem", "cannot be read"),
+    "record-is-a-list": (lambda r, b: (r / rundir.RECORD).write_text("[1, 2, 3]"), "problem", "no model description"),
     "record-without-model": (lambda r, b: _edit_record(r, lambda d: d.pop("model")), "problem", "no model description"),
     "record-params-text": (lambda r, b: _edit_record(r, lambda d: d.update(params="lots")), "problem",
                            "'params' must be a whole number"),
@@ -150,17 +152,17 @@ BROKEN: dict[str, tuple[Callable[[Path, dict], None], str, str]] = {
     "record-knobs-text": (lambda r, b: _edit_record(r, lambda d: d["model"].update(knobs={"width": "wide"})), "problem",
                           "'model.knobs' must map names to numbers"),
     "record-unknown-status": (lambda r, b: _edit_record(r, lambda d: d.update(status="exploded")), "problem", "'status' must be one of"),
-    "weights-missing": (lambda r, b: (r / ck.WEIGHTS).unlink(), "problem", "weights file is missing"),
-    "weights-empty": (lambda r, b: (r / ck.WEIGHTS).write_bytes(b""), "problem", "weights file is empty"),
-    "weights-truncated": (lambda r, b: _truncate(r / ck.WEIGHTS), "problem", "truncated or corrupt"),
-    "weights-garbage": (lambda r, b: (r / ck.WEIGHTS).write_text("definitely not tensors"), "problem", "not a loadable weights file"),
-    "onnx-missing": (lambda r, b: (r / ck.ONNX).unlink(), "onnx", "ONNX export is missing"),
-    "onnx-empty": (lambda r, b: (r / ck.ONNX).write_bytes(b""), "onnx", "empty (0 bytes)"),
-    "onnx-truncated": (lambda r, b: _truncate(r / ck.ONNX), "onnx", "not a loadable ONNX model"),
-    "onnx-garbage": (lambda r, b: (r / ck.ONNX).write_text("<html>404 Not Found</html>"), "onnx", "not a loadable ONNX model"),
-    "onnx-wrong-input": (lambda r, b: shutil.copy(b["input"], r / ck.ONNX), "onnx", "input shape must be [N, 1, 48, 48]"),
-    "onnx-wrong-output": (lambda r, b: shutil.copy(b["output"], r / ck.ONNX), "onnx", "output shape must be [N, 7]"),
-    "onnx-fixed-batch": (lambda r, b: shutil.copy(b["batch"], r / ck.ONNX), "onnx", "batch dimension of the input must be dynamic"),
+    "weights-missing": (lambda r, b: (r / rundir.WEIGHTS).unlink(), "problem", "weights file is missing"),
+    "weights-empty": (lambda r, b: (r / rundir.WEIGHTS).write_bytes(b""), "problem", "weights file is empty"),
+    "weights-truncated": (lambda r, b: _truncate(r / rundir.WEIGHTS), "problem", "truncated or corrupt"),
+    "weights-garbage": (lambda r, b: (r / rundir.WEIGHTS).write_text("definitely not tensors"), "problem", "not a loadable weights file"),
+    "onnx-missing": (lambda r, b: (r / rundir.ONNX).unlink(), "onnx", "ONNX export is missing"),
+    "onnx-empty": (lambda r, b: (r / rundir.ONNX).write_bytes(b""), "onnx", "empty (0 bytes)"),
+    "onnx-truncated": (lambda r, b: _truncate(r / rundir.ONNX), "onnx", "not a loadable ONNX model"),
+    "onnx-garbage": (lambda r, b: (r / rundir.ONNX).write_text("<html>404 Not Found</html>"), "onnx", "not a loadable ONNX model"),
+    "onnx-wrong-input": (lambda r, b: shutil.copy(b["input"], r / rundir.ONNX), "onnx", "input shape must be [N, 1, 48, 48]"),
+    "onnx-wrong-output": (lambda r, b: shutil.copy(b["output"], r / rundir.ONNX), "onnx", "output shape must be [N, 7]"),
+    "onnx-fixed-batch": (lambda r, b: shutil.copy(b["batch"], r / rundir.ONNX), "onnx", "batch dimension of the input must be dynamic"),
 }
 
 
@@ -176,18 +178,18 @@ def test_broken_folder_is_listed_with_its_reason(case: str, tiny_run: Path, cont
                                                  tmp_path: Path) -> None:
     run = make_broken(tmp_path, case, tiny_run, contract_breakers)
     _, field, fragment = BROKEN[case]
-    (info,) = ck.list_runs(tmp_path, include_shipped=False)
+    (info,) = rundir.list_runs(tmp_path, include_shipped=False)
     assert info.path == run
     if field == "problem":
         assert not info.ok and fragment in info.problem and str(run) in info.problem, info.problem
     else:  # the record and weights are fine: it stays on Compare, but Predict cannot use its model
         assert info.ok and not info.has_onnx, info
-        assert fragment in info.onnx_problem and str(run / ck.ONNX) in info.onnx_problem, info.onnx_problem
+        assert fragment in info.onnx_problem and str(run / rundir.ONNX) in info.onnx_problem, info.onnx_problem
 
 
 def test_good_folder_has_no_problem(tiny_run: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_run, tmp_path / "good")
-    (info,) = ck.list_runs(tmp_path, include_shipped=False)
+    (info,) = rundir.list_runs(tmp_path, include_shipped=False)
     assert info.ok and info.has_onnx and info.onnx_problem is None
 
 

@@ -18,9 +18,10 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import wait_for_status, ROOT
 
+from core import rundir
 from core import checkpoint as ck, jobs
 from core.config import TrainConfig
-from core.fsutil import SHIPPED_DIR
+from core.fsutil import SHIPPED_DIR, atomic_write_json
 from core.onnx_io import check_onnx_file
 from core.runs import run_training
 
@@ -46,7 +47,7 @@ wait_for = wait_for_status  # shared helper (conftest); the short name reads bet
 
 
 # --- SIGKILL mid-epoch ---------------------------------------------------------------------------------------------
-KNOWN_FILES = {ck.RECORD, ck.WEIGHTS, ck.RESUME, ck.ONNX, jobs.PROGRESS_FILE}
+KNOWN_FILES = {rundir.RECORD, rundir.WEIGHTS, rundir.RESUME, rundir.ONNX, rundir.PROGRESS_FILE}
 TEMP_FILE = re.compile(r"^\..+\.tmp$")  # core.fsutil.atomic_write_bytes: '.<name>.<random>.tmp', renamed when complete
 
 
@@ -60,11 +61,11 @@ def test_sigkill_mid_epoch_leaves_complete_files_and_resumes(tmp_path: Path) -> 
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
-        while not ((rec := read_json(run / ck.RECORD)) and rec.get("epochs")):
+        while not ((rec := read_json(run / rundir.RECORD)) and rec.get("epochs")):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no epoch finished in time"
             time.sleep(0.02)
-        while (p := read_json(run / jobs.PROGRESS_FILE)) is None or p["epoch"] < 2:  # a batch of epoch 2 has run
+        while (p := read_json(run / rundir.PROGRESS_FILE)) is None or p["epoch"] < 2:  # a batch of epoch 2 has run
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.02)
     finally:
@@ -73,33 +74,33 @@ def test_sigkill_mid_epoch_leaves_complete_files_and_resumes(tmp_path: Path) -> 
     assert proc.returncode == -signal.SIGKILL
 
     # nothing half-written looks complete
-    record = ck.read_record(run)
-    finished = len(record["epochs"])
-    progress = read_json(run / jobs.PROGRESS_FILE)
-    assert record["status"] == "running" and finished == 1, (record["status"], finished)
+    record = rundir.read_record(run)
+    finished = len(record.epochs)
+    progress = read_json(run / rundir.PROGRESS_FILE)
+    assert record.status == "running" and finished == 1, (record.status, finished)
     assert progress["epoch"] == 2 and progress["step"] < progress["steps"], progress  # killed mid-epoch
     for f in run.iterdir():
         assert f.name in KNOWN_FILES or TEMP_FILE.match(f.name), f"unexpected file {f.name}"
-    assert not (run / ck.ONNX).exists()  # exported only at the end
+    assert not (run / rundir.ONNX).exists()  # exported only at the end
     for pt in run.glob("*.pt"):
         state = torch.load(pt, map_location="cpu", weights_only=True)
         assert isinstance(state, dict) and state
-    assert ck.load_state_dict(run / ck.RESUME)["epoch"] == finished
+    assert ck.load_state_dict(run / rundir.RESUME)["epoch"] == finished
     ck.load_model(run)  # the last finished epoch's weights fit the recorded model
-    st = jobs.job_status(run)
+    st = rundir.run_status(run)
     assert st.status == "interrupted" and st.resumable, (st.status, st.error)
 
     # the same command again continues after the last finished epoch
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     result = json.loads(again.stdout.strip().splitlines()[-1])
-    record = ck.read_record(run)
-    assert result["status"] == "done" == record["status"]
-    assert record["resumed_from_epoch"] == finished
-    assert [e["epoch"] for e in record["epochs"]] == [1, 2]
-    assert not (run / ck.RESUME).exists()
-    check_onnx_file(run / ck.ONNX)
-    (info,) = ck.list_runs(tmp_path, include_shipped=False)
+    record = rundir.read_record(run)
+    assert result["status"] == "done" == record.status
+    assert record.resumed_from_epoch == finished
+    assert [e.epoch for e in record.epochs] == [1, 2]
+    assert not (run / rundir.RESUME).exists()
+    check_onnx_file(run / rundir.ONNX)
+    (info,) = rundir.list_runs(tmp_path, include_shipped=False)
     assert info.ok and info.has_onnx
 
 
@@ -110,14 +111,14 @@ def test_two_runs_at_once_both_finish_in_separate_folders(tmp_path: Path) -> Non
     a = jobs.start_run(cfg, root, "twin-a")
     b = jobs.start_run(cfg, root, "twin-b")  # same settings, started together
     assert a != b and a.parent == b.parent == root
-    assert {j.name for j in jobs.list_jobs(root) if j.active} == {"twin-a", "twin-b"}
+    assert {j.name for j in rundir.list_runs(root, include_shipped=False) if j.active} == {"twin-a", "twin-b"}
     for run in (a, b):
         st = wait_for(run, ("done", "failed", "interrupted", "stopped"))
         assert st.status == "done", st.error
-        record = ck.read_record(run)
-        assert record["name"] == run.name and (run / ck.ONNX).is_file()
-    assert read_json(a / jobs.JOB_FILE)["pid"] != read_json(b / jobs.JOB_FILE)["pid"]
-    assert sorted(i.name for i in ck.list_runs(root, include_shipped=False) if i.ok and i.has_onnx) == ["twin-a", "twin-b"]
+        record = rundir.read_record(run)
+        assert record.name == run.name and (run / rundir.ONNX).is_file()
+    assert read_json(a / rundir.JOB_FILE)["pid"] != read_json(b / rundir.JOB_FILE)["pid"]
+    assert sorted(i.name for i in rundir.list_runs(root, include_shipped=False) if i.ok and i.has_onnx) == ["twin-a", "twin-b"]
     with pytest.raises(ValueError, match="already exists"):  # a finished run is never overwritten
         jobs.start_run(cfg, root, "twin-a")
 
@@ -132,7 +133,7 @@ HOSTILE_NAMES = ["../escape", "..", ".", "/var/evil-run", "/", "a/b", "a\\b", ".
 def test_hostile_run_name_is_refused(name: str, tmp_path: Path) -> None:
     root = tmp_path / "runs"
     with pytest.raises(ValueError, match="is not allowed"):
-        ck.check_run_name(name)
+        rundir.check_run_name(name)
     if name:  # an empty name means "make one up" to start_run
         with pytest.raises(ValueError, match="is not allowed"):
             jobs.start_run(TrainConfig(**TINY), root, name)
@@ -142,7 +143,7 @@ def test_hostile_run_name_is_refused(name: str, tmp_path: Path) -> None:
 
 def test_good_run_names_are_accepted() -> None:
     for name in ("run-1", "my_run.v2", "A", "x" * 80, "plain_cnn-w0.125-20261128"):
-        assert ck.check_run_name(name) == name
+        assert rundir.check_run_name(name) == name
 
 
 def test_train_page_refuses_hostile_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,20 +194,20 @@ def failed_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_nan_loss_ends_the_run_with_the_reason(failed_runs: Path) -> None:
-    st = jobs.job_status(failed_runs / "nan-run")
+    st = rundir.run_status(failed_runs / "nan-run")
     assert st.status == "failed" and st.resumable
     assert re.match(r"loss became (nan|inf) at epoch 1, step \d+: lower the learning rate", st.error), st.error
-    assert ck.read_record(failed_runs / "nan-run")["status"] == "failed"
+    assert rundir.read_record(failed_runs / "nan-run").status == "failed"
 
 
 def test_out_of_memory_ends_the_run_with_the_reason(failed_runs: Path) -> None:
     for name in ("oom-host", "oom-cuda"):
-        record = ck.read_record(failed_runs / name)
-        assert record["status"] == "failed"
-        assert record["error"].startswith("out of memory") and "lower the batch size" in record["error"], record["error"]
+        record = rundir.read_record(failed_runs / name)
+        assert record.status == "failed"
+        assert record.error.startswith("out of memory") and "lower the batch size" in record.error, record.error
     # PyTorch's own CPU message: recorded as it is (core/runs.py does not yet call it "out of memory", see report)
-    record = ck.read_record(failed_runs / "oom-torch-cpu")
-    assert record["status"] == "failed" and "can't allocate memory" in record["error"], record["error"]
+    record = rundir.read_record(failed_runs / "oom-torch-cpu")
+    assert record.status == "failed" and "can't allocate memory" in record.error, record.error
 
 
 def test_train_page_shows_why_runs_failed(failed_runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,14 +221,14 @@ def test_train_page_shows_why_runs_failed(failed_runs: Path, monkeypatch: pytest
 
 
 def test_nan_loss_cli_prints_one_line_not_a_traceback(failed_runs: Path) -> None:
-    log = (failed_runs / "nan-run" / ck.LOG).read_text()  # the background run's `core train` stderr
+    log = (failed_runs / "nan-run" / rundir.LOG).read_text()  # the background run's `core train` stderr
     assert "error: training stopped: loss became" in log and "Traceback" not in log, log[-2000:]
 
 
 # --- deleting runs -------------------------------------------------------------------------------------------------
 def fake_run(path: Path) -> Path:
     path.mkdir(parents=True)
-    ck.write_record(path, {"name": path.name, "status": "failed", "error": "x", "model": {"arch": "plain_cnn"}})
+    atomic_write_json(path / rundir.RECORD, {"name": path.name, "status": "failed", "error": "x", "model": {"arch": "plain_cnn"}})
     (path / "keep.txt").write_text("precious")
     return path
 
@@ -238,7 +239,7 @@ def test_delete_cannot_touch_shipped_checkpoints(tmp_path: Path, monkeypatch: py
     for target, runs_root in ((SHIPPED_DIR, root), (SHIPPED_DIR / "mobilenet-w1", root),
                               (SHIPPED_DIR / "mobilenet-w1", SHIPPED_DIR)):  # even with the runs folder set to it
         with pytest.raises(ValueError, match="shipped checkpoints are protected"):
-            ck.delete_run(target, runs_root)
+            rundir.delete_run(target, runs_root)
     assert SHIPPED_DIR.is_dir()
     # with a real shipped run in place (a stand-in folder, so the repository is never at risk)
     shipped = tmp_path / "checkpoints"
@@ -247,7 +248,7 @@ def test_delete_cannot_touch_shipped_checkpoints(tmp_path: Path, monkeypatch: py
     (root / "alias").symlink_to(victim, target_is_directory=True)
     for target, runs_root in ((victim, shipped), (victim, root), (root / "alias", root), (root / ".." / "checkpoints" / victim.name, root)):
         with pytest.raises(ValueError):
-            ck.delete_run(target, runs_root)
+            rundir.delete_run(target, runs_root)
     assert (victim / "keep.txt").read_text() == "precious"
 
 
@@ -261,11 +262,11 @@ def test_delete_cannot_escape_the_runs_folder(tmp_path: Path) -> None:
     (root / "inner" / "sub").mkdir()
     for target in targets:
         with pytest.raises(ValueError):
-            ck.delete_run(target, root)
+            rundir.delete_run(target, root)
     assert (outside / "keep.txt").read_text() == "precious" and (inner / "keep.txt").exists()
     # a symlink inside a run folder is removed, never followed
     (inner / "escape").symlink_to(outside, target_is_directory=True)
-    ck.delete_run(inner, root)
+    rundir.delete_run(inner, root)
     assert not inner.exists() and (outside / "keep.txt").read_text() == "precious"
 
 
@@ -286,13 +287,13 @@ def test_compare_page_delete_is_confined(tiny_run: Path, tmp_path: Path, monkeyp
     at.button(key="compare_delete").click().run()
     assert not at.exception, at.exception
     assert any("Could not delete sneaky" in e.value and "symbolic link" in e.value for e in at.error), [e.value for e in at.error]
-    assert (tmp_path / "elsewhere" / ck.WEIGHTS).is_file() and (shipped / "shipped-model" / ck.WEIGHTS).is_file()
+    assert (tmp_path / "elsewhere" / rundir.WEIGHTS).is_file() and (shipped / "shipped-model" / rundir.WEIGHTS).is_file()
     at.selectbox(key="compare_delete_pick").set_value("mine").run()
     at.checkbox(key="compare_delete_confirm_mine").check().run()
     at.button(key="compare_delete").click().run()
     assert not at.exception, at.exception
     assert not (root / "mine").exists() and any(s.value == "Deleted mine." for s in at.success)
-    assert (tmp_path / "elsewhere" / ck.WEIGHTS).is_file() and (shipped / "shipped-model" / ck.WEIGHTS).is_file()
+    assert (tmp_path / "elsewhere" / rundir.WEIGHTS).is_file() and (shipped / "shipped-model" / rundir.WEIGHTS).is_file()
 
 
 def test_damaged_job_and_progress_files_do_not_crash_the_train_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -309,13 +310,13 @@ def test_damaged_job_and_progress_files_do_not_crash_the_train_page(tmp_path: Pa
     for name, (job, progress, record) in damage.items():
         run = root / name
         run.mkdir(parents=True)
-        for fname, content in ((jobs.JOB_FILE, job), (jobs.PROGRESS_FILE, progress)):
+        for fname, content in ((rundir.JOB_FILE, job), (rundir.PROGRESS_FILE, progress)):
             if content is not None:
                 (run / fname).write_text(content if isinstance(content, str) else json.dumps(content))
         if record is not None:
-            ck.write_record(run, {"name": name, "status": "running", "model": {"arch": "plain_cnn"}, "config": cfg,
+            atomic_write_json(run / rundir.RECORD, {"name": name, "status": "running", "model": {"arch": "plain_cnn"}, "config": cfg,
                                   "epochs": [], "pid": 2**22 + 7, **record})
-    statuses = {j.name: j for j in jobs.list_jobs(root)}
+    statuses = {j.name: j for j in rundir.list_runs(root, include_shipped=False)}
     assert set(statuses) == set(damage)
     assert statuses["huge-pid"].status == "interrupted"
     assert statuses["progress-wrong-types"].progress is None and statuses["progress-truncated"].progress is None

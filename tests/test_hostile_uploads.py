@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, SAMPLE_PHOTO
 
-from core import checkpoint as ck
+from core import rundir
 from core.classes import CLASSES
 from core.photo import MAX_FILE_BYTES, MAX_PIXELS, analyze_photo, decode_image
 
@@ -183,7 +183,7 @@ def test_multipage_tiff_uses_the_first_page() -> None:
 @pytest.mark.parametrize("size", [(1, 1), (4000, 10), (10, 4000), (2, 3)], ids=["1x1", "4000x10", "10x4000", "2x3"])
 def test_tiny_and_extreme_aspect_ratio_images_are_classified(size: tuple[int, int], tiny_run: Path) -> None:
     data = encode(Image.new("RGB", size, (90, 120, 150)), "PNG")
-    r = analyze_photo(data, "odd.png", tiny_run / ck.ONNX)
+    r = analyze_photo(data, "odd.png", tiny_run / rundir.ONNX)
     assert r.size == size and len(r.faces) == 1 and r.no_face  # no face: the centre square is classified
     face = r.faces[0]
     assert face.crop.shape == (48, 48) and face.top in CLASSES and abs(face.probs.sum() - 1) < 1e-5
@@ -198,7 +198,7 @@ def test_exif_rotated_photo_is_turned_upright_not_rejected(tiny_run: Path) -> No
     rgb = decode_image(data, "sideways.jpg")
     assert rgb.shape == (400, 512, 3)
     assert np.abs(rgb.astype(int) - np.asarray(upright).astype(int)).mean() < 6
-    r = analyze_photo(data, "sideways.jpg", tiny_run / ck.ONNX)
+    r = analyze_photo(data, "sideways.jpg", tiny_run / rundir.ONNX)
     assert not r.no_face and any(150 < f.box[0] < 200 and 40 < f.box[1] < 90 for f in r.faces)
 
 
@@ -253,7 +253,7 @@ def test_cli_predict_with_good_and_bad_files(tiny_run: Path, tmp_path: Path) -> 
     files.append(str(tmp_path / "missing.jpg"))
     (tmp_path / "folder.jpg").mkdir()
     files.append(str(tmp_path / "folder.jpg"))
-    cmd = [sys.executable, "-m", "core", "predict", "--model", str(tiny_run / ck.ONNX), *files]
+    cmd = [sys.executable, "-m", "core", "predict", "--model", str(tiny_run / rundir.ONNX), *files]
     human = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert human.returncode == 0, human.stderr  # some files worked
     assert "Traceback" not in human.stderr

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from core import rundir
 from core import archs, checkpoint as ck
 from core.classes import CLASSES
 from core.onnx_io import OnnxClassifier, export_onnx, parity
@@ -25,13 +26,13 @@ def test_every_family_exports_with_parity(name: str, tmp_path: Path) -> None:
 
 
 def test_contract(tiny_run: Path) -> None:
-    path = tiny_run / ck.ONNX
+    path = tiny_run / rundir.ONNX
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["classes"]) == list(CLASSES)
     assert meta["arch"] == "plain_cnn" and float(meta["width_mult"]) == 0.125
     model, record = ck.load_model(tiny_run)
-    assert int(meta["params"]) == record["params"] == sum(p.numel() for p in model.parameters())
+    assert int(meta["params"]) == record.params == sum(p.numel() for p in model.parameters())
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
     assert inp.name == "image" and inp.type == "tensor(float)" and inp.shape[1:] == [1, 48, 48]
@@ -43,12 +44,12 @@ def test_contract(tiny_run: Path) -> None:
         assert got.shape == (n, 7)
         # normalisation lives in the graph: raw 0-255 pixels give PyTorch's logits
         np.testing.assert_allclose(got, model(torch.from_numpy(raw)).detach().numpy(), atol=1e-4)
-    assert record["onnx"]["parity_max_abs"] < 1e-4
+    assert record.onnx["parity_max_abs"] < 1e-4
 
 
 def test_session_is_reused(tiny_run: Path) -> None:
-    assert OnnxClassifier.get(tiny_run / ck.ONNX) is OnnxClassifier.get(tiny_run / ck.ONNX)
-    probs = OnnxClassifier.get(tiny_run / ck.ONNX).probabilities(np.zeros((3, 48, 48), np.uint8))
+    assert OnnxClassifier.get(tiny_run / rundir.ONNX) is OnnxClassifier.get(tiny_run / rundir.ONNX)
+    probs = OnnxClassifier.get(tiny_run / rundir.ONNX).probabilities(np.zeros((3, 48, 48), np.uint8))
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import checkpoint as ck
+from core import rundir
 from core.photo import analyze_photo, crop_face, decode_image, detect_faces, draw_boxes
 
 from conftest import SAMPLE_PHOTO
@@ -21,7 +21,7 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def test_detects_the_face_in_the_sample_photo(tiny_run: Path) -> None:
-    r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, tiny_run / ck.ONNX)
+    r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, tiny_run / rundir.ONNX)
     assert len(r.faces) == 1 and not r.no_face
     x, y, w, h = r.faces[0].box
     assert 150 < x < 200 and 40 < y < 90 and 80 < w < 130  # Eileen Collins' face in the 512x512 portrait
@@ -33,7 +33,7 @@ def test_detects_the_face_in_the_sample_photo(tiny_run: Path) -> None:
 
 def test_no_face_falls_back_to_centre(tiny_run: Path) -> None:
     blank = encode(Image.new("RGB", (200, 100), (120, 120, 120)), "PNG")
-    r = analyze_photo(blank, "wall.png", tiny_run / ck.ONNX)
+    r = analyze_photo(blank, "wall.png", tiny_run / rundir.ONNX)
     assert r.no_face and len(r.faces) == 1 and r.faces[0].box == (50, 0, 100, 100)
 
 
@@ -74,25 +74,25 @@ def test_crop_near_border_is_padded() -> None:
 
 def test_best_shipped_model_reads_the_smile_in_the_sample() -> None:
     """End to end with a real FER2013-trained model: Eileen Collins smiles in the sample portrait."""
-    from core import report
-    from core.checkpoint import list_runs
+    from core import runviews
+    from core.rundir import list_runs
 
-    best = report.best_model([i for i in list_runs(None) if i.shipped])
+    best = runviews.best_model([i for i in list_runs(None) if i.shipped])
     if best is None:
         pytest.skip("no shipped checkpoint with an ONNX model in checkpoints/")
-    r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, best.path / ck.ONNX)
+    r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, best.path / rundir.ONNX)
     assert len(r.faces) == 1 and r.faces[0].top == "happy" and r.faces[0].confidence > 0.5
 
 
 def test_occlusion_map_points_at_what_matters(tiny_run: Path) -> None:
     from core.photo import occlusion_map, overlay_heatmap
 
-    r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, tiny_run / ck.ONNX)
-    heat, top = occlusion_map(r.faces[0].crop, tiny_run / ck.ONNX)
+    r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, tiny_run / rundir.ONNX)
+    heat, top = occlusion_map(r.faces[0].crop, tiny_run / rundir.ONNX)
     assert heat.shape == (48, 48) and heat.dtype == np.float32
     assert 0.0 <= heat.min() and heat.max() <= 1.0
     assert top == int(np.argmax(r.faces[0].probs))
     assert overlay_heatmap(r.faces[0].crop, heat, 96).shape == (96, 96, 3)
     # a constant image has nothing to hide: no patch changes the prediction
-    flat, _ = occlusion_map(np.full((48, 48), 128, np.uint8), tiny_run / ck.ONNX)
+    flat, _ = occlusion_map(np.full((48, 48), 128, np.uint8), tiny_run / rundir.ONNX)
     assert float(flat.max()) == 0.0

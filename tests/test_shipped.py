@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from core import rundir
 from core import checkpoint as ck
 from core.config import TrainConfig
 from core.fsutil import PROJECT_ROOT, SHIPPED_DIR
@@ -30,26 +31,26 @@ def load_script():
 @needs_shipped
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
 def test_folder_follows_the_contract(folder: Path) -> None:
-    record = ck.read_record(folder)
-    assert record["status"] in ("done", "stopped") and record["name"] == folder.name
+    record = rundir.read_record(folder)
+    assert record.status in ("done", "stopped") and record.name == folder.name
     # what the issue asks every record to state
-    assert record["recipe"] and record["epochs"] and record["wall_time_s"] > 0 and record["device"]
-    assert 0 < record["final"]["accuracy"]["public"] <= 1
+    assert record.recipe and record.epochs and record.wall_time_s > 0 and record.device
+    assert 0 < record.final.accuracy["public"] <= 1
     for key in ("data", "teacher"):
-        value = record["config"].get(key)
+        value = record.config.get(key)
         assert not value or not Path(value).is_absolute(), f"{key} names a machine's folder: {value}"
     model, _ = ck.load_model(folder)  # weights_only=True inside
-    check_onnx_file(folder / ck.ONNX)
+    check_onnx_file(folder / rundir.ONNX)
     x = np.random.default_rng(0).integers(0, 256, (4, 1, 48, 48)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    got = ort.InferenceSession(str(folder / ck.ONNX), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    got = ort.InferenceSession(str(folder / rundir.ONNX), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
 @needs_shipped
 def test_shipped_set_covers_the_study() -> None:
-    records = {f.name: ck.read_record(f) for f in FOLDERS}
+    records = {f.name: rundir.read_record(f) for f in FOLDERS}
     size = sum(p.stat().st_size for p in SHIPPED_DIR.rglob("*") if p.is_file())
     assert size < 60 * 2**20, f"shipped folders take {size / 2**20:.1f} MB"
     assert len(records) >= 6
@@ -58,7 +59,7 @@ def test_shipped_set_covers_the_study() -> None:
         assert len(widths) >= 3 and 1.0 in widths, (arch, widths)
     params = [r["params"] for r in records.values()]
     assert min(params) <= 12_000 and max(params) >= 2_900_000
-    assert records["plain_cnn-w1"]["params"] == 2_959_943 and records["mobilenet-w1"]["params"] == 109_607
+    assert records["plain_cnn-w1"].params == 2_959_943 and records["mobilenet-w1"].params == 109_607
 
 
 @needs_shipped
@@ -69,7 +70,7 @@ def test_retrain_script_reproduces_each_shipped_recipe() -> None:
     for folder in FOLDERS:
         assert folder.name in script.RECIPES and folder.name not in script.NOT_SHIPPED, folder.name
         want = script.config_for(folder.name, "x", "auto", None, None).to_dict()
-        got = ck.read_record(folder)["config"]
+        got = rundir.read_record(folder).config
         diff = {k: (got.get(k), v) for k, v in want.items() if k not in machine and got.get(k) != v}
         assert not diff, f"{folder.name}: record vs recipe {diff}"
 
@@ -83,7 +84,7 @@ def test_recorded_public_accuracy_reproduces_with_onnx_runtime() -> None:
 
     data = load_fer(SHARED_FER)
     for folder in FOLDERS:
-        recorded = ck.read_record(folder)["final"]["accuracy"]["public"]
+        recorded = rundir.read_record(folder).final.accuracy["public"]
         measured = evaluate_path(folder, data, ["public"])["public"]["accuracy"]
         # GPU and CPU kernels round differently; a handful of near-tied images may flip
         assert abs(measured - recorded) <= 0.002, (folder.name, recorded, measured)
@@ -105,11 +106,11 @@ def test_pack_splits_results_into_small_tar_files(tmp_path: Path, monkeypatch: p
     runs = tmp_path / "runs"
     for name in ("a", "b", "c"):
         (runs / name).mkdir(parents=True)
-        (runs / name / ck.WEIGHTS).write_bytes(b"w" * 600)
-        (runs / name / ck.RECORD).write_text("{}")
+        (runs / name / rundir.WEIGHTS).write_bytes(b"w" * 600)
+        (runs / name / rundir.RECORD).write_text("{}")
         (runs / f"{name}.log").write_text("log")
     script.pack(["a", "b", "c", "never-started"], runs, tmp_path / "out")
     tars = sorted((tmp_path / "out").glob("*.tar"))
     assert len(tars) == 3
     names = [n for t in tars for n in tarfile.open(t).getnames()]
-    assert sorted(names) == sorted([f"{n}/{f}" for n in "abc" for f in (ck.WEIGHTS, ck.RECORD)] + ["a.log", "b.log", "c.log"])
+    assert sorted(names) == sorted([f"{n}/{f}" for n in "abc" for f in (rundir.WEIGHTS, rundir.RECORD)] + ["a.log", "b.log", "c.log"])

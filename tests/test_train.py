@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core import rundir
 from core import checkpoint as ck
 from core.config import TrainConfig
 from core.data import Split
@@ -22,27 +23,27 @@ def test_short_training_beats_chance(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=3, **QUICK)
     history = list(run_training(cfg, tmp_path / "run"))
     assert [m["epoch"] for m in history] == [1, 2, 3]
-    record = ck.read_record(tmp_path / "run")
-    assert record["status"] == "done"
+    record = rundir.read_record(tmp_path / "run")
+    assert record.status == "done"
     # 7 classes, the largest 22%: well above chance on held-out synthetic faces
-    assert record["final"]["accuracy"]["val"] > 0.40
-    assert record["final"]["accuracy"]["val"] < 1.0
+    assert record.final.accuracy["val"] > 0.40
+    assert record.final.accuracy["val"] < 1.0
     for key in ("params", "macs", "size_bytes", "config", "epochs", "wall_time_s", "device", "versions", "data"):
         assert key in record
-    assert record["params"] == sum(p.numel() for p in ck.load_model(tmp_path / "run")[0].parameters())
+    assert record.params == sum(p.numel() for p in ck.load_model(tmp_path / "run")[0].parameters())
     for m in history:
         assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"} <= set(m)
 
 
 def test_checkpoint_round_trip(tiny_run: Path) -> None:
     model, record = ck.load_model(tiny_run)
-    state = torch.load(tiny_run / ck.WEIGHTS, weights_only=True)
+    state = torch.load(tiny_run / rundir.WEIGHTS, weights_only=True)
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
     x = torch.randint(0, 256, (4, 1, 48, 48)).float()
     fresh, _ = ck.load_model(tiny_run)
     torch.testing.assert_close(model(x), fresh(x))
-    assert not (tiny_run / ck.RESUME).exists()  # removed once the run is done
-    assert (tiny_run / ck.ONNX).is_file()
+    assert not (tiny_run / rundir.RESUME).exists()  # removed once the run is done
+    assert (tiny_run / rundir.ONNX).is_file()
 
 
 def test_resume_continues_from_last_epoch(tmp_path: Path) -> None:
@@ -51,12 +52,12 @@ def test_resume_continues_from_last_epoch(tmp_path: Path) -> None:
     gen = run_training(cfg, run)
     next(gen)  # one epoch finished and saved
     gen.close()  # the process "dies" here
-    assert (run / ck.RESUME).exists() and ck.read_record(run)["status"] == "running"
+    assert (run / rundir.RESUME).exists() and rundir.read_record(run).status == "running"
     history = list(run_training(cfg, run))
     assert [m["epoch"] for m in history] == [2, 3]
-    record = ck.read_record(run)
-    assert record["status"] == "done" and [e["epoch"] for e in record["epochs"]] == [1, 2, 3]
-    assert record["resumed_from_epoch"] == 1
+    record = rundir.read_record(run)
+    assert record.status == "done" and [e.epoch for e in record.epochs] == [1, 2, 3]
+    assert record.resumed_from_epoch == 1
 
 
 def test_resume_refuses_different_settings(tmp_path: Path) -> None:
@@ -76,8 +77,8 @@ def test_stop_request_ends_within_a_batch(tmp_path: Path) -> None:
     history = list(run_training(cfg, tmp_path / "run", on_batch=batches.append, should_stop=lambda: len(batches) >= stop_after))
     assert len(batches) == stop_after  # no batch ran after the request
     assert [m["epoch"] for m in history] == [1]
-    record = ck.read_record(tmp_path / "run")
-    assert record["status"] == "stopped" and (tmp_path / "run" / ck.ONNX).exists()
+    record = rundir.read_record(tmp_path / "run")
+    assert record.status == "stopped" and (tmp_path / "run" / rundir.ONNX).exists()
 
 
 def test_stop_file_from_another_process(tmp_path: Path) -> None:
@@ -86,25 +87,25 @@ def test_stop_file_from_another_process(tmp_path: Path) -> None:
 
     def touch_stop(b: dict) -> None:
         if b["epoch"] == 2:
-            (run / ck.STOP_FILE).touch()
+            (run / rundir.STOP_FILE).touch()
 
     history = list(run_training(cfg, run, on_batch=touch_stop))
-    assert len(history) == 1 and ck.read_record(run)["status"] == "stopped"
-    assert not (run / ck.STOP_FILE).exists()
+    assert len(history) == 1 and rundir.read_record(run).status == "stopped"
+    assert not (run / rundir.STOP_FILE).exists()
 
 
 def test_nan_loss_is_recorded(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1, **{**QUICK, "synthetic_size": 300, "lr": 10.0, "optimizer": "sgd"})
     with pytest.raises(Exception):
         list(run_training(cfg, tmp_path / "run", on_batch=lambda b: None))
-    record = json.loads((tmp_path / "run" / ck.RECORD).read_text())
-    assert record["status"] == "failed" and "loss" in record["error"]
+    record = json.loads((tmp_path / "run" / rundir.RECORD).read_text())
+    assert record.status == "failed" and "loss" in record.error
 
 
 def test_distillation_runs(tiny_run: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1, arch="mobilenet", width=0.25, synthetic_size=300, batch_size=64, teacher=str(tiny_run))
     history = list(run_training(cfg, tmp_path / "student"))
-    assert len(history) == 1 and "distilled" in ck.read_record(tmp_path / "student")["recipe"]
+    assert len(history) == 1 and "distilled" in rundir.read_record(tmp_path / "student").recipe
 
 
 def test_config_validation() -> None:
@@ -146,19 +147,19 @@ def test_ship_run_copies_contract_files_with_relative_paths(tiny_run: Path, tmp_
     from core.runs import ship_run
 
     dest = ship_run(tiny_run, tmp_path / "shipped" / "tiny")
-    assert sorted(p.name for p in dest.iterdir()) == sorted([ck.WEIGHTS, ck.ONNX, ck.RECORD])
-    record = ck.read_record(dest)
-    assert record["name"] == "tiny" and "pid" not in record and record["config"]["data"] == "synthetic"
+    assert sorted(p.name for p in dest.iterdir()) == sorted([rundir.WEIGHTS, rundir.ONNX, rundir.RECORD])
+    record = rundir.read_record(dest)
+    assert record.name == "tiny" and "pid" not in record and record.config["data"] == "synthetic"
     model, _ = ck.load_model(dest)
     x = torch.randint(0, 256, (2, 1, 48, 48)).float()
     torch.testing.assert_close(model(x), ck.load_model(tiny_run)[0](x))
     # an absolute data path becomes relative to the project
-    original = ck.read_record(tiny_run)
+    original = rundir.read_record(tiny_run)
     rec = json.loads(json.dumps(original))
     rec["config"]["data"] = rec["data"]["source"] = str(PROJECT_ROOT.parent / "shared" / "data" / "fer2013")
     ck.write_record(tiny_run, rec)
     try:
-        shipped = ck.read_record(ship_run(tiny_run, tmp_path / "shipped" / "tiny2"))
+        shipped = rundir.read_record(ship_run(tiny_run, tmp_path / "shipped" / "tiny2"))
         assert shipped["config"]["data"] == shipped["data"]["source"] == "../shared/data/fer2013"
     finally:
         ck.write_record(tiny_run, original)
