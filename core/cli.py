@@ -214,20 +214,24 @@ def cmd_study(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+JSON_HELP = "print one JSON object (the last line printed)"
+
+
+def _add_summary(sub: argparse._SubParsersAction) -> None:
     from core.archs import WIDTH_MAX, WIDTH_MIN, list_archs
-    from core.config import add_train_arguments
 
-    p = argparse.ArgumentParser(prog="python -m core", description="FER Compact-CNN Explorer: how small can an expression classifier get?")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    archs = list_archs()
-
-    s = sub.add_parser("summary", help="parameters, MACs, size and layer table of an architecture")
-    s.add_argument("--arch", required=True, choices=archs)
-    s.add_argument("--width", type=float, default=1.0, help=f"width multiplier ({WIDTH_MIN}-{WIDTH_MAX})")
+    s = sub.add_parser("summary", help="parameters, MACs, size and layer table of an architecture",
+                       description="Parameters, MACs, fp32 size and the layer table of an architecture, computed "
+                                   "from shapes alone (no weights are allocated).")
+    s.add_argument("--arch", required=True, choices=list_archs())
+    s.add_argument("--width", type=float, default=1.0, help=f"width multiplier, {WIDTH_MIN} to {WIDTH_MAX}; default: 1.0")
     s.add_argument("--dropout", type=float, default=None, help="dropout probability (the family's default if omitted)")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--json", action="store_true", help=JSON_HELP)
     s.set_defaults(func=cmd_summary)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from core.config import add_train_arguments
 
     t = sub.add_parser("train", help="train a model, save a checkpoint folder and export ONNX",
                        description="Train a model into a run folder (weights, ONNX export, run.json). Every training "
@@ -237,36 +241,49 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default=None, help="run folder name (default: arch-width-timestamp)")
     t.add_argument("--run-dir", default=None, help="exact run folder; an unfinished run there is resumed")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    t.add_argument("--json", action="store_true", help=JSON_HELP)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="(re-)export a run folder's weights to ONNX")
-    e.add_argument("run_dir")
-    e.add_argument("--json", action="store_true")
+
+def _add_model_io(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("export", help="(re-)export a run folder's weights to ONNX",
+                       description="Re-export a run's weights to model.onnx and record the PyTorch/ONNX parity check.")
+    e.add_argument("run_dir", help="a run folder, or a run's name in the runs folder or checkpoints/")
+    e.add_argument("--json", action="store_true", help=JSON_HELP)
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("evaluate", help="accuracy of a run folder or .onnx model on a dataset (ONNX Runtime)")
     v.add_argument("target", help="run folder or model.onnx")
     v.add_argument("--data", required=True, help="'synthetic' or a path to FER2013")
-    v.add_argument("--split", action="append", default=None, help="split name (train, public, private, val); repeatable")
-    v.add_argument("--json", action="store_true")
+    v.add_argument("--split", action="append", default=None,
+                   help="split name (train, public, private, val); repeatable; default: every split but train")
+    v.add_argument("--json", action="store_true", help=JSON_HELP)
     v.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="detect faces in photos and classify their expressions")
     r.add_argument("--model", required=True, help="an .onnx model following the contract")
-    r.add_argument("images", nargs="+")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("images", nargs="+", help="photo files (JPEG, PNG, WebP, BMP, GIF, TIFF)")
+    r.add_argument("--json", action="store_true", help=JSON_HELP)
     r.set_defaults(func=cmd_predict)
 
+
+def _add_docs(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="speed benchmarks against plain PyTorch/torchvision; writes docs/benchmarks.md")
     b.add_argument("--quick", action="store_true", help="short run (fewer repeats and steps)")
     b.add_argument("--data", default=None, help="FER2013 path (synthetic data when absent)")
-    b.add_argument("--out", default="docs/benchmarks.md")
+    b.add_argument("--out", default="docs/benchmarks.md", help="where to write the report; default: docs/benchmarks.md")
     b.set_defaults(func=cmd_bench)
 
     st = sub.add_parser("study", help="regenerate docs/study.md and its charts from the checkpoint records")
-    st.add_argument("--out", default="docs")
+    st.add_argument("--out", default="docs", help="folder for study.md and its charts; default: docs")
     st.set_defaults(func=cmd_study)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core", description="FER Compact-CNN Explorer: how small can an expression classifier get?")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_summary, _add_train, _add_model_io, _add_docs):
+        add(sub)
     return p
 
 

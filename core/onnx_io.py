@@ -6,8 +6,9 @@ import io
 import json
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -79,7 +80,31 @@ def contract_error(inputs: list[tuple[str, list[Any], str]], outputs: list[tuple
     return None
 
 
-_FILE_CHECKS: dict[tuple[str, int, int], str | None] = {}
+class _LatestLRU:
+    """A bounded LRU keyed by file path that keeps only the newest version of each file: a re-export replaces its
+    entry instead of leaving the old session alive beside it (an unbounded mtime-keyed dict grew with every export)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.items = size, OrderedDict()  # path -> (stamp, value)
+        self.lock = threading.Lock()
+
+    def get_or_make(self, key: tuple[str, int, int], make: Callable[[], Any]) -> Any:
+        path, stamp = key[0], key[1:]
+        with self.lock:
+            hit = self.items.get(path)
+            if hit is not None and hit[0] == stamp:
+                self.items.move_to_end(path)
+                return hit[1]
+        value = make()  # outside the lock: building a session takes milliseconds to seconds
+        with self.lock:
+            self.items[path] = (stamp, value)
+            self.items.move_to_end(path)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
+_FILE_CHECKS = _LatestLRU(256)  # contract verdicts are tiny; the app lists every run folder on each page
 
 
 def _file_key(p: Path) -> tuple[str, int, int]:
@@ -91,39 +116,38 @@ def _file_key(p: Path) -> tuple[str, int, int]:
     return (str(p.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def check_onnx_file(path: str | os.PathLike) -> None:
-    """Cheap contract check of a model file without building a session (listing many runs stays fast): reads the
-    graph's declared inputs and outputs. ValueError says what is wrong; results are cached by path, size and mtime."""
+def _contract_problem(p: Path, size: int) -> str | None:
+    """What breaks the contract in a model file, read from its declared inputs and outputs; None if nothing."""
     import onnx
     from onnx import TensorProto
 
+    if not p.is_file():
+        return "not a file"
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError...: all mean "not a model"
+        return f"not a loadable ONNX model ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
+
+    def describe(values) -> list[tuple[str, list[Any], str]]:  # noqa: ANN001
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+            out.append((v.name, dims, TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "unknown"))
+        return out
+
+    inits = {i.name for i in proto.graph.initializer}  # old exports also list weights as inputs
+    return contract_error(describe(i for i in proto.graph.input if i.name not in inits), describe(proto.graph.output))
+
+
+def check_onnx_file(path: str | os.PathLike) -> None:
+    """Cheap contract check of a model file without building a session (listing many runs stays fast): reads the
+    graph's declared inputs and outputs. ValueError says what is wrong; results are cached by path, size and mtime."""
     p = Path(path)
     key = _file_key(p)
-    if key not in _FILE_CHECKS:
-        problem = None
-        if not p.is_file():
-            problem = "not a file"
-        elif key[1] == 0:  # size
-            problem = "the file is empty (0 bytes)"
-        else:
-            try:
-                proto = onnx.load(str(p), load_external_data=False)
-            except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError...: all mean "not a model"
-                problem = f"not a loadable ONNX model ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
-            else:
-                def describe(values) -> list[tuple[str, list[Any], str]]:  # noqa: ANN001
-                    out = []
-                    for v in values:
-                        t = v.type.tensor_type
-                        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-                        out.append((v.name, dims, TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "unknown"))
-                    return out
-
-                inits = {i.name for i in proto.graph.initializer}  # old exports also list weights as inputs
-                problem = contract_error(describe(i for i in proto.graph.input if i.name not in inits),
-                                         describe(proto.graph.output))
-        _FILE_CHECKS[key] = problem
-    problem = _FILE_CHECKS[key]
+    problem = _FILE_CHECKS.get_or_make(key, lambda: _contract_problem(p, key[1]))
     if problem is not None:
         raise ValueError(f"{p}: {problem}")
 
@@ -131,8 +155,7 @@ def check_onnx_file(path: str | os.PathLike) -> None:
 class OnnxClassifier:
     """One ONNX Runtime session per model file, reused across calls (building one costs milliseconds to seconds)."""
 
-    _cache: dict[tuple[str, int, int], "OnnxClassifier"] = {}
-    _lock = threading.Lock()
+    _cache = _LatestLRU(16)  # sessions hold their weights in memory: keep the models in use, not every one ever opened
 
     def __init__(self, path: Path) -> None:
         import onnxruntime as ort
@@ -159,15 +182,9 @@ class OnnxClassifier:
 
     @classmethod
     def get(cls, path: str | Path) -> "OnnxClassifier":
-        """Cached by path, size and mtime so a re-exported file gets a fresh session."""
+        """Cached by path, size and mtime so a re-exported file gets a fresh session (and the old one is dropped)."""
         p = Path(path)
-        key = _file_key(p)
-        with cls._lock:
-            hit = cls._cache.get(key)
-            if hit is None:
-                hit = cls(p)
-                cls._cache[key] = hit
-            return hit
+        return cls._cache.get_or_make(_file_key(p), lambda: cls(p))
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """images: raw 0-255 pixels, [N,48,48] or [N,1,48,48], any numeric dtype."""

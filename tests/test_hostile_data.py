@@ -183,7 +183,7 @@ def test_core_train_and_train_page_report_a_bad_csv(tmp_path: Path, monkeypatch:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"error: {bad}, line 4: label '7' is not a class index 0-6 ({', '.join(CLASSES)})"
     record = json.loads((runs / "bad-data" / "run.json").read_text())
-    assert record.status == "failed" and "line 4" in record.error
+    assert record["status"] == "failed" and "line 4" in record["error"]
 
     monkeypatch.setenv("FER_RUNS_DIR", str(runs))
     at = AppTest.from_file("../streamlit_app.py", default_timeout=120).run()

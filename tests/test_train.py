@@ -10,6 +10,7 @@ import torch
 from core import rundir
 from core import checkpoint as ck
 from core.config import TrainConfig
+from core.record import RunRecord
 from core.data import Split
 from core.runs import run_training
 from core.synthetic import synthetic_dataset
@@ -29,7 +30,7 @@ def test_short_training_beats_chance(tmp_path: Path) -> None:
     assert record.final.accuracy["val"] > 0.40
     assert record.final.accuracy["val"] < 1.0
     for key in ("params", "macs", "size_bytes", "config", "epochs", "wall_time_s", "device", "versions", "data"):
-        assert key in record
+        assert key in record.to_json()
     assert record.params == sum(p.numel() for p in ck.load_model(tmp_path / "run")[0].parameters())
     for m in history:
         assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"} <= set(m)
@@ -99,7 +100,7 @@ def test_nan_loss_is_recorded(tmp_path: Path) -> None:
     with pytest.raises(Exception):
         list(run_training(cfg, tmp_path / "run", on_batch=lambda b: None))
     record = json.loads((tmp_path / "run" / rundir.RECORD).read_text())
-    assert record.status == "failed" and "loss" in record.error
+    assert record["status"] == "failed" and "loss" in record["error"]
 
 
 def test_distillation_runs(tiny_run: Path, tmp_path: Path) -> None:
@@ -149,20 +150,20 @@ def test_ship_run_copies_contract_files_with_relative_paths(tiny_run: Path, tmp_
     dest = ship_run(tiny_run, tmp_path / "shipped" / "tiny")
     assert sorted(p.name for p in dest.iterdir()) == sorted([rundir.WEIGHTS, rundir.ONNX, rundir.RECORD])
     record = rundir.read_record(dest)
-    assert record.name == "tiny" and "pid" not in record and record.config["data"] == "synthetic"
+    assert record.name == "tiny" and "pid" not in record.to_json() and record.config["data"] == "synthetic"
     model, _ = ck.load_model(dest)
     x = torch.randint(0, 256, (2, 1, 48, 48)).float()
     torch.testing.assert_close(model(x), ck.load_model(tiny_run)[0](x))
     # an absolute data path becomes relative to the project
     original = rundir.read_record(tiny_run)
-    rec = json.loads(json.dumps(original))
+    rec = json.loads(json.dumps(original.to_json()))
     rec["config"]["data"] = rec["data"]["source"] = str(PROJECT_ROOT.parent / "shared" / "data" / "fer2013")
-    ck.write_record(tiny_run, rec)
+    rundir.write_record(tiny_run, RunRecord.from_json(rec))
     try:
         shipped = rundir.read_record(ship_run(tiny_run, tmp_path / "shipped" / "tiny2"))
-        assert shipped["config"]["data"] == shipped["data"]["source"] == "../shared/data/fer2013"
+        assert shipped.config["data"] == shipped.data["source"] == "../shared/data/fer2013"
     finally:
-        ck.write_record(tiny_run, original)
+        rundir.write_record(tiny_run, original)
 
 
 def test_ship_refuses_unfinished(tmp_path: Path) -> None:
