@@ -36,9 +36,16 @@ def test_train_export_evaluate_predict(tmp_path: Path) -> None:
     assert run_dir.parent == tmp_path and (run_dir / "model.onnx").exists()
     assert "max |PyTorch - ONNX Runtime|" in cli("export", str(run_dir)).stdout
     ev = json.loads(cli("evaluate", str(run_dir), "--data", "synthetic", "--json").stdout)
-    # ONNX Runtime on the exported graph agrees with the trainer's own fp32 evaluation of the same weights
-    assert abs(ev["results"]["val"]["accuracy"] - result["accuracy"]["val"]) < 0.01
-    assert ev["results"]["val"]["n"] == 80  # 20% of the 400 synthetic faces
+    # ONNX Runtime on the exported graph agrees with PyTorch on the same weights and the same (default-size) data
+    import torch
+
+    from core import checkpoint as ck
+    from core.data import load_data
+    from core.train import evaluate
+
+    ref = evaluate(ck.load_model(run_dir)[0], load_data("synthetic").splits["val"], torch.device("cpu"))
+    assert ev["results"]["val"]["n"] == ref["n"] == 1200  # 20% of the 6,000 faces `evaluate --data synthetic` draws
+    assert abs(ev["results"]["val"]["accuracy"] - ref["accuracy"]) < 2 / ref["n"]  # at most a borderline image apart
     pred = json.loads(cli("predict", "--model", str(run_dir / "model.onnx"), str(SAMPLE_PHOTO), "--json").stdout)
     assert len(pred) == 1 and len(pred[0]["faces"]) == 1 and pred[0]["faces"][0]["top"]
 
