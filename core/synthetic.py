@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.classes import NUM_CLASSES
-from core.data import IMAGE_SIDE, FERData, Split
+from core.dataset import IMAGE_SIDE, FERData, Split
 
 DEFAULT_DIFFICULTY = 0.5
 
