@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import checkpoint as ck
+from core import rundir
 from core.config import TrainConfig
 from core.runs import run_training
 import pandas as pd
@@ -57,7 +57,7 @@ def records(folder: Path) -> dict[str, dict]:
 
 
 def test_study_regenerates(shipped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ck, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(rundir, "SHIPPED_DIR", shipped)
     recs = records(shipped)
     table = study_table()
     assert sorted(table["name"]) == sorted(recs)
@@ -127,7 +127,7 @@ def check_ablation(rows: list[list[str]], recs: dict[str, dict]) -> None:
 
 
 def test_study_without_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ck, "SHIPPED_DIR", tmp_path / "none")
+    monkeypatch.setattr(rundir, "SHIPPED_DIR", tmp_path / "none")
     assert "No shipped FER2013 checkpoints" in write_study(tmp_path).read_text()
 
 
