@@ -113,7 +113,33 @@ def ablation_section(df: pd.DataFrame, arch: str = "mobilenet", width: float = 1
     return lines + [""]
 
 
+def equal_budget_section(df: pd.DataFrame) -> list[str]:
+    """The equal-budget table (MobileNet vs plain CNN, interpolated) and its verdict, as markdown lines."""
+    lines = ["## At equal parameter counts, which family wins?", ""]
+    gaps = equal_budget_gaps(df)
+    if gaps:
+        lines += ["| parameter budget | MobileNet-style | plain CNN | difference |", "|---|---|---|---|"]
+        lines += [f"| {g['params']:,.0f} | {g['mobilenet']:.3f} | {g['plain_cnn']:.3f} | {g['mobilenet'] - g['plain_cnn']:+.3f} |"
+                  for g in gaps]
+        diffs = [(g["mobilenet"] - g["plain_cnn"]) * 100 for g in gaps]
+        if min(diffs) > 0:
+            verdict = (f"the MobileNet-style family is ahead at every budget, by {min(diffs):.1f} to {max(diffs):.1f} "
+                       "points: the study's finding holds for the shipped models.")
+        elif max(diffs) < 0:
+            verdict = (f"the plain CNN is ahead at every budget, by {-max(diffs):.1f} to {-min(diffs):.1f} points: the "
+                       "shipped models do not reproduce the study's finding here.")
+        else:
+            verdict = f"neither family wins everywhere (differences from {min(diffs):+.1f} to {max(diffs):+.1f} points)."
+        lines += ["", "Accuracies are interpolated linearly in log(parameters) between each family's shipped models (the "
+                  "best recipe at each width), only inside the range both families cover. Measured: " + verdict, ""]
+    else:
+        lines += ["The shipped models of the two families do not yet overlap in parameter count, so no equal-budget "
+                  "comparison can be interpolated from measurements.", ""]
+    return lines
+
+
 def write_study(out: str | Path = "docs") -> Path:
+    """Write study.md and its charts into `out` from the shipped records; returns the path of study.md."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df = study_table()
@@ -150,26 +176,7 @@ def write_study(out: str | Path = "docs") -> Path:
     lines += ["", "The study's figures for comparison: plain CNN 2,959,943 parameters, 0.722 public; MobileNet-style "
               "109,607 parameters, 0.651 public (50 epochs, batch 256, Adam 1e-3, no augmentation).", ""]
     lines += targets_section(df) + ablation_section(df)
-    lines += ["## At equal parameter counts, which family wins?", ""]
-    gaps = equal_budget_gaps(df)
-    if gaps:
-        lines += ["| parameter budget | MobileNet-style | plain CNN | difference |", "|---|---|---|---|"]
-        lines += [f"| {g['params']:,.0f} | {g['mobilenet']:.3f} | {g['plain_cnn']:.3f} | {g['mobilenet'] - g['plain_cnn']:+.3f} |"
-                  for g in gaps]
-        diffs = [(g["mobilenet"] - g["plain_cnn"]) * 100 for g in gaps]
-        if min(diffs) > 0:
-            verdict = (f"the MobileNet-style family is ahead at every budget, by {min(diffs):.1f} to {max(diffs):.1f} "
-                       "points: the study's finding holds for the shipped models.")
-        elif max(diffs) < 0:
-            verdict = (f"the plain CNN is ahead at every budget, by {-max(diffs):.1f} to {-min(diffs):.1f} points: the "
-                       "shipped models do not reproduce the study's finding here.")
-        else:
-            verdict = f"neither family wins everywhere (differences from {min(diffs):+.1f} to {max(diffs):+.1f} points)."
-        lines += ["", "Accuracies are interpolated linearly in log(parameters) between each family's shipped models (the "
-                  "best recipe at each width), only inside the range both families cover. Measured: " + verdict, ""]
-    else:
-        lines += ["The shipped models of the two families do not yet overlap in parameter count, so no equal-budget "
-                  "comparison can be interpolated from measurements.", ""]
+    lines += equal_budget_section(df)
     lines += ["Where the parameters go (computed from the architectures), which is why the depthwise-separable family "
               "is expected to win when parameters are scarce:", ""] + why_text()
     path = out / "study.md"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.classes import NUM_CLASSES
-from core.data import IMAGE_SIDE, FERData, Split
+from core.dataset import IMAGE_SIDE, FERData, Split
 
 DEFAULT_DIFFICULTY = 0.5
 
@@ -39,9 +39,23 @@ def _soft(d: np.ndarray, edge: float = 0.8) -> np.ndarray:
     return np.clip(0.5 - d / edge, 0.0, 1.0)
 
 
+def _occlude(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, rng: np.random.Generator, difficulty: float) -> np.ndarray:
+    """Occluders (hands, hair, glasses glare): a random rectangle over part of the face, on some images."""
+    b = img.shape[0]
+    occ = rng.random(b) < 0.35 * difficulty
+    if occ.any():
+        ox = rng.uniform(-20, 12, b)[:, None, None]
+        oy = rng.uniform(-20, 14, b)[:, None, None]
+        ow = rng.uniform(6, 16, b)[:, None, None]
+        oh = rng.uniform(4, 12, b)[:, None, None]
+        shade = rng.uniform(0, 255, b)[:, None, None]
+        box = (xs >= ox) & (xs < ox + ow) & (ys >= oy) & (ys < oy + oh) & occ[:, None, None]
+        img = np.where(box, shade, img)
+    return img
+
+
 def _draw(p: dict[str, np.ndarray], rng: np.random.Generator, difficulty: float) -> np.ndarray:
     """Render a batch; p holds per-image parameters of shape [B, 1, 1]."""
-    b = p["smile"].shape[0]
     ys, xs = np.mgrid[0:IMAGE_SIDE, 0:IMAGE_SIDE].astype(np.float32)
     ys, xs = ys[None] - 23.5, xs[None] - 23.5
     # Pose: rotate/scale/shift the sampling grid into face coordinates (u right, v down, unit ~ 1 px at scale 1).
@@ -88,16 +102,7 @@ def _draw(p: dict[str, np.ndarray], rng: np.random.Generator, difficulty: float)
     nose = _soft(np.maximum(np.abs(u) - 0.8, np.abs(v - 2.5) - 3.0), 1.0) * 0.35
     img = img * (1 - nose) + dark * nose
 
-    # Occluders (hands, hair, glasses glare): a random rectangle over part of the face.
-    occ = rng.random(b) < 0.35 * difficulty
-    if occ.any():
-        ox = rng.uniform(-20, 12, b)[:, None, None]
-        oy = rng.uniform(-20, 14, b)[:, None, None]
-        ow = rng.uniform(6, 16, b)[:, None, None]
-        oh = rng.uniform(4, 12, b)[:, None, None]
-        shade = rng.uniform(0, 255, b)[:, None, None]
-        box = (xs >= ox) & (xs < ox + ow) & (ys >= oy) & (ys < oy + oh) & occ[:, None, None]
-        img = np.where(box, shade, img)
+    img = _occlude(img, xs, ys, rng, difficulty)
     img = img + rng.standard_normal(img.shape, dtype=np.float32) * p["noise"]
     return np.clip(img, 0, 255).astype(np.uint8)
 

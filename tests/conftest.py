@@ -9,7 +9,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-FER_DIR = ROOT.parent / "shared" / "data" / "fer2013"
+# Where the FER2013 tests look for the real data set, first match wins: $FER_DATA (any format core.data reads),
+# the project's data/ folder (core.data.find_local_fer, as the app does), then the shared copy beside the project.
+FER_DATA_ENV = "FER_DATA"
+SHARED_FER_DIR = ROOT.parent / "shared" / "data" / "fer2013"
 SAMPLE_PHOTO = ROOT / "tests" / "data" / "astronaut.jpg"
 
 
@@ -20,11 +23,35 @@ def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["FER_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
 
 
+def find_fer2013() -> tuple[Path | None, str]:
+    """(the FER2013 copy the tests use, or None; where it was looked for). A $FER_DATA that holds no readable
+    FER2013 is an error, not a skip: whoever set it expects those tests to run."""
+    from core.data import find_local_fer, resolve_source
+
+    if os.environ.get(FER_DATA_ENV):
+        given = Path(os.environ[FER_DATA_ENV]).expanduser()
+        try:
+            resolve_source(given)
+        except ValueError as err:
+            pytest.fail(f"${FER_DATA_ENV} does not point at FER2013: {err}")
+        return given, f"${FER_DATA_ENV}"
+    local = find_local_fer(ROOT)
+    if local is not None:
+        return local, "the project's data/ folder"
+    try:
+        resolve_source(SHARED_FER_DIR)
+        return SHARED_FER_DIR, "../shared/data/fer2013"
+    except ValueError:
+        return None, f"${FER_DATA_ENV} (unset), {ROOT / 'data'} and {SHARED_FER_DIR}"
+
+
 @pytest.fixture(scope="session")
 def fer_dir() -> Path:
-    if not (FER_DIR / "train").is_dir():
-        pytest.skip(f"real FER2013 not found at {FER_DIR} (../shared/data/fer2013 beside the project)")
-    return FER_DIR
+    """The real FER2013 (every test that needs it takes this fixture); skips, saying where it looked, when absent."""
+    found, where = find_fer2013()
+    if found is None:
+        pytest.skip(f"real FER2013 not found: looked in {where}; set ${FER_DATA_ENV} to a copy to run this test")
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,19 @@
 """Every FER2013 format is read, errors name the file and line, the cache works, and the synthetic set behaves."""
 from __future__ import annotations
 
-import time
+import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import FER_DATA_ENV, find_fer2013
+
+from core import csv_reader
 from core.classes import CLASSES
-from core.data import load_data, load_fer, parse_pixel_rows
+from core.data import find_local_fer, load_data, load_fer, parse_pixel_rows
+from core.data_cache import cache_files, fingerprint
 from core.synthetic import generate, synthetic_dataset
 
 RNG = np.random.default_rng(0)
@@ -97,13 +101,30 @@ def test_torchvision_root_layout(tmp_path: Path) -> None:
     check_splits(data, {"train": 14, "public": 4, "private": 3})
 
 
-def test_cache_hit_and_invalidation(tmp_path: Path) -> None:
+def _parser_must_not_run(*args, **kwargs):  # noqa: ANN202
+    raise AssertionError("the CSV was parsed again: the cache was not used")
+
+
+def test_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_fer2013(tmp_path / "fer2013.csv")
     first = load_fer(path)
-    t = time.perf_counter()
-    second = load_fer(path)
-    assert time.perf_counter() - t < 5  # sanity only; speed is measured in the benchmark
-    np.testing.assert_array_equal(first.splits["train"].images, second.splits["train"].images)
+    # the miss wrote one entry, under the key of this file's path, size and mtime
+    arrays, meta = cache_files(fingerprint("csv", path))
+    assert arrays.is_file() and json.loads(meta.read_text())["splits"] == ["train", "public", "private"]
+    with monkeypatch.context() as m:
+        m.setattr(csv_reader, "parse_pixel_rows", _parser_must_not_run)
+        second = load_fer(path)  # a hit: no parsing at all
+        for name, split in first.splits.items():
+            np.testing.assert_array_equal(second.splits[name].images, split.images)
+            np.testing.assert_array_equal(second.splits[name].labels, split.labels)
+        assert second.kind == first.kind == "fer2013.csv" and second.warnings == first.warnings
+        with pytest.raises(AssertionError, match="parsed again"):  # the patch does reach the parser
+            load_fer(path, use_cache=False)
+        # the data came from the cache file: damaged, it is not used, and the file is parsed again
+        arrays.write_bytes(b"not an npz")
+        with pytest.raises(AssertionError, match="parsed again"):
+            load_fer(path)
+    load_fer(path)  # rebuilds the damaged entry
     # rewrite with different content: the cache key (size/mtime) changes and the new data is read
     rows = [f"{(y + 1) % 7},{pix(x)},{u}" for x, y, u in zip(IMAGES, LABELS, USAGE)]
     path.write_text("emotion,pixels,Usage\n" + "\n".join(rows) + "\n\n")
@@ -163,3 +184,23 @@ def test_real_fer2013_image_folder(fer_dir: Path) -> None:
     assert len(data.splits["train"]) == 28_709 and len(data.splits["public"]) == 3_589
     np.testing.assert_array_equal(data.splits["public"].class_counts(), [467, 56, 496, 895, 653, 415, 607])
     assert any("blank" in w for w in data.warnings) and any("duplicate" in w for w in data.warnings)
+
+
+def test_fer2013_for_tests_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$FER_DATA points the FER2013 tests at a copy in any format; a wrong one fails instead of skipping."""
+    copy = write_fer2013(tmp_path / "fer2013.csv")
+    monkeypatch.setenv(FER_DATA_ENV, str(copy))
+    assert find_fer2013() == (copy, f"${FER_DATA_ENV}")
+    monkeypatch.setenv(FER_DATA_ENV, str(tmp_path / "missing"))
+    with pytest.raises(pytest.fail.Exception, match="does not point at FER2013: .*missing: no such file"):
+        find_fer2013()
+    monkeypatch.delenv(FER_DATA_ENV)
+    found, where = find_fer2013()
+    assert found is None or found.is_dir() and where != f"${FER_DATA_ENV}"
+
+
+def test_project_data_folder_is_found(tmp_path: Path) -> None:
+    assert find_local_fer(tmp_path) is None
+    (tmp_path / "data" / "fer2013").mkdir(parents=True)
+    write_fer2013(tmp_path / "data" / "fer2013" / "fer2013.csv")
+    assert find_local_fer(tmp_path) == tmp_path / "data" / "fer2013"

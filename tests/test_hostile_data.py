@@ -142,6 +142,14 @@ def test_known_quirks_warn_and_do_not_fail(tmp_path: Path) -> None:
                for w in data.warnings), data.warnings
 
 
+def test_quality_warnings_survive_the_cache(tmp_path: Path) -> None:
+    """FERData.warnings is what the CLI and pages print: a cache hit must bring back the same lines."""
+    path = quirky_csv(tmp_path / "fer2013.csv")
+    fresh = load_fer(path, use_cache=False)
+    miss, hit = load_fer(path), load_fer(path)
+    assert len(fresh.warnings) == 2 and fresh.warnings == miss.warnings == hit.warnings
+
+
 # --- the Data page, `core train` and the Train page -----------------------------------------------------------------
 def test_data_page_shows_each_bad_file_as_an_error(tmp_path: Path) -> None:
     sources: list[tuple[Path, str]] = []

@@ -201,13 +201,16 @@ def test_nan_loss_ends_the_run_with_the_reason(failed_runs: Path) -> None:
 
 
 def test_out_of_memory_ends_the_run_with_the_reason(failed_runs: Path) -> None:
-    for name in ("oom-host", "oom-cuda"):
+    # A MemoryError, CUDA's message and PyTorch's CPU allocator's message ("can't allocate memory") are all named
+    # "out of memory: <the original first line> (<advice>)" in the record.
+    for name, original in (("oom-host", "MemoryError"),
+                           ("oom-cuda", "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total)"),
+                           ("oom-torch-cpu", "can't allocate memory")):
         record = rundir.read_record(failed_runs / name)
-        assert record.status == "failed"
-        assert record.error.startswith("out of memory") and "lower the batch size" in record.error, record.error
-    # PyTorch's own CPU message: recorded as it is (core/runs.py does not yet call it "out of memory", see report)
-    record = rundir.read_record(failed_runs / "oom-torch-cpu")
-    assert record.status == "failed" and "can't allocate memory" in record.error, record.error
+        assert record.status == "failed", name
+        error = record.error
+        assert error.startswith("out of memory: ") and error.endswith(" (lower the batch size or width)"), error
+        assert original in error and "\n" not in error, error
 
 
 def test_train_page_shows_why_runs_failed(failed_runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,8 +218,8 @@ def test_train_page_shows_why_runs_failed(failed_runs: Path, monkeypatch: pytest
     at = app("pages/3_Train.py")
     errors = [e.value for e in at.error]
     assert any(e.startswith("Failed: loss became") for e in errors), errors
-    assert sum(e.startswith("Failed: out of memory") for e in errors) >= 2, errors  # 3 once runs.py names CPU OOM
-    assert any(e.startswith("Failed: ") and "can't allocate memory" in e for e in errors), errors
+    assert sum(e.startswith("Failed: out of memory: ") for e in errors) == 3, errors  # host, CUDA and CPU allocator
+    assert any(e.startswith("Failed: out of memory: ") and "can't allocate memory" in e for e in errors), errors
     assert at.button(key="resume_nan-run")  # a failed run can be started again (e.g. after a fix)
 
 

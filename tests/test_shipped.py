@@ -16,7 +16,6 @@ from core.config import TrainConfig
 from core.fsutil import PROJECT_ROOT, SHIPPED_DIR
 from core.onnx_io import check_onnx_file
 
-SHARED_FER = PROJECT_ROOT.parent / "shared" / "data" / "fer2013"
 FOLDERS = sorted(p for p in SHIPPED_DIR.iterdir() if p.is_dir()) if SHIPPED_DIR.is_dir() else []
 needs_shipped = pytest.mark.skipif(not FOLDERS, reason="no shipped checkpoints in checkpoints/")
 
@@ -76,13 +75,12 @@ def test_retrain_script_reproduces_each_shipped_recipe() -> None:
 
 
 @needs_shipped
-@pytest.mark.skipif(not (SHARED_FER / "test").is_dir(), reason=f"FER2013 not found at {SHARED_FER}")
-def test_recorded_public_accuracy_reproduces_with_onnx_runtime() -> None:
+def test_recorded_public_accuracy_reproduces_with_onnx_runtime(fer_dir: Path) -> None:
     """Each record's public accuracy (measured in PyTorch where it trained) holds for the shipped ONNX here."""
     from core.data import load_fer
     from core.runs import evaluate_path
 
-    data = load_fer(SHARED_FER)
+    data = load_fer(fer_dir)
     for folder in FOLDERS:
         recorded = rundir.read_record(folder).final.accuracy["public"]
         measured = evaluate_path(folder, data, ["public"])["public"]["accuracy"]
