@@ -1,4 +1,5 @@
-"""Weights I/O for run folders: safe loading (weights_only), atomic saving, and rebuilding a run's model from its record."""
+"""Weights I/O for run folders: atomic saving, and rebuilding a run's model from its record (loading is
+rundir.load_state_dict, with weights_only=True, so listing folders can check weights without this module)."""
 from __future__ import annotations
 
 import io
@@ -11,24 +12,13 @@ from torch import nn
 from core import archs
 from core.fsutil import atomic_write_bytes
 from core.record import ModelSpec, RunRecord
-from core.rundir import WEIGHTS, read_record
+from core.rundir import WEIGHTS, load_state_dict, read_record
 
 
 def save_state_dict(path: Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def load_state_dict(path: Path) -> dict[str, Any]:
-    """Load tensors only: weights_only=True refuses pickles that would run code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: weights file is missing") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files; all mean "unusable"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a loadable weights file ({first[:200]})") from None
 
 
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Module:

@@ -125,6 +125,19 @@ def log_tail(run_dir: Path, lines: int = 1) -> str:
     return "\n".join(kept[-lines:])
 
 
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """Load tensors only: weights_only=True refuses pickles that would run code."""
+    import torch  # here, not at the top: listing run folders must not pay for torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: weights file is missing") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files; all mean "unusable"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a loadable weights file ({first[:200]})") from None
+
+
 def weights_problem(path: Path) -> str | None:
     """Why a weights file is unusable, found without unpickling anything: torch.save writes a zip archive whose
     index sits at the end, so a truncated or overwritten file has none. Old non-zip files get a full safe load."""
@@ -136,8 +149,6 @@ def weights_problem(path: Path) -> str | None:
         with open(path, "rb") as f:
             if f.read(4) == b"PK\x03\x04":  # a zip archive's start, without the index that ends a complete one
                 return f"{path}: weights file is truncated or corrupt (its zip index is missing)"
-        from core.checkpoint import load_state_dict
-
         try:
             load_state_dict(path)
         except ValueError as exc:

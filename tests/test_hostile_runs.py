@@ -246,7 +246,7 @@ def test_delete_cannot_touch_shipped_checkpoints(tmp_path: Path, monkeypatch: py
     assert SHIPPED_DIR.is_dir()
     # with a real shipped run in place (a stand-in folder, so the repository is never at risk)
     shipped = tmp_path / "checkpoints"
-    monkeypatch.setattr(ck, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(rundir, "SHIPPED_DIR", shipped)
     victim = fake_run(shipped / "plain_cnn-w1")
     (root / "alias").symlink_to(victim, target_is_directory=True)
     for target, runs_root in ((victim, shipped), (victim, root), (root / "alias", root), (root / ".." / "checkpoints" / victim.name, root)):
@@ -276,7 +276,7 @@ def test_delete_cannot_escape_the_runs_folder(tmp_path: Path) -> None:
 def test_compare_page_delete_is_confined(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shipped = tmp_path / "checkpoints"
     shutil.copytree(tiny_run, shipped / "shipped-model")
-    monkeypatch.setattr(ck, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(rundir, "SHIPPED_DIR", shipped)
     root = tmp_path / "runs"
     shutil.copytree(tiny_run, root / "mine")
     shutil.copytree(tiny_run, tmp_path / "elsewhere")

@@ -66,25 +66,11 @@ def long_functions(package_dir: Path, limit: int = MAX_FUNCTION_LINES) -> list[s
     return found
 
 
-# Import edges that close a cycle someone is already fixing (issue #11), as (importer, imported). They are left out
-# of the check below so that it still catches any new cycle; the full check is marked xfail until this is empty.
-KNOWN_CYCLE_EDGES = {("rundir", "checkpoint")}  # rundir.weights_problem imports checkpoint.load_state_dict
-
-
-def test_core_has_no_new_import_cycle() -> None:
+def test_core_has_no_import_cycle() -> None:
     graph = import_graph(CORE)
     assert {"data", "dataset", "synthetic", "csv_reader", "image_folder", "data_cache"} <= set(graph)
     assert "dataset" in graph["synthetic"] and "synthetic" in graph["data"]  # the edges of the circle that was
-    for importer, imported in KNOWN_CYCLE_EDGES:
-        graph[importer].discard(imported)
     cycle = find_cycle(graph)
-    assert cycle is None, "import cycle in core: " + " -> ".join(cycle)
-
-
-@pytest.mark.xfail(strict=False, reason="core.rundir.weights_problem imports core.checkpoint.load_state_dict inside "
-                   "the function while checkpoint imports rundir (issue #11); remove with KNOWN_CYCLE_EDGES")
-def test_core_has_no_import_cycle() -> None:
-    cycle = find_cycle(import_graph(CORE))
     assert cycle is None, "import cycle in core: " + " -> ".join(cycle)
 
 

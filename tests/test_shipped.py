@@ -54,9 +54,9 @@ def test_shipped_set_covers_the_study() -> None:
     assert size < 60 * 2**20, f"shipped folders take {size / 2**20:.1f} MB"
     assert len(records) >= 6
     for arch in ("plain_cnn", "mobilenet"):
-        widths = {r["model"]["knobs"]["width"] for r in records.values() if r["model"]["arch"] == arch}
+        widths = {r.model.width for r in records.values() if r.model.arch == arch}
         assert len(widths) >= 3 and 1.0 in widths, (arch, widths)
-    params = [r["params"] for r in records.values()]
+    params = [r.params for r in records.values()]
     assert min(params) <= 12_000 and max(params) >= 2_900_000
     assert records["plain_cnn-w1"].params == 2_959_943 and records["mobilenet-w1"].params == 109_607
 
