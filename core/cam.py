@@ -127,9 +127,14 @@ def overlay_on_photo(result: PhotoResult, face: int, heat: np.ndarray, alpha: fl
 
 
 def photo_faces(data: bytes, name: str, model_path: str | Path) -> PhotoResult:
-    """Detect the faces of a photo for a look inside. ValueError when there is none, or when every face found is
-    under MIN_FACE_PX (the 48x48 crop would be blur): explaining such a crop would explain noise."""
+    """Detect the faces of a photo for a look inside. ValueError when the photo is too small to hold a face, when
+    there is none, or when every face found is under MIN_FACE_PX (its 48x48 crop would be blur): explaining such a
+    crop would explain noise. Faces under MIN_FACE_PX beside bigger ones are dropped."""
     result = analyze_photo(data, name, model_path)
+    if min(result.size) < MIN_FACE_PX * 2:
+        w, h = result.size
+        raise ValueError(f"{name}: the photo is only {w}x{h} px, too small to hold a face of at least {MIN_FACE_PX} px "
+                         f"with the margin around it; use a photo of at least {MIN_FACE_PX * 2} px on each side")
     if result.no_face:
         raise ValueError(f"{name}: no face found; upload a photo with a frontal face, or use the sample photo or a "
                          "dataset image")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,14 @@ def gallery_source(chosen: str | None, record: dict[str, Any] | None) -> str:
 
 
 def gallery_data(source: str) -> FERData:
-    return load_data(source, synthetic_size=SYNTHETIC_SIZE)
+    """The data behind the gallery (FER2013 is cached on disk by core.data; the synthetic set is memoised here)."""
+    return _synthetic() if source == "synthetic" else load_data(source)
+
+
+@lru_cache(maxsize=1)
+def _synthetic() -> FERData:
+    # generating 3,000 faces takes seconds; every caller only reads it (do not modify the arrays)
+    return load_data("synthetic", synthetic_size=SYNTHETIC_SIZE)
 
 
 def file_hash(path: str | Path) -> str:

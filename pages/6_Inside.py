@@ -183,5 +183,5 @@ for row in rows:
         left.markdown(f"**{row.name}** · `{row.kind}`")
         left.badge(row.role, color=ROLE_COLOURS.get(row.role, "gray"))
         left.caption(f"output {' x '.join(map(str, row.shape))} · {row.params:,} parameters")
-        right.image(featuremaps.channel_grid(row, shown), caption=f"{min(shown, len(row.order))} of "
-                    f"{len(row.order)} channels. {row.caption}")
+        right.image(featuremaps.channel_grid(row, shown))
+        right.caption(f"{min(shown, len(row.order))} of {len(row.order)} channels. {row.caption}")
