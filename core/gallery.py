@@ -124,6 +124,14 @@ def predict_split(onnx_path: str | Path, data: FERData, split: str | None = None
     return Predictions(probs, s.labels, s.images, split, data.synthetic, data.source)
 
 
+def confusion_frame(pred: Predictions) -> pd.DataFrame:
+    """true, predicted, count, rate (share of the true class): the gallery's clickable matrix, in the same layout as
+    the run record's matrix on Compare."""
+    from core.report import confusion_long
+
+    return confusion_long({"final": {"confusion": {pred.split: pred.confusion().tolist()}}}, pred.split)
+
+
 def _class(c: int | str, what: str) -> int:
     if isinstance(c, str) and c in CLASSES:
         return CLASSES.index(c)

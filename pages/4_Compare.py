@@ -160,9 +160,24 @@ if g_pred.synthetic:
     st.info("FER2013 was not found, so the gallery shows the built-in **synthetic** faces (choose FER2013 on the "
             "**Data** page for the real ones).")
 g_true, g_predicted = gallery.biggest_mistake(g_pred)
+st.session_state.setdefault("gallery_true", CLASSES[g_true])
+st.session_state.setdefault("gallery_predicted", CLASSES[g_predicted])
+g_cell_pick = alt.selection_point(name="cell", fields=["true", "predicted"], on="click", clear=False)
+g_base = alt.Chart(gallery.confusion_frame(g_pred)).encode(x=alt.X("predicted:N", sort=list(CLASSES)),
+                                                          y=alt.Y("true:N", sort=list(CLASSES)))
+g_event = st.altair_chart((g_base.mark_rect(stroke="black").encode(
+    color=alt.Color("rate:Q", scale=alt.Scale(scheme="blues"), legend=None),
+    strokeWidth=alt.condition(g_cell_pick, alt.value(2), alt.value(0)),
+    tooltip=["true", "predicted", "count"]).add_params(g_cell_pick)
+    + g_base.mark_text(fontSize=11).encode(text="count:Q")).properties(
+    height=260, title=f"{g_info.name} on {g_pred.split}: click a cell"), key="gallery_chart", on_select="rerun")
+g_clicked = (g_event.selection.get("cell") or [None])[0] if g_event else None
+if g_clicked and g_clicked != st.session_state.get("gallery_clicked"):  # a new click moves the two pickers below
+    st.session_state.update(gallery_clicked=g_clicked, gallery_true=g_clicked["true"],
+                            gallery_predicted=g_clicked["predicted"])
 c1, c2, c3 = st.columns([2, 2, 1])
-g_t = c1.selectbox("True class", CLASSES, index=g_true, key="gallery_true")
-g_p = c2.selectbox("Predicted class", CLASSES, index=g_predicted, key="gallery_predicted")
+g_t = c1.selectbox("True class", CLASSES, key="gallery_true")
+g_p = c2.selectbox("Predicted class", CLASSES, key="gallery_predicted")
 g_n = c3.number_input("Faces", 1, 96, 24, key="gallery_n")
 g_cell = gallery.cell(g_pred, g_t, g_p, int(g_n))
 g_count, g_support = int(g_pred.confusion()[CLASSES.index(g_t), CLASSES.index(g_p)]), int((g_pred.labels == CLASSES.index(g_t)).sum())
