@@ -170,7 +170,7 @@ g_event = st.altair_chart((g_base.mark_rect(stroke="black").encode(
     strokeWidth=alt.condition(g_cell_pick, alt.value(2), alt.value(0)),
     tooltip=["true", "predicted", "count"]).add_params(g_cell_pick)
     + g_base.mark_text(fontSize=11).encode(text="count:Q")).properties(
-    height=260, title=f"{g_info.name} on {g_pred.split}: click a cell"), key="gallery_chart", on_select="rerun")
+    height=300, title=f"{g_info.name} on {g_pred.split}: click a cell"), key="gallery_chart", on_select="rerun")
 g_clicked = (g_event.selection.get("cell") or [None])[0] if g_event else None
 if g_clicked and g_clicked != st.session_state.get("gallery_clicked"):  # a new click moves the two pickers below
     st.session_state.update(gallery_clicked=g_clicked, gallery_true=g_clicked["true"],

@@ -124,7 +124,7 @@ with st.spinner("Running the face through the model..."):
 probs = featuremaps.probabilities(rows)
 top = int(probs.argmax())
 m1, m2, m3 = st.columns(3)
-m1.metric("Prediction", CLASSES[top], f"{probs[top]:.0%} confident", delta_color="off")
+m1.metric("Prediction", CLASSES[top], f"{probs[top]:.0%} probability", delta_color="off", delta_arrow="off")
 m2.metric("True class", CLASSES[true_label] if true_label is not None else "unknown")
 m3.metric("Parameters", f"{sum(r.params for r in rows):,}", help="the sum of the rows below")
 
@@ -144,14 +144,14 @@ except ValueError as exc:
 cls = CLASSES[chosen.target]
 r, c = cam.peak(chosen.heat)
 cols = st.columns(4 if photo_result is not None else 3)
-cols[0].image(report.upscale(crop, 4), caption="the 48x48 crop the model sees")
-cols[1].image(overlay_heatmap(crop, chosen.heat, 192), caption=f"Grad-CAM for '{cls}'")
+cols[0].image(report.upscale(crop, 4), caption="the 48x48 crop the model sees", width=192)
+cols[1].image(overlay_heatmap(crop, chosen.heat, 192), caption=f"Grad-CAM for '{cls}'", width=192)
 st.caption(f"Grad-CAM for '{cls}' (probability {chosen.probs[chosen.target]:.0%}) at {layer}, a "
            f"{chosen.layer_shape[0]}x{chosen.layer_shape[1]} map upsampled to the crop: strongest at row {r}, "
            f"column {c}.", help="Captum's LayerGradCam: the layer's activations weighted by the class score's gradients")
 if info.has_onnx:
     occ, _ = occlusion(crop.tobytes(), str(onnx_file), mtime(onnx_file))
-    cols[2].image(overlay_heatmap(crop, occ, 192),
+    cols[2].image(overlay_heatmap(crop, occ, 192), width=192,
                   caption=f"occlusion: hiding the bright areas lowers '{CLASSES[top]}' most")
     rho = cam.agreement(on_top.heat, occ)
     st.metric("Grad-CAM vs occlusion (predicted class), correlation", "n/a" if math.isnan(rho) else f"{rho:.2f}",

@@ -207,6 +207,8 @@ def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
 def test_inside_page_and_confusion_gallery_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
     url, _ = server
     d = browser
+    d.get(f"{url}/")  # a fresh server knows its pages only after the router has run once
+    settle(d, "Architectures")
     d.get(f"{url}/inside")
     settle(d, "Inside", 240)
     text = text_of(d)

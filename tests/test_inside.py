@@ -276,11 +276,19 @@ def test_inside_page_renders_and_a_class_change_updates_grad_cam() -> None:
 
 @needs_shipped
 def test_inside_takes_the_face_predict_hands_over(faces) -> None:  # noqa: ANN001
-    at = page("pages/6_Inside.py", **{inside.FACE_KEY: faces[0][5], inside.MODEL_KEY: str(SMALL)})
+    from core.photo import analyze_photo
+
+    photo = analyze_photo(SAMPLE_PHOTO.read_bytes(), "astronaut.jpg", SMALL / "model.onnx")
+    at = page("pages/6_Inside.py", **{inside.FACE_KEY: photo.faces[0].crop, inside.MODEL_KEY: str(SMALL),
+                                      inside.PHOTO_KEY: (photo, 0)})
     assert not at.error, [e.value for e in at.error]
     assert at.radio(key="inside_source").value == "predict"
     assert at.selectbox(key="inside_model_pick").value == str(SMALL)
-    assert next(m.value for m in at.metric if m.label == "Prediction") in CLASSES
+    assert next(m.value for m in at.metric if m.label == "Prediction") == photo.faces[0].top
+    with_photo = len(at.get("image"))
+    at.session_state[inside.PHOTO_KEY] = None  # a face without its photo: one picture fewer, no error
+    at.run()
+    assert not at.exception and not at.error and len(at.get("image")) == with_photo - 1
 
 
 @needs_shipped
