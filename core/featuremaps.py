@@ -276,8 +276,9 @@ def channel_grid(row: Row, n: int = 16, cols: int = 16) -> np.ndarray:
     if n < 1:
         raise ValueError(f"number of channels to show must be at least 1, got {n}")
     maps = row.maps[row.order[:n]]
-    lo, hi = min(0.0, float(maps.min())), float(maps.max())
-    scaled = np.zeros_like(maps) if hi <= lo else (maps - lo) / (hi - lo)
+    # percentiles, not min/max: after BatchNorm a few extreme pixels would otherwise leave every map near-black
+    lo, hi = min(0.0, float(np.percentile(maps, 1))), float(np.percentile(maps, 99.5))
+    scaled = np.zeros_like(maps) if hi <= lo else np.clip((maps - lo) / (hi - lo), 0, 1)
     return tile_grid(_viridis()[(scaled * 255).astype(np.uint8)], _tile_side(maps.shape[1]), cols)
 
 

@@ -217,6 +217,12 @@ def test_inside_page_and_confusion_gallery_in_a_real_browser(server, browser) ->
     assert values and values[0] in CLASSES, values
     assert len(d.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")) >= 10  # crop, maps, filters, rows
     shoot(d, "inside", 1500)
+    layers = next(h for h in d.find_elements(By.CSS_SELECTOR, "h3") if h.text.strip() == "Layer by layer")
+    d.execute_script("arguments[0].scrollIntoView({block: 'start'});", layers)
+    time.sleep(0.5)
+    SHOT_DIR.mkdir(parents=True, exist_ok=True)
+    d.save_screenshot(str(SHOT_DIR / "inside-layers.png"))
+    assert (SHOT_DIR / "inside-layers.png").stat().st_size > 10_000
 
     d.get(f"{url}/compare")
     settle(d, "Compare", 240)
@@ -225,10 +231,8 @@ def test_inside_page_and_confusion_gallery_in_a_real_browser(server, browser) ->
     assert "most confident mistake first" in text or "No face in this cell" in text, text[-800:]
     d.execute_script("arguments[0].scrollIntoView({block: 'start'});", heading)
     time.sleep(0.5)
-    path = SHOT_DIR / "gallery.png"
-    SHOT_DIR.mkdir(parents=True, exist_ok=True)
-    d.save_screenshot(str(path))
-    assert path.stat().st_size > 10_000
+    d.save_screenshot(str(SHOT_DIR / "gallery.png"))
+    assert (SHOT_DIR / "gallery.png").stat().st_size > 10_000
 
 
 def test_screenshots_are_pngs() -> None:
