@@ -8,7 +8,6 @@ import io
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +16,7 @@ from core.classes import CLASSES, NUM_CLASSES
 from core.data import FERData, find_local_fer, load_data
 from core.fsutil import PROJECT_ROOT, atomic_write_bytes, cache_dir
 from core.onnx_io import OnnxClassifier
+from core.record import Final, ModelSpec, RunRecord
 
 SYNTHETIC_SIZE = 3000  # the Data page's synthetic set, so the gallery shows the faces that page shows
 BATCH = 512  # ONNX Runtime batch: big enough to amortise the call, small enough to keep memory flat
@@ -44,11 +44,11 @@ class Predictions:
         return out
 
 
-def gallery_source(chosen: str | None, record: dict[str, Any] | None) -> str:
+def gallery_source(chosen: str | None, record: RunRecord | None) -> str:
     """Which data to show: the path picked on the Data page, else the run's own FER2013 copy where it still exists,
     else FER2013 in the project's data/ folder, else the synthetic set."""
     candidates = [chosen if chosen and chosen != "synthetic" else None,
-                  ((record or {}).get("data") or {}).get("source")]
+                  record.data.get("source") if record is not None else None]
     for cand in candidates:
         if not cand or cand == "synthetic":
             continue
@@ -127,9 +127,10 @@ def predict_split(onnx_path: str | Path, data: FERData, split: str | None = None
 def confusion_frame(pred: Predictions) -> pd.DataFrame:
     """true, predicted, count, rate (share of the true class): the gallery's clickable matrix, in the same layout as
     the run record's matrix on Compare."""
-    from core.report import confusion_long
+    from core.runviews import confusion_long
 
-    return confusion_long({"final": {"confusion": {pred.split: pred.confusion().tolist()}}}, pred.split)
+    matrix = RunRecord(name="gallery", model=ModelSpec(arch=""), final=Final(confusion={pred.split: pred.confusion().tolist()}))
+    return confusion_long(matrix, pred.split)
 
 
 def _class(c: int | str, what: str) -> int:

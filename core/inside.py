@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from core.checkpoint import WEIGHTS, RunInfo
+from core.rundir import WEIGHTS, RunStatus
 from core.data import FERData
 from core.fsutil import PROJECT_ROOT, SHIPPED_DIR
 
@@ -20,10 +20,10 @@ PHOTO_KEY = "inside_photo"  # optional: (core.photo.PhotoResult, face index) for
 SAMPLE_PHOTO = PROJECT_ROOT / "assets" / "astronaut.jpg"
 
 
-def openable(infos: list[RunInfo]) -> list[RunInfo]:
-    """Checkpoints whose weights can be looked into: finished (or stopped) runs with a weights file."""
-    return [i for i in infos if i.ok and (i.record or {}).get("status", "done") in ("done", "stopped")
-            and (i.path / WEIGHTS).is_file()]
+def openable(runs: list[RunStatus]) -> list[RunStatus]:
+    """Checkpoints whose weights can be looked into: finished (or stopped) runs with a weights file (an int8 or fp16
+    variant is ONNX only, so it has none)."""
+    return [r for r in runs if r.ok and r.status in ("done", "stopped") and (r.path / WEIGHTS).is_file()]
 
 
 def dataset_face(data: FERData, split: str, index: int) -> tuple[np.ndarray, int]:
@@ -61,7 +61,7 @@ def benchmark(fer_dir: str | Path | None = None, repeats: int = 5) -> dict[str, 
     whole evaluation split (PublicTest with FER2013, else the synthetic validation split) with ONNX Runtime."""
     from core import cam, featuremaps, gallery
     from core.checkpoint import load_model
-    from core.report import upscale
+    from core.dataviews import upscale
 
     data = gallery.gallery_data(str(fer_dir) if fer_dir else "synthetic")
     split = data.splits[data.val_split]

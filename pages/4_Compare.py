@@ -132,6 +132,7 @@ with st.expander("Delete a run"):
 
 # --- confusion gallery: the faces behind a cell (core.gallery; predictions cached on disk per ONNX file and data) ---
 from core import gallery  # noqa: E402 - kept with its block so the block stays self-contained
+from core.dataviews import upscale  # noqa: E402
 
 
 @st.cache_resource(max_entries=3, show_spinner=False)
@@ -140,7 +141,7 @@ def gallery_predictions(onnx_path: str, stamp: float, source: str):  # noqa: ANN
 
 
 st.subheader("Confusion gallery")
-gallery_runs = {i.name: i for i in infos if i.ok and i.has_onnx}
+gallery_runs = {r.name: r for r in runs if r.has_onnx}
 if not gallery_runs:
     st.info("The gallery needs a run with an ONNX export.")
     st.stop()
@@ -187,7 +188,7 @@ else:
     st.caption(f"{g_count} of the {g_support} '{g_t}' faces in {g_pred.split} were called '{g_p}' by {g_info.name}; "
                f"{'most confident first' if g_t == g_p else 'most confident mistake first'}. Under each face: the "
                f"model's probability for '{g_p}' (and for '{g_t}').")
-    st.image([report.upscale(g_pred.images[i], 2) for i in g_cell["index"]], width=96,
+    st.image([upscale(g_pred.images[i], 2) for i in g_cell["index"]], width=96,
              caption=[f"#{i}: {c:.0%}" + ("" if g_t == g_p else f" ({t:.0%})")
                       for i, c, t in zip(g_cell["index"], g_cell["confidence"], g_cell["p_true"])])
 with st.expander("The faces it finds most typical, per class"):
@@ -198,5 +199,5 @@ with st.expander("The faces it finds most typical, per class"):
         if g_typ.empty:
             right.caption(gallery.cell_message(g_pred, g_c, g_c))
         else:
-            right.image([report.upscale(g_pred.images[i], 2) for i in g_typ["index"]], width=64,
+            right.image([upscale(g_pred.images[i], 2) for i in g_typ["index"]], width=64,
                         caption=[f"{c:.0%}" for c in g_typ["confidence"]])

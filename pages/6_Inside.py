@@ -5,11 +5,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import cam, featuremaps, gallery, inside, report
-from core.checkpoint import list_runs, load_model
+from core import cam, featuremaps, gallery, inside, runviews
+from core.checkpoint import load_model
 from core.classes import CLASSES
 from core.data import SPLIT_TITLES
+from core.dataviews import upscale
 from core.fsutil import runs_dir
+from core.rundir import list_runs
+from core.text import md_escape
 from core.photo import occlusion_map, overlay_heatmap
 
 ROLE_COLOURS = {"depthwise": "blue", "pointwise": "orange", "standard conv": "gray", "grouped conv": "violet",
@@ -60,10 +63,10 @@ handed_model = st.session_state.pop(inside.MODEL_KEY, None)  # Predict's one-cli
 if handed_model in by_path:
     st.session_state["inside_model_pick"] = handed_model
     st.session_state["inside_source"] = "predict"
-best = report.best_model(infos) or infos[0]
+best = runviews.best_model(infos) or infos[0]
 paths = list(by_path)
 run_path = st.selectbox("Model", paths, index=paths.index(str(best.path)), key="inside_model_pick",
-                        format_func=lambda p: report.model_label(by_path[p]))
+                        format_func=lambda p: runviews.model_label(by_path[p]))
 info = by_path[run_path]
 onnx_file = info.path / "model.onnx"
 try:
@@ -114,7 +117,7 @@ try:
                                       format_func=lambda i: f"face {i + 1}")
         crop = photo_result.faces[face_index].crop
 except ValueError as exc:
-    st.error(report.md_escape(exc))
+    st.error(md_escape(exc))
     st.stop()
 
 # --- the answer, Grad-CAM and occlusion -------------------------------------------------------------------------
@@ -139,12 +142,12 @@ try:
     chosen = cam.grad_cam(model, crop, layer, None if target == "predicted" else target)
     on_top = chosen if chosen.target == top else cam.grad_cam(model, crop, layer, None)
 except ValueError as exc:
-    st.error(report.md_escape(exc))
+    st.error(md_escape(exc))
     st.stop()
 cls = CLASSES[chosen.target]
 r, c = cam.peak(chosen.heat)
 cols = st.columns(4 if photo_result is not None else 3)
-cols[0].image(report.upscale(crop, 4), caption="the 48x48 crop the model sees", width=192)
+cols[0].image(upscale(crop, 4), caption="the 48x48 crop the model sees", width=192)
 cols[1].image(overlay_heatmap(crop, chosen.heat, 192), caption=f"Grad-CAM for '{cls}'", width=192)
 st.caption(f"Grad-CAM for '{cls}' (probability {chosen.probs[chosen.target]:.0%}) at {layer}, a "
            f"{chosen.layer_shape[0]}x{chosen.layer_shape[1]} map upsampled to the crop: strongest at row {r}, "

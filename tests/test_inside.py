@@ -21,6 +21,7 @@ from core.classes import CLASSES, NUM_CLASSES
 from core.data import FERData, Split
 from core.fsutil import SHIPPED_DIR, cache_dir
 from core.onnx_io import OnnxClassifier
+from core.rundir import read_record
 from core.synthetic import generate
 
 SMALL = SHIPPED_DIR / "mobilenet-w0.25"  # the smallest shipped model: quick to load and to run
@@ -226,9 +227,11 @@ def test_gallery_on_fer2013_matches_the_training_record(fer_dir: Path) -> None:
     assert np.abs(pred.confusion() - recorded).sum() <= 10  # a few near-ties may flip between the two runtimes
 
 
+@needs_shipped
 def test_sources_and_handed_faces(tmp_path: Path) -> None:
-    assert gallery.gallery_source(None, {"data": {"source": str(tmp_path / "missing")}}) in ("synthetic",
-                                                                                           str(gallery.find_local_fer()))
+    record = read_record(SMALL)
+    record.data["source"] = str(tmp_path / "missing")
+    assert gallery.gallery_source(None, record) in ("synthetic", str(gallery.find_local_fer()))
     assert gallery.gallery_source(str(tmp_path), None) == str(tmp_path)
     data = gallery.gallery_data("synthetic")
     img, label = inside.dataset_face(data, "val", 0)
@@ -324,8 +327,7 @@ def test_compare_gallery_shows_a_cell_and_explains_an_empty_one() -> None:
     assert not at.error, [e.value for e in at.error]
     assert "most confident mistake first" in captions(at)
     run = SHIPPED_DIR / at.selectbox(key="gallery_run").value
-    pred = gallery.predict_split(run / "model.onnx", gallery.gallery_data(
-        gallery.gallery_source(None, json.loads((run / "run.json").read_text()))))
+    pred = gallery.predict_split(run / "model.onnx", gallery.gallery_data(gallery.gallery_source(None, read_record(run))))
     conf = pred.confusion()
     t, p = gallery.biggest_mistake(pred)
     assert f"{conf[t, p]} of the {(pred.labels == t).sum()} '{CLASSES[t]}' faces" in captions(at)
