@@ -279,6 +279,9 @@ def channel_grid(row: Row, n: int = 16, cols: int = 16) -> np.ndarray:
     # percentiles, not min/max: after BatchNorm a few extreme pixels would otherwise leave every map near-black
     lo, hi = min(0.0, float(np.percentile(maps, 1))), float(np.percentile(maps, 99.5))
     scaled = np.zeros_like(maps) if hi <= lo else np.clip((maps - lo) / (hi - lo), 0, 1)
+    if row.role == "input":  # the face itself, in grey as the Predict page shows it
+        grey = np.clip(row.maps[0], 0, 255).astype(np.uint8)  # raw 0-255 pixels, shown as they are
+        return tile_grid(np.repeat(grey[None, :, :, None], 3, axis=3), 96, 1)
     return tile_grid(_viridis()[(scaled * 255).astype(np.uint8)], _tile_side(maps.shape[1]), cols)
 
 

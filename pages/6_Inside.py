@@ -176,7 +176,7 @@ shown = c2.slider("Channels per row (most active first)", 1, 64, 16, key="inside
 grid, caption = featuremaps.first_filters(model)
 with st.container(border=True):
     st.markdown("**First layer's filters**")
-    st.image(grid, caption=caption)
+    st.image(grid, caption=caption, width=min(grid.shape[1], 720))
 st.caption("Blue rows are depthwise convolutions (each channel filtered alone, `groups == channels`); orange rows are "
            "pointwise 1x1 convolutions (channels mixed, no spatial filtering). Maps share one colour scale per row: "
            "brighter is more active.")
