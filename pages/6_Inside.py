@@ -63,9 +63,9 @@ handed_model = st.session_state.pop(inside.MODEL_KEY, None)  # Predict's one-cli
 if handed_model in by_path:
     st.session_state["inside_model_pick"] = handed_model
     st.session_state["inside_source"] = "predict"
-best = runviews.best_model(infos) or infos[0]
-paths = list(by_path)
-run_path = st.selectbox("Model", paths, index=paths.index(str(best.path)), key="inside_model_pick",
+if st.session_state.get("inside_model_pick") not in by_path:  # first visit, or the picked run was deleted
+    st.session_state["inside_model_pick"] = str((runviews.best_model(infos) or infos[0]).path)
+run_path = st.selectbox("Model", list(by_path), key="inside_model_pick",
                         format_func=lambda p: runviews.model_label(by_path[p]))
 info = by_path[run_path]
 onnx_file = info.path / "model.onnx"
