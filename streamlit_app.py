@@ -10,6 +10,7 @@ PAGES = [
     st.Page("pages/3_Train.py", title="Train", icon=":material/model_training:", url_path="train"),
     st.Page("pages/4_Compare.py", title="Compare", icon=":material/scatter_plot:", url_path="compare"),
     st.Page("pages/5_Predict.py", title="Predict", icon=":material/sentiment_satisfied:", url_path="predict"),
+    st.Page("pages/6_Inside.py", title="Inside", icon=":material/visibility:", url_path="inside"),
 ]
 
 page = st.navigation(PAGES)

@@ -129,3 +129,75 @@ with st.expander("Delete a run"):
                     st.session_state["compare_flash"] = f"Deleted {target}."
                     st.rerun()
         st.caption("Shipped checkpoints cannot be deleted here.")
+
+# --- confusion gallery: the faces behind a cell (core.gallery; predictions cached on disk per ONNX file and data) ---
+from core import gallery  # noqa: E402 - kept with its block so the block stays self-contained
+from core.dataviews import upscale  # noqa: E402
+
+
+@st.cache_resource(max_entries=3, show_spinner=False)
+def gallery_predictions(onnx_path: str, stamp: float, source: str):  # noqa: ANN201 - core.gallery.Predictions
+    return gallery.predict_split(onnx_path, gallery.gallery_data(source))
+
+
+st.subheader("Confusion gallery")
+gallery_runs = {r.name: r for r in runs if r.has_onnx}
+if not gallery_runs:
+    st.info("The gallery needs a run with an ONNX export.")
+    st.stop()
+g_names = list(gallery_runs)
+g_default = st.session_state.get("compare_detail_run")
+g_info = gallery_runs[st.selectbox("Run", g_names, key="gallery_run",
+                                   index=g_names.index(g_default) if g_default in g_names else 0)]
+g_onnx = g_info.path / "model.onnx"
+try:
+    with st.spinner("Classifying the evaluation split with ONNX Runtime (once per model; cached on disk)..."):
+        g_pred = gallery_predictions(str(g_onnx), g_onnx.stat().st_mtime,
+                                     gallery.gallery_source(st.session_state.get("data_source"), g_info.record))
+except (ValueError, OSError) as exc:
+    st.error(f"Cannot classify the faces with {g_info.name}: {exc}")
+    st.stop()
+if g_pred.synthetic:
+    st.info("FER2013 was not found, so the gallery shows the built-in **synthetic** faces (choose FER2013 on the "
+            "**Data** page for the real ones).")
+g_true, g_predicted = gallery.biggest_mistake(g_pred)
+st.session_state.setdefault("gallery_true", CLASSES[g_true])
+st.session_state.setdefault("gallery_predicted", CLASSES[g_predicted])
+g_cell_pick = alt.selection_point(name="cell", fields=["true", "predicted"], on="click", clear=False)
+g_base = alt.Chart(gallery.confusion_frame(g_pred)).encode(x=alt.X("predicted:N", sort=list(CLASSES)),
+                                                          y=alt.Y("true:N", sort=list(CLASSES)))
+g_event = st.altair_chart((g_base.mark_rect(stroke="black").encode(
+    color=alt.Color("rate:Q", scale=alt.Scale(scheme="blues"), legend=None),
+    strokeWidth=alt.condition(g_cell_pick, alt.value(2), alt.value(0)),
+    tooltip=["true", "predicted", "count"]).add_params(g_cell_pick)
+    + g_base.mark_text(fontSize=11).encode(text="count:Q")).properties(
+    height=300, title=f"{g_info.name} on {g_pred.split}: click a cell"), key="gallery_chart", on_select="rerun")
+g_clicked = (g_event.selection.get("cell") or [None])[0] if g_event else None
+if g_clicked and g_clicked != st.session_state.get("gallery_clicked"):  # a new click moves the two pickers below
+    st.session_state.update(gallery_clicked=g_clicked, gallery_true=g_clicked["true"],
+                            gallery_predicted=g_clicked["predicted"])
+c1, c2, c3 = st.columns([2, 2, 1])
+g_t = c1.selectbox("True class", CLASSES, key="gallery_true")
+g_p = c2.selectbox("Predicted class", CLASSES, key="gallery_predicted")
+g_n = c3.number_input("Faces", 1, 96, 24, key="gallery_n")
+g_cell = gallery.cell(g_pred, g_t, g_p, int(g_n))
+g_count, g_support = int(g_pred.confusion()[CLASSES.index(g_t), CLASSES.index(g_p)]), int((g_pred.labels == CLASSES.index(g_t)).sum())
+if g_cell.empty:
+    st.info(gallery.cell_message(g_pred, g_t, g_p))
+else:
+    st.caption(f"{g_count} of the {g_support} '{g_t}' faces in {g_pred.split} were called '{g_p}' by {g_info.name}; "
+               f"{'most confident first' if g_t == g_p else 'most confident mistake first'}. Under each face: the "
+               f"model's probability for '{g_p}' (and for '{g_t}').")
+    st.image([upscale(g_pred.images[i], 2) for i in g_cell["index"]], width=96,
+             caption=[f"#{i}: {c:.0%}" + ("" if g_t == g_p else f" ({t:.0%})")
+                      for i, c, t in zip(g_cell["index"], g_cell["confidence"], g_cell["p_true"])])
+with st.expander("The faces it finds most typical, per class"):
+    for g_c in CLASSES:
+        g_typ = gallery.typical(g_pred, g_c, 8)
+        left, right = st.columns([1, 6], vertical_alignment="center")
+        left.markdown(f"**{g_c}**")
+        if g_typ.empty:
+            right.caption(gallery.cell_message(g_pred, g_c, g_c))
+        else:
+            right.image([upscale(g_pred.images[i], 2) for i in g_typ["index"]], width=64,
+                        caption=[f"{c:.0%}" for c in g_typ["confidence"]])

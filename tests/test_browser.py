@@ -204,6 +204,37 @@ def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
     shoot(d, "predict", 1150)
 
 
+def test_inside_page_and_confusion_gallery_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
+    url, _ = server
+    d = browser
+    d.get(f"{url}/")  # a fresh server knows its pages only after the router has run once
+    settle(d, "Architectures")
+    d.get(f"{url}/inside")
+    settle(d, "Inside", 240)
+    text = text_of(d)
+    assert "Where it looks" in text and "Layer by layer" in text and "Grad-CAM for" in text, text[:500]
+    values = [e.text.strip() for e in d.find_elements(By.CSS_SELECTOR, "[data-testid=stMetricValue]")]
+    assert values and values[0] in CLASSES, values
+    assert len(d.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")) >= 10  # crop, maps, filters, rows
+    shoot(d, "inside", 1500)
+    layers = next(h for h in d.find_elements(By.CSS_SELECTOR, "h3") if h.text.strip() == "Layer by layer")
+    d.execute_script("arguments[0].scrollIntoView({block: 'start'});", layers)
+    time.sleep(0.5)
+    SHOT_DIR.mkdir(parents=True, exist_ok=True)
+    d.save_screenshot(str(SHOT_DIR / "inside-layers.png"))
+    assert (SHOT_DIR / "inside-layers.png").stat().st_size > 10_000
+
+    d.get(f"{url}/compare")
+    settle(d, "Compare", 240)
+    heading = next(h for h in d.find_elements(By.CSS_SELECTOR, "h3") if h.text.strip() == "Confusion gallery")
+    text = text_of(d)
+    assert "most confident mistake first" in text or "No face in this cell" in text, text[-800:]
+    d.execute_script("arguments[0].scrollIntoView({block: 'start'});", heading)
+    time.sleep(0.5)
+    d.save_screenshot(str(SHOT_DIR / "gallery.png"))
+    assert (SHOT_DIR / "gallery.png").stat().st_size > 10_000
+
+
 def test_screenshots_are_pngs() -> None:
     for name in ("architectures", "data", "train", "compare", "predict"):
         path = SHOTS / f"{name}.png"
