@@ -3,8 +3,9 @@ front and the study's reference points; learning curves; confusion matrix and pe
 import altair as alt
 import streamlit as st
 
-from core import charts, rundir, runviews
+from core import charts, gallery, rundir, runviews
 from core.classes import CLASSES
+from core.dataviews import upscale
 from core.fsutil import runs_dir
 
 st.title("Compare")
@@ -131,8 +132,6 @@ with st.expander("Delete a run"):
         st.caption("Shipped checkpoints cannot be deleted here.")
 
 # --- confusion gallery: the faces behind a cell (core.gallery; predictions cached on disk per ONNX file and data) ---
-from core import gallery  # noqa: E402 - kept with its block so the block stays self-contained
-from core.dataviews import upscale  # noqa: E402
 
 
 @st.cache_resource(max_entries=3, show_spinner=False)
