@@ -27,10 +27,10 @@ def _short(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _need(cond: bool, where: str, what: str, value: Any) -> None:
+def _need(cond: bool, where: str, what: str, value: Any, verb: str | None = None) -> None:
     """Raise the one message every reader gets for a bad field: which field, what it must be, what was found."""
     if not cond:
-        raise ValueError(f"'{where}' must be {what}, found {_short(value)}")
+        raise ValueError(f"'{where}' {verb or 'must be ' + what}, found {_short(value)}")
 
 
 def _whole(v: Any) -> bool:
@@ -58,7 +58,7 @@ class ModelSpec:
         _need(isinstance(d["arch"], str) and bool(d["arch"]), "model.arch", "an architecture name", d["arch"])
         knobs = d.get("knobs", {})
         _need(isinstance(knobs, dict) and all(isinstance(k, str) and is_num(v) for k, v in knobs.items()),
-              "model.knobs", "a map of names to numbers", knobs)
+              "model.knobs", "a map of names to numbers", knobs, verb="must map names to numbers")
         family = d.get("family") or ""
         _need(isinstance(family, str), "model.family", "text", family)
         return cls(d["arch"], dict(knobs), family)
@@ -90,7 +90,7 @@ class Epoch:
     @classmethod
     def from_json(cls, d: Any, i: int) -> "Epoch":
         ok = isinstance(d, dict) and _whole(d.get("epoch")) and all(is_num(d.get(m)) for m in EPOCH_NUMBERS)
-        _need(ok, f"epochs[{i}]", f"an object with 'epoch' and the numbers {', '.join(EPOCH_NUMBERS)}", d)
+        _need(ok, f"epochs[{i}]", "", d, verb=f"must hold 'epoch' and the numbers {', '.join(EPOCH_NUMBERS)}")
         known = {f.name for f in fields(cls)} - {"extra"}
         typed = {k: v for k, v in d.items() if k in known}
         for k in ("lr", "seconds", "images_per_s"):
