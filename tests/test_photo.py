@@ -1,4 +1,4 @@
-"""Photo pipeline on real images: decoding, EXIF orientation, Haar detection, crops and ONNX classification."""
+"""Photo pipeline on real images: decoding, EXIF orientation, face detection, crops and ONNX classification."""
 from __future__ import annotations
 
 import io
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import rundir
-from core.photo import analyze_photo, crop_face, decode_image, detect_faces, draw_boxes
+from core import faces, rundir
+from core.photo import analyze_photo, decode_image, draw_boxes
 
 from conftest import SAMPLE_PHOTO
 
@@ -45,7 +45,7 @@ def test_exif_rotation_is_applied() -> None:
     upright = decode_image(encode(rotated, "JPEG", exif=exif.tobytes()), "sideways.jpg")
     assert upright.shape == (512, 512, 3)
     assert np.abs(upright.astype(int) - np.asarray(img).astype(int)).mean() < 6  # same picture, upright (JPEG noise)
-    boxes = detect_faces(np.asarray(Image.fromarray(upright).convert("L")))
+    boxes = [d.box for d in faces.detect(upright)]
     assert any(150 < b[0] < 200 and 40 < b[1] < 90 for b in boxes)  # found where it is in the upright photo
 
 
@@ -68,7 +68,7 @@ def test_corrupt_and_empty_files_are_value_errors() -> None:
 
 def test_crop_near_border_is_padded() -> None:
     gray = np.full((100, 100), 50, np.uint8)
-    crop = crop_face(gray, (-10, -10, 40, 40))
+    crop = faces.crop_box(gray, (-10, -10, 40, 40))
     assert crop.shape == (48, 48)
 
 
