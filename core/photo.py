@@ -7,12 +7,16 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core import faces
 from core.classes import CLASSES
 from core.onnx_io import OnnxClassifier
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAX_FILE_BYTES = 20 * 1024 * 1024  # matches .streamlit/config.toml's server.maxUploadSize
 MAX_PIXELS = 40_000_000  # checked from the header, before any pixel is decoded (decompression bombs)
@@ -262,3 +266,72 @@ def overlay_heatmap(crop: np.ndarray, heat: np.ndarray, size: int = 192) -> np.n
                                cv2.COLORMAP_INFERNO)
     blended = cv2.addWeighted(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), 0.55, colour, 0.45, 0)
     return cv2.cvtColor(blended, cv2.COLOR_BGR2RGB)
+
+
+# --- labels the user already knows: "matches your label" ---------------------------------------------------------
+# Words that name each class in file names and typed labels (FER2013's names, their common forms, and the Portuguese
+# "neutro" that one of the public test sets uses).
+LABEL_WORDS = {
+    "angry": ("angry", "anger", "mad"), "disgust": ("disgust", "disgusted", "disgusting"),
+    "fear": ("fear", "fearful", "scared", "afraid"), "happy": ("happy", "happiness", "joy", "smile", "smiling"),
+    "sad": ("sad", "sadness"), "surprise": ("surprise", "surprised"), "neutral": ("neutral", "neutro", "calm"),
+}
+_WORD_TO_CLASS = {w: c for c, words in LABEL_WORDS.items() for w in words}
+
+
+def label_from_name(name: str) -> str | None:
+    """The class a file name carries, e.g. 'source__angry__1.jpg' -> 'angry'; None when it names none, or several."""
+    stem = Path(name).stem.lower()
+    found = {_WORD_TO_CLASS[w] for w in re.split(r"[^a-z]+", stem) if w in _WORD_TO_CLASS}
+    return found.pop() if len(found) == 1 else None
+
+
+def parse_label(text: str) -> str | None:
+    """A typed label -> its class; '' -> None. ValueError names the text and the classes allowed."""
+    t = text.strip().lower()
+    if not t:
+        return None
+    if t not in _WORD_TO_CLASS:
+        raise ValueError(f"label {text.strip()!r} is not an expression the models know; allowed: {', '.join(CLASSES)}")
+    return _WORD_TO_CLASS[t]
+
+
+def png_data_uri(img: np.ndarray) -> str:
+    """A small image as a data: URI, so a table cell can show it (st.column_config.ImageColumn) with no file."""
+    import base64
+
+    import cv2
+
+    ok, buf = cv2.imencode(".png", img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode an image of shape {img.shape} as PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+
+
+def face_grid(results: list[PhotoResult], typed_label: str | None = None) -> "pd.DataFrame":
+    """One row per face for the compact overview: crop (data URI), photo, face number, expression, confidence, the
+    label (from the file name, else the typed one) and whether the prediction matches it (None without a label)."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        label = label_from_name(r.name) or typed_label
+        for i, f in enumerate(r.faces, 1):
+            rows.append({"crop": png_data_uri(f.crop), "photo": r.name, "face": i, "expression": f.top,
+                         "confidence": round(f.confidence, 4), "found by": f.source, "label": label,
+                         "matches": None if label is None else f.top == label})
+    return pd.DataFrame(rows, columns=["crop", "photo", "face", "expression", "confidence", "found by", "label", "matches"])
+
+
+def label_summary(grid: "pd.DataFrame") -> str | None:
+    """'Matches your label: 18 of 24 faces (75%)...' over the faces that have a label; None when none has."""
+    known = grid[grid["label"].notna()]
+    if known.empty:
+        return None
+    hits = int(known["matches"].astype(bool).sum())
+    missed = known[~known["matches"].astype(bool)]
+    text = f"Matches your label: {hits} of {len(known)} faces ({hits / len(known):.0%})"
+    if len(missed):
+        text += "; differs on " + ", ".join(f"{p} face {f} ({e}, labelled {lab})" for p, f, e, lab in
+                                           missed[["photo", "face", "expression", "label"]].itertuples(index=False))
+    return text
