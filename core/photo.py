@@ -189,9 +189,10 @@ def face_label(i: int, face: Face) -> str:
     return f"{i}: {face.top} {face.confidence:.0%}{note}"
 
 
-def _put_label(img: np.ndarray, text: str, box: tuple[int, int, int, int], colour: tuple[int, int, int], size: float) -> None:
+def put_label(img: np.ndarray, text: str, box: tuple[int, int, int, int], colour: tuple[int, int, int],
+              size: float) -> tuple[int, int, int, int]:
     """Text on a filled background of the box's colour, above the box (or inside its top when there is no room),
-    shrunk and shifted as needed so it never leaves the image."""
+    shrunk and shifted as needed so it never leaves the image. Returns the label's rectangle (x0, y0, x1, y1)."""
     import cv2
 
     H, W = img.shape[:2]
@@ -203,11 +204,12 @@ def _put_label(img: np.ndarray, text: str, box: tuple[int, int, int, int], colou
     pad = max(2, th // 4)
     lh = th + base + 2 * pad
     x, y, _, _ = box
-    top = y - lh if y - lh >= 0 else min(max(0, y), H - lh)
+    top = y - lh if y - lh >= 0 else max(0, min(y, H - lh))
     left = min(max(0, x), max(0, W - tw - 2 * pad))
     cv2.rectangle(img, (left, top), (left + tw + 2 * pad, top + lh), colour, cv2.FILLED)
     ink = (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150 else (255, 255, 255)
     cv2.putText(img, text, (left + pad, top + pad + th), font, size, ink, weight, cv2.LINE_AA)
+    return left, top, left + tw + 2 * pad, top + lh
 
 
 def draw_boxes(result: PhotoResult) -> np.ndarray:
@@ -228,7 +230,7 @@ def draw_boxes(result: PhotoResult) -> np.ndarray:
         text = face_label(i, f)
         full_w = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, size, max(1, round(size * 2)))[0][0]
         crowded = len(result.faces) > 1 and full_w > 1.8 * b[2]
-        _put_label(img, str(i) if crowded else text, b, BOX_COLOURS.get(f.source, (0, 170, 70)), size)
+        put_label(img, str(i) if crowded else text, b, BOX_COLOURS.get(f.source, (0, 170, 70)), size)
     return img
 
 
