@@ -153,6 +153,7 @@ for k, r in enumerate(results):
     with st.expander(f"{md_escape(r.name)} · {detected} · {summary}", expanded=len(results) == 1):
         if r.no_face:
             r = results[k] = hand_box(k, r)
+            detected += " · " + ("your box" if r.faces[0].source == "manual" else "centre square")
         photo_col, faces_col = st.columns([1, 1], gap="large")
         photo_col.image(draw_boxes(r), width="stretch",
                         caption=f"{r.size[0]}x{r.size[1]} px · {detected} · detect "
