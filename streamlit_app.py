@@ -1,16 +1,26 @@
 """FER Compact-CNN Explorer: the Streamlit router. Each page lives in pages/ and calls into core."""
 import streamlit as st
 
-st.set_page_config(page_title="FER Compact-CNN Explorer", page_icon=":material/face:", layout="wide")
+# Emoji icons: they need no icon font, so the menu and the tab look the same offline.
+st.set_page_config(page_title="FER Compact-CNN Explorer", page_icon="🙂", layout="wide")
+
+ARCHITECTURES = st.Page("pages/1_Architectures.py", title="Architectures", icon="🧱", url_path="architectures")
+
+
+def home() -> None:
+    # Streamlit serves the default page at "/" and gives it no URL of its own, so a link to /architectures would
+    # say "Page not found". Instead, "/" is this hidden page, which opens Architectures under its own URL.
+    st.switch_page(ARCHITECTURES)
+
 
 PAGES = [
-    # the default page is served at "/" (Streamlit ignores a url_path on it, and /architectures would not exist)
-    st.Page("pages/1_Architectures.py", title="Architectures", icon=":material/account_tree:", default=True),
-    st.Page("pages/2_Data.py", title="Data", icon=":material/photo_library:", url_path="data"),
-    st.Page("pages/3_Train.py", title="Train", icon=":material/model_training:", url_path="train"),
-    st.Page("pages/4_Compare.py", title="Compare", icon=":material/scatter_plot:", url_path="compare"),
-    st.Page("pages/5_Predict.py", title="Predict", icon=":material/sentiment_satisfied:", url_path="predict"),
-    st.Page("pages/6_Inside.py", title="Inside", icon=":material/visibility:", url_path="inside"),
+    st.Page(home, title="Home", default=True, visibility="hidden"),
+    ARCHITECTURES,
+    st.Page("pages/2_Data.py", title="Data", icon="🗂️", url_path="data"),
+    st.Page("pages/3_Train.py", title="Train", icon="🏋️", url_path="train"),
+    st.Page("pages/4_Compare.py", title="Compare", icon="📊", url_path="compare"),
+    st.Page("pages/5_Predict.py", title="Predict", icon="🙂", url_path="predict"),
+    st.Page("pages/6_Inside.py", title="Inside", icon="🔬", url_path="inside"),
 ]
 
 page = st.navigation(PAGES)

@@ -226,6 +226,34 @@ def photo_row(onnx_path: Path, repeats: int) -> Row:
                "< 40 ms", t < 40, note)
 
 
+def detector_rows(photos_dir: Path, onnx_path: Path, repeats: int) -> list[Row]:
+    """The face detector (MTCNN, Haar as its fallback) against Haar alone, side by side in this run: recall and false
+    faces on a folder of real photos with a manifest.csv of face counts, the median detection time per photo, and a
+    1 MP photo end to end. Self-contained: it needs only Row, median_time and core.faces/core.photo."""
+    import cv2
+
+    from core.faces import score_on_manifest
+    from core.photo import analyze_photo
+
+    new, old = score_on_manifest(photos_dir, "auto"), score_on_manifest(photos_dir, "haar")
+    where = f"{new.photos} photos, {new.faces} faces in {photos_dir.name}/manifest.csv"
+    rows = [Row("faces", f"recall, MTCNN (Haar fallback) vs Haar ({where})", 100 * new.recall, 100 * old.recall, "%",
+                ">= 90 %", new.recall >= 0.90, f"found {new.found} vs {old.found} of {new.faces} faces"),
+            Row("faces", "false faces (detections beyond each photo's count)", new.extra, None, "faces",
+                f"<= Haar's {old.extra}", new.extra <= old.extra, f"Haar: {old.extra}"),
+            Row("faces", "detection, median per photo (decoded photo in, boxes out)", statistics.median(new.detect_ms),
+                statistics.median(old.detect_ms), "ms", "", None, f"slowest {max(new.detect_ms):.0f} vs {max(old.detect_ms):.0f} ms")]
+    img = cv2.imread(str(PROJECT_ROOT / "assets" / "astronaut.jpg"))
+    big = cv2.resize(img, (1024, 1024), interpolation=cv2.INTER_CUBIC)  # about 1 megapixel, one face
+    data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    times = {}
+    for det in ("auto", "haar"):
+        times[det] = median_time(lambda det=det: analyze_photo(data, "1mp.jpg", onnx_path, detector=det), repeats, warmup=2) * 1e3
+    rows.append(Row("faces", "photo end to end, 1 MP JPEG, one face: MTCNN + alignment vs Haar + box crop", times["auto"],
+                    times["haar"], "ms", "< 40 ms", times["auto"] < 40, f"model {onnx_path.parent.name}"))
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 3. CSV loading vs torchvision.datasets.FER2013
 # ---------------------------------------------------------------------------------------------------------
@@ -296,7 +324,7 @@ def render(rows: list[Row], machine: dict[str, str], quick: bool, data_desc: str
              "side by side in this run (ratio > 1 means ours is better).", "", "## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in machine.items()]
     for section, title in (("training", "Training throughput (batch 256, augmentation on)"), ("inference", "Inference"),
-                           ("data", "Data loading"), ("summary", "Model summary")):
+                           ("faces", "Face detection"), ("data", "Data loading"), ("summary", "Model summary")):
         sec = [r for r in rows if r.section == section]
         if not sec:
             continue
@@ -322,7 +350,9 @@ def main(quick: bool = False, data: str | None = None, out: str = "docs/benchmar
     rows: list[Row] = []
     extra: list[str] = []
     cache_env = os.environ.get("FER_CACHE_DIR")
-    sections = ["training", "cli", "peak", "inference", "photo", "data", "summary"]
+    photos_dir = PROJECT_ROOT.parent / "shared" / "photos"  # real photos with face counts, where this checkout has them
+    sections = ["training", "cli", "peak", "inference", "photo", *(["faces"] if (photos_dir / "manifest.csv").is_file() else []),
+                "data", "summary"]
     bar = tqdm(sections, desc="bench", unit="part")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -352,6 +382,8 @@ def main(quick: bool = False, data: str | None = None, out: str = "docs/benchmar
             elif part == "photo":
                 rows.append(photo_row(paths["mobilenet"], repeats))
                 rows += int8_rows(paths, fer, tmp, repeats)
+            elif part == "faces":
+                rows += detector_rows(photos_dir, paths["mobilenet"], repeats)
             elif part == "data":
                 rows += data_rows(fer, tmp, quick)
                 if cache_env is None:

@@ -1,25 +1,26 @@
-"""Photo pipeline: safe decoding (EXIF, first frame, odd modes, size limits), Haar face detection on a downscaled
-copy, 48x48 face crops as the model sees them, and one batched ONNX Runtime classification."""
+"""Photo pipeline: safe decoding (EXIF, first frame, odd modes, size limits), face detection and FER2013-style
+48x48 crops (core.faces), one batched ONNX Runtime classification, a box chosen by hand, labelled drawings."""
 from __future__ import annotations
 
 import io
 import re
 import time
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core import faces
 from core.classes import CLASSES
 from core.onnx_io import OnnxClassifier
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 MAX_FILE_BYTES = 20 * 1024 * 1024  # matches .streamlit/config.toml's server.maxUploadSize
 MAX_PIXELS = 40_000_000  # checked from the header, before any pixel is decoded (decompression bombs)
-DETECT_SIDE = 320  # longest side for detection: Haar cost grows with area; faces >= 8% of the photo stay >= 25 px
-DETECT_SCALE_STEP = 1.2  # pyramid step; on a 1 MP photo 1.1/1.15/1.2 found the same face in 35/22/16 ms
 DISPLAY_SIDE = 1024  # longest side of the copy kept for drawing boxes
-FACE_MARGIN = 0.12  # FER2013 crops include a little forehead and chin beyond the Haar box
 ALLOWED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 
 
@@ -29,6 +30,8 @@ class Face:
     crop: np.ndarray  # uint8 [48, 48]: exactly what the model sees
     probs: np.ndarray  # [7] in class order
     fallback: bool  # True when no face was found and the centre of the photo was used
+    source: str = "mtcnn"  # what gave the box: "mtcnn", "haar", "centre" (no face found) or "manual" (the user's)
+    landmarks: np.ndarray | None = None  # [5, 2] eyes, nose, mouth corners in the photo's pixels, where known
 
     @property
     def top(self) -> str:
@@ -49,7 +52,8 @@ class PhotoResult:
 
     @property
     def no_face(self) -> bool:
-        return any(f.fallback for f in self.faces)
+        """No detector found a face: the centre square, or the user's own box, stands in."""
+        return not any(f.source in ("mtcnn", "haar") for f in self.faces)
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
@@ -117,91 +121,116 @@ def _to_rgb(im):  # noqa: ANN001, ANN202 - PIL image in and out
     return im.convert("RGB")
 
 
-@lru_cache(maxsize=1)
-def _cascade():  # noqa: ANN202
-    import cv2
-
-    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-    cascade = cv2.CascadeClassifier(str(path))
-    if cascade.empty():
-        raise RuntimeError(f"OpenCV's face cascade is missing at {path}; install opencv-python-headless<5")
-    return cascade
-
-
-def detect_faces(gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Haar cascade on a copy downscaled to DETECT_SIDE; boxes are mapped back to full resolution, largest first."""
-    import cv2
-
-    h, w = gray.shape
-    scale = min(1.0, DETECT_SIDE / max(h, w))
-    small = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else gray
-    small = cv2.equalizeHist(small)
-    min_side = max(20, int(min(small.shape) * 0.08))
-    found = _cascade().detectMultiScale(small, scaleFactor=DETECT_SCALE_STEP, minNeighbors=5, minSize=(min_side, min_side))
-    boxes = [tuple(int(round(v / scale)) for v in b) for b in (found if len(found) else [])]
-    return sorted(boxes, key=lambda b: -b[2] * b[3])
-
-
-def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float = FACE_MARGIN) -> np.ndarray:
-    """Square crop around the box with a margin (edges replicated past the border), resized to 48x48."""
-    import cv2
-
-    x, y, w, h = box
-    side = max(w, h) * (1 + 2 * margin)
-    cx, cy = x + w / 2, y + h / 2
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    s = max(1, int(round(side)))
-    H, W = gray.shape
-    pad = max(0, -x0, -y0, x0 + s - W, y0 + s - H)
-    src = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else gray
-    patch = src[y0 + pad:y0 + pad + s, x0 + pad:x0 + pad + s]
-    interp = cv2.INTER_AREA if s > 48 else cv2.INTER_LINEAR
-    return cv2.resize(patch, (48, 48), interpolation=interp)
-
-
 def centre_box(gray: np.ndarray) -> tuple[int, int, int, int]:
-    h, w = gray.shape
+    h, w = gray.shape[:2]
     s = min(h, w)
     return ((w - s) // 2, (h - s) // 2, s, s)
 
 
-def analyze_photo(data: bytes, name: str, model_path: str | Path) -> PhotoResult:
-    """Decode, detect, crop and classify every face of one photo in a single batch."""
+def analyze_photo(data: bytes, name: str, model_path: str | Path, detector: str = "auto", align: bool = True) -> PhotoResult:
+    """Decode, detect, crop and classify every face of one photo in a single batch. With no face found, the centre
+    square is classified (marked `fallback`) so every photo gets an answer; the app then offers a box by hand."""
     import cv2
 
     t0 = time.perf_counter()
     rgb = decode_image(data, name)
     t1 = time.perf_counter()
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    boxes = detect_faces(gray)
+    found = faces.detect(rgb, detector)
     t2 = time.perf_counter()
-    fallback = not boxes
-    if fallback:
-        boxes = [centre_box(gray)]
-    crops = np.stack([crop_face(gray, b, 0.0 if fallback else FACE_MARGIN) for b in boxes])
+    if found:
+        crops = np.stack([faces.face_crop(gray, d, align) for d in found])
+        kinds = [(d.box, d.detector, d.landmarks) for d in found]
+    else:
+        box = centre_box(gray)
+        crops = faces.crop_box(gray, box, 0.0)[None]
+        kinds = [(box, "centre", None)]
     probs = OnnxClassifier.get(model_path).probabilities(crops)
     t3 = time.perf_counter()
-    faces = [Face(b, c, p, fallback) for b, c, p in zip(boxes, crops, probs)]
-    h, w = gray.shape
-    scale = min(1.0, DISPLAY_SIDE / max(h, w))
-    display = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
-    return PhotoResult(name, (w, h), display, faces,
+    result = [Face(b, c, p, src == "centre", src, lm) for (b, src, lm), c, p in zip(kinds, crops, probs)]
+    return PhotoResult(name, (gray.shape[1], gray.shape[0]), faces.downscale(rgb, DISPLAY_SIDE)[0], result,
                        {"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3})
 
 
+def manual_box(size: tuple[int, int], centre_x: float, centre_y: float, side: float) -> tuple[int, int, int, int]:
+    """A square box from fractions of the photo: centre (0..1 of width and height) and side (0..1 of the shorter
+    side), as the app's sliders give them; clipped to the photo."""
+    for what, v, lo in (("centre_x", centre_x, 0.0), ("centre_y", centre_y, 0.0), ("side", side, 0.02)):
+        if not lo <= v <= 1.0:
+            raise ValueError(f"{what}={v} is outside the allowed {lo:g}..1 (a fraction of the photo)")
+    w, h = size
+    s = max(1, round(side * min(w, h)))
+    x = min(max(0, round(centre_x * w - s / 2)), w - s)
+    y = min(max(0, round(centre_y * h - s / 2)), h - s)
+    return (int(x), int(y), int(s), int(s))
+
+
+def classify_box(result: PhotoResult, box: tuple[int, int, int, int], model_path: str | Path) -> PhotoResult:
+    """The photo again with one face: the box the user chose (in the photo's pixels), cropped from the display copy
+    (<= DISPLAY_SIDE px, plenty for a 48x48 crop) and classified."""
+    import cv2
+
+    x, y, w, h = box
+    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > result.size[0] or y + h > result.size[1]:
+        raise ValueError(f"box {box} is not inside the {result.size[0]}x{result.size[1]} photo")
+    scale = result.display.shape[1] / result.size[0]
+    gray = cv2.cvtColor(result.display, cv2.COLOR_RGB2GRAY)
+    crop = faces.crop_box(gray, tuple(int(round(v * scale)) for v in box), 0.0)
+    probs = OnnxClassifier.get(model_path).probabilities(crop[None])[0]
+    return replace(result, faces=[Face(tuple(box), crop, probs, False, "manual")])
+
+
+BOX_COLOURS = {"mtcnn": (0, 170, 70), "haar": (0, 170, 70), "centre": (235, 130, 0), "manual": (40, 110, 230)}
+
+
+def face_label(i: int, face: Face) -> str:
+    """The text drawn beside face i: its number, top class and probability, and where the box came from if unusual."""
+    note = {"centre": " (no face found: centre)", "manual": " (your box)"}.get(face.source, "")
+    return f"{i}: {face.top} {face.confidence:.0%}{note}"
+
+
+def put_label(img: np.ndarray, text: str, box: tuple[int, int, int, int], colour: tuple[int, int, int],
+              size: float) -> tuple[int, int, int, int]:
+    """Text on a filled background of the box's colour, above the box (or inside its top when there is no room),
+    shrunk and shifted as needed so it never leaves the image. Returns the label's rectangle (x0, y0, x1, y1)."""
+    import cv2
+
+    H, W = img.shape[:2]
+    font, weight = cv2.FONT_HERSHEY_SIMPLEX, max(1, round(size * 2))
+    (tw, th), base = cv2.getTextSize(text, font, size, weight)
+    if tw + 8 > W:  # wider than the photo: shrink to fit
+        size *= (W - 8) / tw
+        (tw, th), base = cv2.getTextSize(text, font, size, weight)
+    pad = max(2, th // 4)
+    lh = th + base + 2 * pad
+    x, y, _, _ = box
+    top = y - lh if y - lh >= 0 else max(0, min(y, H - lh))
+    left = min(max(0, x), max(0, W - tw - 2 * pad))
+    cv2.rectangle(img, (left, top), (left + tw + 2 * pad, top + lh), colour, cv2.FILLED)
+    ink = (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150 else (255, 255, 255)
+    cv2.putText(img, text, (left + pad, top + pad + th), font, size, ink, weight, cv2.LINE_AA)
+    return left, top, left + tw + 2 * pad, top + lh
+
+
 def draw_boxes(result: PhotoResult) -> np.ndarray:
-    """The display copy with numbered face boxes and top classes drawn on it."""
+    """The display copy with each face boxed and labelled (number, top class, probability). Sizes follow the photo's,
+    so labels read alike on a thumbnail and on a 1024 px photo; where a full label would cover the neighbours of a
+    small face in a group photo, only its number is drawn (the results list has the rest)."""
     import cv2
 
     img = result.display.copy()
-    scale = img.shape[1] / result.size[0]
-    thick = max(2, img.shape[1] // 300)
-    for i, f in enumerate(result.faces, 1):
-        x, y, w, h = (int(round(v * scale)) for v in f.box)
-        colour = (255, 170, 0) if f.fallback else (0, 200, 80)
-        cv2.rectangle(img, (x, y), (x + w, y + h), colour, thick)
-        label = f"{i}: {f.top} {f.confidence:.0%}" + (" (no face: centre)" if f.fallback else "")
-        cv2.putText(img, label, (x + 2, max(14, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * thick / 2 + 0.2, colour, max(1, thick - 1), cv2.LINE_AA)
+    H, W = img.shape[:2]
+    scale = W / result.size[0]
+    thick = max(2, round(max(H, W) / 350))
+    size = max(0.4, max(H, W) / 1500)  # OpenCV font scale: ~0.7 on a 1024 px photo
+    boxes = [tuple(int(round(v * scale)) for v in f.box) for f in result.faces]
+    for (x, y, w, h), f in zip(boxes, result.faces):
+        cv2.rectangle(img, (x, y), (x + w, y + h), BOX_COLOURS.get(f.source, (0, 170, 70)), thick)
+    for i, (b, f) in enumerate(zip(boxes, result.faces), 1):
+        text = face_label(i, f)
+        full_w = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, size, max(1, round(size * 2)))[0][0]
+        crowded = len(result.faces) > 1 and full_w > 1.8 * b[2]
+        put_label(img, str(i) if crowded else text, b, BOX_COLOURS.get(f.source, (0, 170, 70)), size)
     return img
 
 
@@ -239,3 +268,72 @@ def overlay_heatmap(crop: np.ndarray, heat: np.ndarray, size: int = 192) -> np.n
                                cv2.COLORMAP_INFERNO)
     blended = cv2.addWeighted(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), 0.55, colour, 0.45, 0)
     return cv2.cvtColor(blended, cv2.COLOR_BGR2RGB)
+
+
+# --- labels the user already knows: "matches your label" ---------------------------------------------------------
+# Words that name each class in file names and typed labels (FER2013's names, their common forms, and the Portuguese
+# "neutro" that one of the public test sets uses).
+LABEL_WORDS = {
+    "angry": ("angry", "anger", "mad"), "disgust": ("disgust", "disgusted", "disgusting"),
+    "fear": ("fear", "fearful", "scared", "afraid"), "happy": ("happy", "happiness", "joy", "smile", "smiling"),
+    "sad": ("sad", "sadness"), "surprise": ("surprise", "surprised"), "neutral": ("neutral", "neutro", "calm"),
+}
+_WORD_TO_CLASS = {w: c for c, words in LABEL_WORDS.items() for w in words}
+
+
+def label_from_name(name: str) -> str | None:
+    """The class a file name carries, e.g. 'source__angry__1.jpg' -> 'angry'; None when it names none, or several."""
+    stem = Path(name).stem.lower()
+    found = {_WORD_TO_CLASS[w] for w in re.split(r"[^a-z]+", stem) if w in _WORD_TO_CLASS}
+    return found.pop() if len(found) == 1 else None
+
+
+def parse_label(text: str) -> str | None:
+    """A typed label -> its class; '' -> None. ValueError names the text and the classes allowed."""
+    t = text.strip().lower()
+    if not t:
+        return None
+    if t not in _WORD_TO_CLASS:
+        raise ValueError(f"label {text.strip()!r} is not an expression the models know; allowed: {', '.join(CLASSES)}")
+    return _WORD_TO_CLASS[t]
+
+
+def png_data_uri(img: np.ndarray) -> str:
+    """A small image as a data: URI, so a table cell can show it (st.column_config.ImageColumn) with no file."""
+    import base64
+
+    import cv2
+
+    ok, buf = cv2.imencode(".png", img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode an image of shape {img.shape} as PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+
+
+def face_grid(results: list[PhotoResult], typed_label: str | None = None) -> "pd.DataFrame":
+    """One row per face for the compact overview: crop (data URI), photo, face number, expression, confidence, the
+    label (from the file name, else the typed one) and whether the prediction matches it (None without a label)."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        label = label_from_name(r.name) or typed_label
+        for i, f in enumerate(r.faces, 1):
+            rows.append({"crop": png_data_uri(f.crop), "photo": r.name, "face": i, "expression": f.top,
+                         "confidence": round(f.confidence, 4), "found by": f.source, "label": label,
+                         "matches": None if label is None else f.top == label})
+    return pd.DataFrame(rows, columns=["crop", "photo", "face", "expression", "confidence", "found by", "label", "matches"])
+
+
+def label_summary(grid: "pd.DataFrame") -> str | None:
+    """'Matches your label: 18 of 24 faces (75%)...' over the faces that have a label; None when none has."""
+    known = grid[grid["label"].notna()]
+    if known.empty:
+        return None
+    hits = int(known["matches"].astype(bool).sum())
+    missed = known[~known["matches"].astype(bool)]
+    text = f"Matches your label: {hits} of {len(known)} faces ({hits / len(known):.0%})"
+    if len(missed):
+        text += "; differs on " + ", ".join(f"{p} face {f} ({e}, labelled {lab})" for p, f, e, lab in
+                                           missed[["photo", "face", "expression", "label"]].itertuples(index=False))
+    return text

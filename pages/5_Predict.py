@@ -6,21 +6,23 @@ import altair as alt
 import numpy as np
 import streamlit as st
 
-from core import runviews
+from core import inside, runviews
 from core.dataviews import upscale
 from core.photoviews import photo_rows, probabilities_frame
 from core.rundir import list_runs
 from core.text import md_escape
 from core.classes import CLASSES
 from core.fsutil import PROJECT_ROOT, runs_dir
-from core.photo import MAX_FILE_BYTES, analyze_photo, draw_boxes, occlusion_map, overlay_heatmap
+from core.photo import (MAX_FILE_BYTES, PhotoResult, analyze_photo, classify_box, draw_boxes, face_grid, face_label,
+                        label_summary, manual_box, occlusion_map, overlay_heatmap, parse_label)
 
 SAMPLE = PROJECT_ROOT / "assets" / "astronaut.jpg"
 TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 
 st.title("Predict")
-st.caption("Faces are found with OpenCV's Haar detector, cropped to 48x48 grayscale exactly like FER2013, and "
-           "classified by an ONNX model in ONNX Runtime. Photos stay on this machine.")
+st.caption("Faces are found with MTCNN (OpenCV's Haar detector where it finds none), turned so the eyes are level and "
+           "cropped to 48x48 grayscale the way FER2013's faces are, and classified by an ONNX model in ONNX Runtime. "
+           "Photos stay on this machine.")
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -61,13 +63,21 @@ uploads = st.file_uploader("Photos (JPEG, PNG, WebP, BMP, GIF, TIFF; several at 
                            accept_multiple_files=True, key="predict_upload",
                            help=f"up to {MAX_FILE_BYTES // 2**20} MB each")
 c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="center")
-if c1.button("Try a sample photo", key="predict_sample", icon=":material/image:"):
+if c1.button("Try a sample photo", key="predict_sample", icon="🖼️"):
     st.session_state["predict_show_sample"] = True
 if st.session_state.get("predict_show_sample") and c2.button("Remove sample", key="predict_sample_remove"):
     st.session_state["predict_show_sample"] = False
 camera_on = c3.toggle("Take a photo with the camera", key="predict_camera_on",
                       help="the browser asks for camera access only when this is on")
 shot = st.camera_input("Camera", key="predict_camera") if camera_on else None
+typed = st.text_input("Expected expression (optional)", key="predict_label", placeholder="e.g. happy",
+                      help="checked against every photo whose file name names no expression; a name like "
+                           "'anna__angry__1.jpg' carries its own label")
+try:
+    typed_label = parse_label(typed)
+except ValueError as exc:
+    st.warning(str(exc))
+    typed_label = None
 
 photos: list[tuple[str, bytes]] = []
 if st.session_state.get("predict_show_sample"):
@@ -86,7 +96,7 @@ try:
 except OSError as exc:  # the run was deleted or re-exported since the list above was made
     st.error(f"{onnx_file}: the model file is gone ({exc.strerror}); pick another model.")
     st.stop()
-results = []
+results: list[PhotoResult] = []
 bar = st.progress(0.0, text="Analysing...") if len(photos) > 1 else None
 for n, (name, data) in enumerate(photos, 1):
     try:
@@ -98,6 +108,8 @@ for n, (name, data) in enumerate(photos, 1):
         bar.progress(n / len(photos), text=f"Analysed {n} of {len(photos)} photos")
 if bar is not None:
     bar.empty()
+if not results:
+    st.stop()
 
 
 def prob_chart(probs) -> alt.Chart:  # noqa: ANN001 - numpy array
@@ -110,32 +122,65 @@ def prob_chart(probs) -> alt.Chart:  # noqa: ANN001 - numpy array
     ).properties(height=215)
 
 
-for r in results:
-    with st.container(border=True):
-        st.markdown(f"#### {md_escape(r.name)}")
+def hand_box(k: int, r: PhotoResult) -> PhotoResult:
+    """No face found: sliders place a square by hand; the photo is classified on that square instead."""
+    st.warning(f"No face found in {md_escape(r.name)}. The orange square (the centre) was classified; move "
+               "the sliders until the square covers the face, and the prediction follows it.")
+    c1, c2, c3 = st.columns(3)
+    cx = c1.slider("Left - right", 0.0, 1.0, 0.5, 0.01, key=f"predict_box_x_{k}")
+    cy = c2.slider("Up - down", 0.0, 1.0, 0.5, 0.01, key=f"predict_box_y_{k}")
+    side = c3.slider("Size", 0.05, 1.0, 1.0, 0.01, key=f"predict_box_size_{k}")
+    if (cx, cy, side) == (0.5, 0.5, 1.0):
+        return r  # untouched: the centre square already classified
+    return classify_box(r, manual_box(r.size, cx, cy, side), onnx_file)
+
+
+def show_face(k: int, r: PhotoResult, i: int, face) -> None:  # noqa: ANN001 - core.photo.Face
+    crop_col, chart_col = st.columns([1, 2], vertical_alignment="center")
+    crop_col.image(upscale(face.crop, 3), caption=f"face {i}: 48x48, as the model sees it")
+    heat, _ = occlusion(face.crop.tobytes(), str(onnx_file), stamp)
+    crop_col.image(overlay_heatmap(face.crop, heat, 144),
+                   caption=f"where it looks: hiding the bright areas lowers '{face.top}' most")
+    chart_col.metric(f"Face {i}", f"{face.top} {face.confidence:.0%}", help=face_label(i, face))
+    chart_col.altair_chart(prob_chart(face.probs), width="stretch")
+    if crop_col.button("Look inside", key=f"inside_{k}_{i}", help="this face through the model, layer by layer, "
+                       "with Grad-CAM beside the occlusion map"):
+        st.session_state.update({inside.FACE_KEY: face.crop, inside.MODEL_KEY: str(model.path),
+                                 inside.PHOTO_KEY: (r, i - 1)})
+        st.switch_page("pages/6_Inside.py")
+
+
+overview = st.container()  # filled last: manual boxes below can change what it lists
+for k, r in enumerate(results):
+    detected = "no face found" if r.no_face else f"{len(r.faces)} face(s)"
+    summary = ", ".join(f"{f.top} {f.confidence:.0%}" for f in r.faces[:3]) + ("..." if len(r.faces) > 3 else "")
+    with st.expander(f"{md_escape(r.name)} · {detected} · {summary}", expanded=len(results) == 1):
         if r.no_face:
-            st.warning(f"{md_escape(r.name)}: no face found, so the centre of the photo was classified instead (orange box). "
-                       "Treat this result with care.")
+            r = results[k] = hand_box(k, r)
+            detected += " · " + ("your box" if r.faces[0].source == "manual" else "centre square")
         photo_col, faces_col = st.columns([1, 1], gap="large")
         photo_col.image(draw_boxes(r), width="stretch",
-                        caption=f"{r.size[0]}x{r.size[1]} px · {len(r.faces)} face(s) · detect "
+                        caption=f"{r.size[0]}x{r.size[1]} px · {detected} · detect "
                                 f"{r.timings_ms['detect']:.0f} ms · classify {r.timings_ms['classify']:.1f} ms")
         with faces_col:
             for i, face in enumerate(r.faces, 1):
-                crop_col, chart_col = st.columns([1, 2], vertical_alignment="center")
-                crop_col.image(upscale(face.crop, 3),
-                               caption="centre crop (no face found)" if face.fallback else f"face {i}: 48x48, as the model sees it")
-                heat, _ = occlusion(face.crop.tobytes(), str(onnx_file), onnx_file.stat().st_mtime)
-                crop_col.image(overlay_heatmap(face.crop, heat, 144),
-                               caption=f"where it looks: hiding the bright areas lowers '{face.top}' most")
-                chart_col.metric(f"Face {i}" + (" (centre crop)" if face.fallback else ""), face.top,
-                                 help=f"{face.confidence:.1%} probability")
-                chart_col.altair_chart(prob_chart(face.probs), width="stretch")
+                show_face(k, r, i, face)
 
-if results:
+with overview:
     st.subheader("Results")
+    grid = face_grid(results, typed_label)
+    matches = label_summary(grid)
+    if matches:
+        st.info(matches)
+    st.dataframe(grid, hide_index=True, key="predict_grid", row_height=56, column_config={
+        "crop": st.column_config.ImageColumn("face", width="small"),
+        "confidence": st.column_config.ProgressColumn("confidence", format="percent", min_value=0.0, max_value=1.0),
+        "matches": st.column_config.CheckboxColumn("matches label"),
+    })
     rows = photo_rows(results)
-    st.dataframe(rows, hide_index=True, key="predict_table")
     st.download_button("Download results as CSV", rows.to_csv(index=False).encode(), file_name="fer_predictions.csv",
-                       mime="text/csv", key="predict_csv", icon=":material/download:")
-    st.caption(f"Model: {runviews.model_label(model)} · `{Path(onnx_file).relative_to(PROJECT_ROOT) if onnx_file.is_relative_to(PROJECT_ROOT) else onnx_file}`")
+                       mime="text/csv", key="predict_csv", icon="⬇️")
+    with st.expander("All probabilities (the CSV's table)"):
+        st.dataframe(rows, hide_index=True, key="predict_table")
+    st.caption(f"Model: {runviews.model_label(model)} · `{Path(onnx_file).relative_to(PROJECT_ROOT) if onnx_file.is_relative_to(PROJECT_ROOT) else onnx_file}`"
+               " · details of each photo below")

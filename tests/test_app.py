@@ -150,15 +150,38 @@ def test_stop_button_stops_a_running_job() -> None:
             jobs.stop_run(run_dir, kill=True)
 
 
+def face_metrics(at: AppTest) -> list[tuple[str, float]]:
+    """(class, probability) of each face's metric on Predict: the value reads like 'happy 83%'."""
+    out = []
+    for m in at.metric:
+        if m.label.startswith("Face"):
+            name, pct = m.value.rsplit(" ", 1)
+            out.append((name, float(pct.rstrip("%")) / 100))
+    return out
+
+
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The first dataframe on the page with this column (AppTest's dataframes carry no key): on Predict, the face
+    grid has 'expression', the full table 'top'."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
 def test_predict_sample_photo_shows_a_prediction(onnx_model: Path) -> None:
     at = app("pages/5_Predict.py")
     assert not at.info or "No model" not in at.info[0].value
     at.button(key="predict_sample").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    tops = [m.value for m in at.metric if m.label.startswith("Face")]
-    assert tops and all(t in CLASSES for t in tops)
-    table = at.dataframe[0].value
+    tops = face_metrics(at)
+    assert tops and all(t in CLASSES and 1 / len(CLASSES) <= p <= 1 for t, p in tops)  # the class with its probability
+    grid = frame_with(at, "expression")
+    assert list(grid["expression"]) == [t for t, _ in tops] and grid["photo"].str.contains("astronaut").all()
+    table = frame_with(at, "top")
     assert len(table) == len(tops) and table["photo"].str.contains("astronaut").all()
+    # one click takes this face to the Inside page, with the model that classified it
+    at.button(key="inside_0_1").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["inside_face"].shape == (48, 48) and at.session_state["inside_model"]
+    assert any(h.value == "Layer by layer" for h in at.subheader), [h.value for h in at.subheader]
 
 
 def test_predict_corrupt_upload_is_an_error_and_others_still_work(onnx_model: Path) -> None:
@@ -169,9 +192,40 @@ def test_predict_corrupt_upload_is_an_error_and_others_still_work(onnx_model: Pa
     ]).run()
     assert not at.exception
     assert any(e.value.startswith(r"bad\.jpg\: ") for e in at.error), [e.value for e in at.error]  # name shown literally
-    assert [m.value for m in at.metric if m.label.startswith("Face")][0] in CLASSES
-    table = at.dataframe[0].value
+    assert face_metrics(at)[0][0] in CLASSES
+    table = frame_with(at, "top")
     assert (table["photo"] == "astronaut.jpg").any() and not (table["photo"] == "bad.jpg").any()
+
+
+def test_predict_no_face_says_so_and_a_box_by_hand_is_classified(onnx_model: Path) -> None:
+    import io
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (400, 200), (200, 200, 200))
+    ImageDraw.Draw(img).rectangle((300, 100, 380, 180), fill=(20, 20, 20))  # something dark in the bottom right
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    at = app("pages/5_Predict.py")
+    at.file_uploader(key="predict_upload").set_value([("wall__happy.png", buf.getvalue(), "image/png"),
+                                                      ("astronaut.jpg", SAMPLE_PHOTO.read_bytes(), "image/jpeg")]).run()
+    assert not at.exception and not at.error
+    assert any(w.value.startswith(r"No face found in wall\_\_happy\.png") for w in at.warning), [w.value for w in at.warning]
+    assert any(e.label.startswith(r"wall\_\_happy\.png · no face found") for e in at.expander)
+    grid = frame_with(at, "expression")
+    assert list(grid["found by"]) == ["centre", "mtcnn"] and grid["label"][0] == "happy"
+    assert any(i.value.startswith("Matches your label:") and "of 1 faces" in i.value for i in at.info)
+    centre_probs = frame_with(at, "top").iloc[0]
+    # the square over the dark block, by hand: the photo is classified on it instead
+    at.slider(key="predict_box_x_0").set_value(0.85).run()
+    at.slider(key="predict_box_y_0").set_value(0.7).run()
+    at.slider(key="predict_box_size_0").set_value(0.45).run()
+    assert not at.exception and not at.error
+    grid = frame_with(at, "expression")
+    assert list(grid["found by"]) == ["manual", "mtcnn"]
+    row = frame_with(at, "top").iloc[0]
+    assert row["box"] == "295 95 90 90" and not row["no_face_found"]
+    assert any(abs(row[c] - centre_probs[c]) > 1e-4 for c in CLASSES)  # a different crop, a different answer
 
 
 def test_compare_lists_a_broken_folder_with_its_reason() -> None:

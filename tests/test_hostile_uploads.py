@@ -239,7 +239,7 @@ def test_predict_page_batch_with_bad_files_still_predicts_the_good_ones(predict_
         shown = re.sub(r"\\(.)", r"\1", msg)  # what Markdown renders: each escaped character, literally
         assert shown.startswith(f"{name}: "), (name, msg)  # in upload order, each naming its file and problem
     assert errors[-1].startswith(r"\*\*bold\*\* \:red\[x\] \$y\$\.jpg")
-    table = at.dataframe[0].value
+    table = next(d.value for d in at.dataframe if "top" in d.value.columns)  # the full table (the grid comes first)
     assert set(table["photo"]) == {n for n, _ in GOOD}
     assert table["top"].isin(CLASSES).all()
     assert [m.value for m in at.metric if m.label.startswith("Face")]

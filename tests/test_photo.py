@@ -1,4 +1,4 @@
-"""Photo pipeline on real images: decoding, EXIF orientation, Haar detection, crops and ONNX classification."""
+"""Photo pipeline on real images: decoding, EXIF orientation, face detection, crops and ONNX classification."""
 from __future__ import annotations
 
 import io
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import rundir
-from core.photo import analyze_photo, crop_face, decode_image, detect_faces, draw_boxes
+from core import faces, rundir
+from core.photo import analyze_photo, decode_image, draw_boxes
 
 from conftest import SAMPLE_PHOTO
 
@@ -45,7 +45,7 @@ def test_exif_rotation_is_applied() -> None:
     upright = decode_image(encode(rotated, "JPEG", exif=exif.tobytes()), "sideways.jpg")
     assert upright.shape == (512, 512, 3)
     assert np.abs(upright.astype(int) - np.asarray(img).astype(int)).mean() < 6  # same picture, upright (JPEG noise)
-    boxes = detect_faces(np.asarray(Image.fromarray(upright).convert("L")))
+    boxes = [d.box for d in faces.detect(upright)]
     assert any(150 < b[0] < 200 and 40 < b[1] < 90 for b in boxes)  # found where it is in the upright photo
 
 
@@ -68,7 +68,7 @@ def test_corrupt_and_empty_files_are_value_errors() -> None:
 
 def test_crop_near_border_is_padded() -> None:
     gray = np.full((100, 100), 50, np.uint8)
-    crop = crop_face(gray, (-10, -10, 40, 40))
+    crop = faces.crop_box(gray, (-10, -10, 40, 40))
     assert crop.shape == (48, 48)
 
 
@@ -84,15 +84,107 @@ def test_best_shipped_model_reads_the_smile_in_the_sample() -> None:
     assert len(r.faces) == 1 and r.faces[0].top == "happy" and r.faces[0].confidence > 0.5
 
 
-def test_occlusion_map_points_at_what_matters(tiny_run: Path) -> None:
+def quadrant_model(path: Path) -> Path:
+    """A contract-shaped ONNX model that looks at the top-left quadrant only: its 'angry' logit is that quadrant's
+    mean brightness / 100 (small enough not to saturate), every other logit 0. Built node by node, so the test knows
+    exactly where the model looks."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["quad"]),
+        helper.make_node("ReduceMean", ["quad"], ["mean"], axes=[2, 3], keepdims=0),  # [N, 1]
+        helper.make_node("MatMul", ["mean", "w"], ["logits"]),  # [N, 7]
+    ]
+    inits = [helper.make_tensor("starts", TensorProto.INT64, [2], [0, 0]),
+             helper.make_tensor("ends", TensorProto.INT64, [2], [24, 24]),
+             helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3]),
+             helper.make_tensor("w", TensorProto.FLOAT, [1, 7], [0.01, 0, 0, 0, 0, 0, 0])]
+    graph = helper.make_graph(nodes, "quadrant", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 48, 48])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 7])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_occlusion_map_points_where_the_model_looks(tmp_path: Path) -> None:
     from core.photo import occlusion_map, overlay_heatmap
+
+    model = quadrant_model(tmp_path / "quadrant.onnx")
+    crop = np.full((48, 48), 30, np.uint8)
+    crop[:24, :24] = 220  # bright where the model looks: 'angry' wins, and hiding any of it lowers 'angry'
+    heat, top = occlusion_map(crop, model)
+    assert top == 0 and heat.shape == (48, 48) and heat.dtype == np.float32
+    assert float(heat.max()) == pytest.approx(1.0)
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    assert y < 24 and x < 24  # the hottest spot is in the quadrant the model reads
+    assert heat[:24, :24].mean() > 5 * heat[24:, 24:].mean()
+    assert heat[36:, 36:].max() == 0.0  # patches that never touch the quadrant change nothing
+    assert overlay_heatmap(crop, heat, 96).shape == (96, 96, 3)
+
+
+def test_occlusion_map_of_a_real_run_is_normalised(tiny_run: Path) -> None:
+    from core.photo import occlusion_map
 
     r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, tiny_run / rundir.ONNX)
     heat, top = occlusion_map(r.faces[0].crop, tiny_run / rundir.ONNX)
-    assert heat.shape == (48, 48) and heat.dtype == np.float32
     assert 0.0 <= heat.min() and heat.max() <= 1.0
     assert top == int(np.argmax(r.faces[0].probs))
-    assert overlay_heatmap(r.faces[0].crop, heat, 96).shape == (96, 96, 3)
-    # a constant image has nothing to hide: no patch changes the prediction
-    flat, _ = occlusion_map(np.full((48, 48), 128, np.uint8), tiny_run / rundir.ONNX)
-    assert float(flat.max()) == 0.0
+
+
+def test_labels_from_file_names_and_typed_text() -> None:
+    from core.photo import label_from_name, parse_label
+
+    assert label_from_name("bodelha__angry__1.jpg") == "angry"
+    assert label_from_name("Surprised-kid.PNG") == "surprise"
+    assert label_from_name("sample: astronaut.jpg") is None
+    assert label_from_name("happy_or_sad.jpg") is None  # two classes named: no label rather than a guess
+    assert parse_label("  Happiness ") == "happy" and parse_label("") is None
+    with pytest.raises(ValueError, match="'joyful' is not an expression.*angry, disgust"):
+        parse_label("joyful")
+
+
+def test_grid_and_label_summary(tiny_run: Path) -> None:
+    from core.photo import face_grid, label_summary
+
+    data = SAMPLE_PHOTO.read_bytes()
+    results = [analyze_photo(data, "eileen__happy__1.jpg", tiny_run / rundir.ONNX),
+               analyze_photo(data, "eileen__sad__1.jpg", tiny_run / rundir.ONNX),
+               analyze_photo(data, "eileen.jpg", tiny_run / rundir.ONNX)]
+    top = results[0].faces[0].top
+    grid = face_grid(results, typed_label="angry")
+    assert list(grid["label"]) == ["happy", "sad", "angry"]  # the file name's label first, else the typed one
+    assert list(grid["matches"]) == [top == "happy", top == "sad", top == "angry"]
+    assert grid["crop"].str.startswith("data:image/png;base64,").all()
+    hits = sum(top == lab for lab in ("happy", "sad", "angry"))
+    assert label_summary(grid).startswith(f"Matches your label: {hits} of 3 faces")
+    assert label_summary(face_grid(results[2:])) is None  # no label anywhere: no summary
+
+
+def test_a_box_by_hand_is_classified(tiny_run: Path) -> None:
+    from core.photo import classify_box, manual_box
+
+    blank = encode(Image.new("RGB", (200, 100), (120, 120, 120)), "PNG")
+    r = analyze_photo(blank, "wall.png", tiny_run / rundir.ONNX)
+    assert r.no_face and r.faces[0].source == "centre"
+    box = manual_box(r.size, 0.9, 0.5, 0.5)
+    assert box == (150, 25, 50, 50)  # clipped to the photo's right edge
+    mine = classify_box(r, box, tiny_run / rundir.ONNX)
+    assert mine.no_face and len(mine.faces) == 1 and mine.faces[0].source == "manual" and mine.faces[0].box == box
+    assert mine.faces[0].crop.shape == (48, 48) and abs(mine.faces[0].probs.sum() - 1) < 1e-5
+    with pytest.raises(ValueError, match="side=0.0 is outside"):
+        manual_box(r.size, 0.5, 0.5, 0.0)
+    with pytest.raises(ValueError, match="not inside the 200x100 photo"):
+        classify_box(r, (180, 0, 50, 50), tiny_run / rundir.ONNX)
+
+
+@pytest.mark.parametrize("box", [(0, 0, 30, 30), (170, 0, 30, 30), (0, 70, 30, 30), (150, 60, 50, 40)])
+def test_labels_stay_inside_the_photo(box: tuple[int, int, int, int]) -> None:
+    from core.photo import put_label
+
+    img = np.zeros((100, 200, 3), np.uint8)
+    x0, y0, x1, y1 = put_label(img, "1: surprise 100% (no face found: centre)", box, (235, 130, 0), 0.7)
+    assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 100
+    assert (img[y0:y1, x0:x1] == (235, 130, 0)).all(axis=2).mean() > 0.5  # a filled background behind the text
