@@ -11,7 +11,8 @@ from torch import nn
 
 from core.classes import CLASSES
 from core.featuremaps import Row, as_input, find_layer
-from core.photo import FACE_MARGIN, PhotoResult, analyze_photo
+from core.faces import FACE_MARGIN, face_square
+from core.photo import PhotoResult, analyze_photo
 
 MIN_FACE_PX = 24  # a face under 24 px in the photo is upscaled 2x or more into the 48x48 crop: mostly blur
 
@@ -97,13 +98,6 @@ def agreement_words(r: float) -> str:
     if r >= 0.2:
         return "partly agree"
     return "disagree: each points somewhere else, so look at both"
-
-
-def face_square(box: tuple[int, int, int, int], margin: float = FACE_MARGIN) -> tuple[int, int, int]:
-    """(x0, y0, side) of the square core.photo.crop_face cuts around a face box: the crop's footprint on the photo."""
-    x, y, w, h = box
-    side = max(w, h) * (1 + 2 * margin)
-    return int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2)), max(1, int(round(side)))
 
 
 def overlay_on_photo(result: PhotoResult, face: int, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:

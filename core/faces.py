@@ -227,15 +227,18 @@ def detect(rgb: np.ndarray, detector: str = "auto") -> list[Detection]:
     return sorted(faces, key=lambda d: -d.box[2] * d.box[3])
 
 
+def face_square(box: tuple[int, int, int, int], margin: float = FACE_MARGIN) -> tuple[int, int, int]:
+    """(x0, y0, side) of the square cut around a face box with a margin: the crop's footprint on the photo."""
+    x, y, w, h = box
+    side = max(w, h) * (1 + 2 * margin)
+    return int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2)), max(1, int(round(side)))
+
+
 def crop_box(gray: np.ndarray, box: tuple[int, int, int, int], margin: float = FACE_MARGIN) -> np.ndarray:
     """Square crop around the box with a margin (edges replicated past the border), resized to 48x48."""
     import cv2
 
-    x, y, w, h = box
-    side = max(w, h) * (1 + 2 * margin)
-    cx, cy = x + w / 2, y + h / 2
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    s = max(1, int(round(side)))
+    x0, y0, s = face_square(box, margin)
     H, W = gray.shape
     pad = max(0, -x0, -y0, x0 + s - W, y0 + s - H)
     src = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else gray
