@@ -11,6 +11,7 @@ PAGES = [
     st.Page("pages/4_Compare.py", title="Compare", icon=":material/scatter_plot:", url_path="compare"),
     st.Page("pages/5_Predict.py", title="Predict", icon=":material/sentiment_satisfied:", url_path="predict"),
     st.Page("pages/6_Inside.py", title="Inside", icon=":material/visibility:", url_path="inside"),
+    st.Page("pages/7_Compress.py", title="Compress", icon=":material/compress:", url_path="compress"),
 ]
 
 page = st.navigation(PAGES)

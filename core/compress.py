@@ -422,8 +422,10 @@ def variants_table(runs_root: str | os.PathLike | None = None, include_shipped: 
 
     from core import checkpoint as ck
 
+    # int8/fp16 variants have no model.pt, which today's list_runs reports as a problem: their ONNX file is what counts
     rows = [variant_row(i.path, i.record) for i in ck.list_runs(runs_root, include_shipped=include_shipped)
-            if i.ok and isinstance(i.record.get("variant"), dict)]
+            if i.record is not None and isinstance(i.record.get("variant"), dict) and i.onnx_problem is None
+            and (i.path / ck.ONNX).is_file()]
     return pd.DataFrame(rows, columns=list(VARIANT_COLUMNS))
 
 
@@ -534,3 +536,38 @@ def add_compress_parser(sub: Any) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     c.set_defaults(func=cmd_compress)
+
+
+def chart_points(variants: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
+    """Variants and their fp32 parents together, with the file size in KB and a family label, ready to plot."""
+    import pandas as pd
+
+    from core import archs
+
+    pts = pd.concat([parents_table(variants), variants[[c for c in variants.columns if not c.startswith("parent_")]]],
+                    ignore_index=True)
+    pts = pts[pts["accuracy"].notna() & pts["onnx_bytes"].notna()].copy()
+    pts["kb"] = pts["onnx_bytes"].astype(float) / 1024
+    pts["family"] = pts["arch"].map(lambda a: archs.get_family(a).title if a in archs.list_archs() else str(a))
+    pts["technique"] = pts["technique"].astype(str).str.replace(r"-[0-9.]+$", "", regex=True)
+    return pts
+
+
+def size_accuracy_chart(points: "pd.DataFrame", *, title: str | None = None, height: int = 400) -> Any:
+    """ONNX file size (KB, log x) vs accuracy, coloured by technique, shaped by family, with one Pareto front."""
+    import altair as alt
+
+    from core import report
+
+    x = alt.X("kb:Q", scale=alt.Scale(type="log"), title="ONNX file size (KB, log scale)")
+    y = alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(zero=False))
+    front = report.pareto_front(points, "kb", "accuracy")
+    tips = ["name", "technique", "family", alt.Tooltip("kb:Q", format=",.0f", title="KB"),
+            alt.Tooltip("accuracy:Q", format=".3f"), "split", alt.Tooltip("latency_ms_b64:Q", format=".2f")]
+    chart = alt.layer(
+        alt.Chart(front).mark_line(color="#888", strokeDash=[4, 3], interpolate="step-after").encode(x=x, y=y, order="kb:Q"),
+        alt.Chart(points).mark_point(size=110, filled=True, opacity=0.85).encode(
+            x=x, y=y, color=alt.Color("technique:N", legend=alt.Legend(orient="bottom")),
+            shape=alt.Shape("family:N", legend=alt.Legend(orient="bottom")), tooltip=tips),
+    ).properties(height=height)
+    return chart.properties(title=title) if title else chart
