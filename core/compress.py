@@ -207,7 +207,7 @@ def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progre
     """BN-folded fp32 export -> ONNX Runtime pre-processing -> static (or dynamic) int8 with per-channel weights."""
     from core import checkpoint as ck
     from core.onnx_io import export_onnx
-    from core.quantize import Calibration, fold_batchnorm, preprocess, quantize_int8, stem_nodes
+    from core.quantize import Calibration, compact_names, fold_batchnorm, preprocess, quantize_int8, stem_nodes
     from core.train import stratified_subset
 
     folded, pre = tmp / "folded.onnx", tmp / "preprocessed.onnx"
@@ -233,10 +233,11 @@ def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progre
     exclude = stem_nodes(pre) if cfg.keep_stem_fp32 else []
     quantize_int8(pre, tmp / ck.ONNX, reader, method=cfg.int8_method, exclude_depthwise=cfg.exclude_depthwise,
                   exclude=exclude)
+    compact_names(tmp / ck.ONNX)
     for f in (folded, pre):
         f.unlink(missing_ok=True)
     settings = {"method": cfg.int8_method, "weights": "int8 per-channel", "bn_folded": bn_folded,
-                "stem_fp32": cfg.keep_stem_fp32, "depthwise_fp32": cfg.exclude_depthwise}
+                "stem_fp32": cfg.keep_stem_fp32, "depthwise_fp32": cfg.exclude_depthwise, "names_compacted": True}
     if cfg.int8_method != "dynamic":
         settings.update(activations="uint8 per-tensor", calibration_images=len(calib), calibration_split="train")
     return Built(f"int8-{cfg.int8_method}-per-channel", settings)
