@@ -87,13 +87,13 @@ def load_parent(run_dir: str | os.PathLike, techniques: list[str]) -> Parent:
     that the techniques make no sense on."""
     import onnx
 
-    from core import checkpoint as ck
+    from core import checkpoint, rundir
     from core.onnx_io import check_onnx_file
 
     path = Path(run_dir)
     if not path.is_dir():
         raise ValueError(f"{run_dir}: no such run folder")
-    record = ck.read_record(path)
+    record = rundir.read_record(path).to_json()  # a plain copy: the variant's record is a deep copy of it
     if record.get("status", "done") not in ("done", "stopped"):
         raise ValueError(f"{path}: run status is {record.get('status')!r}; only finished runs (done or stopped) can be compressed")
     parent = Parent(path, record)
@@ -104,11 +104,11 @@ def load_parent(run_dir: str | os.PathLike, techniques: list[str]) -> Parent:
     if tech.startswith("pruned") and any(t.startswith("pruned") for t in techniques):
         raise ValueError(f"{path}: is already a {tech} variant; prune its parent {record['variant'].get('parent')!r} "
                          "with the amount you want instead")
-    problem = ck.weights_problem(path / ck.WEIGHTS)
+    problem = rundir.weights_problem(path / rundir.WEIGHTS)
     if problem:
         raise ValueError(f"{problem}: a run without its weights cannot be compressed")
-    check_onnx_file(path / ck.ONNX)  # a damaged file fails here, with its reason
-    parent.meta = {p.key: p.value for p in onnx.load(str(path / ck.ONNX), load_external_data=False).metadata_props}
+    check_onnx_file(path / rundir.ONNX)  # a damaged file fails here, with its reason
+    parent.meta = {p.key: p.value for p in onnx.load(str(path / rundir.ONNX), load_external_data=False).metadata_props}
     return parent
 
 
@@ -205,18 +205,18 @@ class Built:
 
 def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
     """BN-folded fp32 export -> ONNX Runtime pre-processing -> static (or dynamic) int8 with per-channel weights."""
-    from core import checkpoint as ck
+    from core import checkpoint, rundir
     from core.onnx_io import export_onnx
     from core.quantize import Calibration, compact_names, fold_batchnorm, preprocess, quantize_int8, stem_nodes
     from core.train import stratified_subset
 
     folded, pre = tmp / "folded.onnx", tmp / "preprocessed.onnx"
     try:
-        model, _ = ck.load_model(parent.path)
+        model, _ = checkpoint.load_model(parent.path)
         export_onnx(fold_batchnorm(model), folded, arch=parent.record["model"]["arch"], knobs={}, params=0)
         bn_folded = True
     except ValueError:  # channel-pruned weights do not fit the registry's model: start from its ONNX file
-        shutil.copyfile(parent.path / ck.ONNX, folded)
+        shutil.copyfile(parent.path / rundir.ONNX, folded)
         bn_folded = False
     preprocess(folded, pre)
     calib = stratified_subset(data.splits["train"], cfg.calibration, seed=0).images
@@ -231,9 +231,9 @@ def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progre
 
         reader = Calibration(calib, on_batch=on_batch)
     exclude = stem_nodes(pre) if cfg.keep_stem_fp32 else []
-    quantize_int8(pre, tmp / ck.ONNX, reader, method=cfg.int8_method, exclude_depthwise=cfg.exclude_depthwise,
+    quantize_int8(pre, tmp / rundir.ONNX, reader, method=cfg.int8_method, exclude_depthwise=cfg.exclude_depthwise,
                   exclude=exclude)
-    compact_names(tmp / ck.ONNX)
+    compact_names(tmp / rundir.ONNX)
     for f in (folded, pre):
         f.unlink(missing_ok=True)
     settings = {"method": cfg.int8_method, "weights": "int8 per-channel", "bn_folded": bn_folded,
@@ -244,21 +244,22 @@ def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progre
 
 
 def build_fp16(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
-    from core import checkpoint as ck
+    from core import checkpoint, rundir
     from core.quantize import to_fp16
 
-    to_fp16(parent.path / ck.ONNX, tmp / ck.ONNX)
+    to_fp16(parent.path / rundir.ONNX, tmp / rundir.ONNX)
     return Built("fp16", {"weights": "fp16", "io": "fp32 (casts inside the graph)"})
 
 
 def build_pruned(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
     """Prune, fine-tune a few epochs with the parent's recipe (a tenth of its learning rate), save weights and ONNX."""
-    from core import checkpoint as ck
+    from core import checkpoint, rundir
     from core import prune
     from core.onnx_io import export_onnx, parity
     from core.summary import summarize_model
 
-    model, record = ck.load_model(parent.path)
+    model, _ = checkpoint.load_model(parent.path)
+    record = parent.record
     if cfg.structured:
         model = prune.channel_prune(model, cfg.prune)
     else:
@@ -271,12 +272,12 @@ def build_pruned(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, prog
 
     history = prune.finetune(model, data, ft, on_batch=on_batch)
     prune.make_permanent(model)
-    ck.save_state_dict(tmp / ck.WEIGHTS, {k: v.contiguous() for k, v in model.state_dict().items()})
+    checkpoint.save_state_dict(tmp / rundir.WEIGHTS, {k: v.contiguous() for k, v in model.state_dict().items()})
     s = summarize_model(copy.deepcopy(model))
-    export_onnx(model, tmp / ck.ONNX, arch=record["model"]["arch"], knobs=record["model"].get("knobs", {}), params=s.params)
+    export_onnx(model, tmp / rundir.ONNX, arch=record["model"]["arch"], knobs=record["model"].get("knobs", {}), params=s.params)
     extra = {"sparsity": prune.sparsity(model), "nonzero_params": int(sum(int((p != 0).sum()) for p in model.parameters())),
              "finetune": [{k: m[k] for k in ("epoch", "train_acc", "val_acc", "val_split")} for m in history],
-             "parity_max_abs": parity(model, tmp / ck.ONNX)}
+             "parity_max_abs": parity(model, tmp / rundir.ONNX)}
     kind = "channels" if cfg.structured else "magnitude"
     settings = {"amount": cfg.prune, "kind": kind, "scope": "per-layer channels (L2)" if cfg.structured else "global L1",
                 "finetune_epochs": cfg.finetune_epochs, "finetune_steps": cfg.finetune_steps, "finetune_lr": ft.lr}
@@ -305,7 +306,7 @@ def stamp_metadata(path: Path, parent: Parent, name: str, compression: str, para
 def variant_record(parent: Parent, name: str, technique: str, built: Built, measured: dict[str, Any],
                    metrics: dict[str, Any], split: str) -> dict[str, Any]:
     """A deep copy of the parent's record with the variant's name, its measured accuracy as `final`, and `variant`."""
-    from core.runs import now_iso
+    from core.record import now_iso
 
     rec = copy.deepcopy(parent.record)
     rec.pop("pid", None)
@@ -324,12 +325,12 @@ def variant_record(parent: Parent, name: str, technique: str, built: Built, meas
 
 def _measure(parent: Parent, onnx_path: Path, data: Any, split: str, parent_eval: dict, cfg: CompressConfig,
              progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    from core import checkpoint as ck
+    from core import checkpoint, rundir
 
     metrics = onnx_accuracy(onnx_path, data.splits[split], progress)
     raw, gz = file_sizes(onnx_path)
-    praw, pgz = file_sizes(parent.path / ck.ONNX)
-    lat, plat = latencies([onnx_path, parent.path / ck.ONNX], data.splits[split].images[:64], cfg.repeats, progress)
+    praw, pgz = file_sizes(parent.path / rundir.ONNX)
+    lat, plat = latencies([onnx_path, parent.path / rundir.ONNX], data.splits[split].images[:64], cfg.repeats, progress)
     measured = {
         "accuracy": metrics["accuracy"], "split": split, "n": metrics["n"], "onnx_bytes": raw, "gzip_bytes": gz,
         "latency_ms_b1": lat[1], "latency_ms_b64": lat[64], "parent_accuracy": parent_eval["accuracy"],
@@ -344,19 +345,21 @@ def write_variant(parent: Parent, technique: str, out_root: Path, cfg: CompressC
                   parent_eval: dict, progress: Progress | None = None) -> Path:
     """Build, stamp, check and measure one variant in a hidden temp folder, then rename it into place (replacing
     an older variant of the same name only at that last step). On any error the temp folder is removed."""
-    from core import checkpoint as ck
-    from core.fsutil import _UMASK, atomic_write_json
+    from core import checkpoint, rundir
+    from core.fsutil import _UMASK
     from core.onnx_io import check_onnx_file
+    from core.record import RunRecord
 
-    name = ck.check_run_name(f"{parent.name}{SEP}{technique}")
+    name = rundir.check_run_name(f"{parent.name}{SEP}{technique}")
     final = out_root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root))
     try:
         built = BUILDERS[technique.split("-")[0]](parent, tmp, cfg, data, progress)
-        stamp_metadata(tmp / ck.ONNX, parent, name, built.compression, built.params)
-        check_onnx_file(tmp / ck.ONNX)
-        measured, metrics = _measure(parent, tmp / ck.ONNX, data, split, parent_eval, cfg, progress)
-        atomic_write_json(tmp / ck.RECORD, variant_record(parent, name, technique, built, measured, metrics, split))
+        stamp_metadata(tmp / rundir.ONNX, parent, name, built.compression, built.params)
+        check_onnx_file(tmp / rundir.ONNX)
+        measured, metrics = _measure(parent, tmp / rundir.ONNX, data, split, parent_eval, cfg, progress)
+        record = RunRecord.from_json(variant_record(parent, name, technique, built, measured, metrics, split))
+        rundir.write_record(tmp, record)
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; a run folder gets normal permissions
         old = None
         if final.exists():
@@ -375,20 +378,20 @@ def compress_run(run_dir: str | os.PathLike, cfg: CompressConfig, *, out: str | 
                  progress: Progress | None = None, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Write every variant cfg asks for, each of the parent itself, beside the parent (or into `out`), and return
     their table rows. To chain techniques (int8 of a pruned model), compress the pruned variant."""
-    from core import checkpoint as ck
+    from core import checkpoint, rundir
 
     techniques = cfg.techniques()
     parent = load_parent(run_dir, techniques)
     out_root = Path(out) if out is not None else parent.path.parent
     out_root.mkdir(parents=True, exist_ok=True)
     data, split = resolve_data(parent, cfg.data)
-    parent_eval = onnx_accuracy(parent.path / ck.ONNX, data.splits[split], progress)
+    parent_eval = onnx_accuracy(parent.path / rundir.ONNX, data.splits[split], progress)
     if log is not None:
         log(f"{parent.name}: fp32 accuracy {parent_eval['accuracy']:.4f} on {split} ({parent_eval['n']:,} images)")
     rows = []
     for technique in techniques:
         path = write_variant(parent, technique, out_root, cfg, data, split, parent_eval, progress)
-        rows.append(variant_row(path, ck.read_record(path)))
+        rows.append(variant_row(path, rundir.read_record(path).to_json()))
         if log is not None:
             r = rows[-1]
             log(f"{r['name']}: accuracy {r['accuracy']:.4f} ({r['delta'] * 100:+.1f} points), {r['onnx_bytes']:,} bytes "
@@ -402,7 +405,7 @@ def compress_run(run_dir: str | os.PathLike, cfg: CompressConfig, *, out: str | 
 VARIANT_COLUMNS = ("name", "parent", "technique", "arch", "width", "params", "macs", "onnx_bytes", "gzip_bytes",
                    "latency_ms_b1", "latency_ms_b64", "accuracy", "split", "parent_accuracy", "delta", "size_ratio",
                    "speedup_b1", "speedup_b64", "sparsity", "parent_onnx_bytes", "parent_gzip_bytes",
-                   "parent_latency_ms_b1", "parent_latency_ms_b64", "path")
+                   "parent_latency_ms_b1", "parent_latency_ms_b64", "load_avg_1min", "path")
 
 
 def variant_row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -421,12 +424,10 @@ def variants_table(runs_root: str | os.PathLike | None = None, include_shipped: 
     the difference, and the parent's own size and latency measured in the same call. Unreadable folders are skipped."""
     import pandas as pd
 
-    from core import checkpoint as ck
+    from core import checkpoint, rundir
 
-    # int8/fp16 variants have no model.pt, which today's list_runs reports as a problem: their ONNX file is what counts
-    rows = [variant_row(i.path, i.record) for i in ck.list_runs(runs_root, include_shipped=include_shipped)
-            if i.record is not None and isinstance(i.record.get("variant"), dict) and i.onnx_problem is None
-            and (i.path / ck.ONNX).is_file()]
+    rows = [variant_row(i.path, i.record.to_json()) for i in rundir.list_runs(runs_root, include_shipped=include_shipped)
+            if i.has_onnx and i.record.variant is not None]
     return pd.DataFrame(rows, columns=list(VARIANT_COLUMNS))
 
 
@@ -558,11 +559,11 @@ def size_accuracy_chart(points: "pd.DataFrame", *, title: str | None = None, hei
     """ONNX file size (KB, log x) vs accuracy, coloured by technique, shaped by family, with one Pareto front."""
     import altair as alt
 
-    from core import report
+    from core.runviews import pareto_front
 
     x = alt.X("kb:Q", scale=alt.Scale(type="log"), title="ONNX file size (KB, log scale)")
     y = alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(zero=False))
-    front = report.pareto_front(points, "kb", "accuracy")
+    front = pareto_front(points, "kb", "accuracy")
     tips = ["name", "technique", "family", alt.Tooltip("kb:Q", format=",.0f", title="KB"),
             alt.Tooltip("accuracy:Q", format=".3f"), "split", alt.Tooltip("latency_ms_b64:Q", format=".2f")]
     chart = alt.layer(

@@ -17,7 +17,8 @@ STUDY_FAMILIES = ("mobilenet", "plain_cnn")
 
 def study_table() -> pd.DataFrame:
     """Shipped runs trained on FER2013 with a public-split accuracy, smallest first."""
-    df = runs_table(r for r in list_runs(None, include_shipped=True) if r.ok and r.shipped)
+    # compression variants have their own section (compression_section); here each trained model counts once
+    df = runs_table(r for r in list_runs(None, include_shipped=True) if r.ok and r.shipped and r.record.variant is None)
     if df.empty:
         return df
     df = df[(df["data"] != "synthetic") & df["acc_public"].notna()].copy()
@@ -171,7 +172,10 @@ def compression_section(out: Path) -> list[str]:
     lines = ["## Compression beyond width", "",
              "Generated from the shipped variants (`python -m core compress RUN --int8`): each is measured beside its "
              "fp32 parent in one call, accuracy with ONNX Runtime on PublicTest, latency as medians on one CPU thread "
-             "in alternating rounds (the load average at the time is in each record; this 2-core machine is shared).",
+             "in alternating rounds. This 2-core machine was shared with other jobs (1-minute load average "
+             f"{v['load_avg_1min'].min():.0f} to {v['load_avg_1min'].max():.0f} during these measurements), so the "
+             "latencies are noisy; the accuracies are exact. Why int8 MobileNet gains little speed, measured "
+             "operator by operator: [compression.md](compression.md).",
              "", "![size vs accuracy](study_compression.png)", "",
              "| variant | technique | params | ONNX KB (vs fp32) | gzip KB | ms batch 1 | ms batch 64 (speed-up) | public acc | fp32 | difference |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -3,7 +3,7 @@ every variant's size, speed and accuracy beside its fp32 parent."""
 import streamlit as st
 
 from core import compress, compress_jobs
-from core.checkpoint import list_runs
+from core.rundir import list_runs
 from core.fsutil import runs_dir
 
 st.title("Compress")
@@ -11,7 +11,7 @@ st.caption("Beyond width: store the same model in fewer bytes (int8, fp16) or wi
            "measure what each costs in accuracy and gives in size and speed, against its fp32 parent.")
 
 root = runs_dir()
-infos = [i for i in list_runs(root) if i.ok and not isinstance(i.record.get("variant"), dict)]
+infos = [i for i in list_runs(root) if i.has_onnx and i.record.variant is None]
 names = {i.name: i for i in infos}
 
 with st.form("compress_form"):

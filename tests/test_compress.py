@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import archs, checkpoint as ck
+from core import archs, rundir
 from core.compress import CompressConfig, compress_run, variants_table
 from core.onnx_io import OnnxClassifier, check_onnx_file
 
@@ -37,13 +37,13 @@ def test_variants_keep_the_contract_and_name_their_parent(tiny_run: Path, varian
     assert names == sorted(f"{tiny_run.name}--{t}" for t in ("int8", "fp16", "pruned-0.5")), names
     for r in rows:
         folder = Path(r["path"])
-        check_onnx_file(folder / ck.ONNX)
-        clf = OnnxClassifier.get(folder / ck.ONNX)
+        check_onnx_file(folder / rundir.ONNX)
+        clf = OnnxClassifier.get(folder / rundir.ONNX)
         assert clf.logits(np.full((3, 48, 48), 128, np.uint8)).shape == (3, 7)
         assert clf.meta["compression"] in ("int8-static-qdq-per-channel", "fp16", "pruned-0.5")
         assert json.loads(clf.meta["classes"])[0] == "angry" and clf.meta["arch"] == "plain_cnn"
         assert clf.meta["width_mult"] == "0.125" and int(clf.meta["params"]) == r["params"]
-        rec = ck.read_record(folder)
+        rec = rundir.read_record(folder).to_json()
         assert rec["name"] == folder.name and rec["status"] == "done"
         assert rec["variant"]["parent"] == tiny_run.name
         m = rec["variant"]["measured"]
@@ -51,8 +51,8 @@ def test_variants_keep_the_contract_and_name_their_parent(tiny_run: Path, varian
                     "parent_accuracy", "delta"):
             assert key in m, key
         assert rec["final"]["accuracy"] == {m["split"]: m["accuracy"]}
-        assert m["onnx_bytes"] == (folder / ck.ONNX).stat().st_size and 0 < m["gzip_bytes"]
-        assert (folder / ck.WEIGHTS).exists() == r["technique"].startswith("pruned")
+        assert m["onnx_bytes"] == (folder / rundir.ONNX).stat().st_size and 0 < m["gzip_bytes"]
+        assert (folder / rundir.WEIGHTS).exists() == r["technique"].startswith("pruned")
 
 
 def test_accuracy_is_measured_on_the_fixture(variants) -> None:  # noqa: ANN001
@@ -78,7 +78,7 @@ def test_sizes_shrink_as_each_technique_promises(variants) -> None:  # noqa: ANN
     # zeros stay in the dense file: about the same raw size, but it gzips much better than its parent
     assert pruned["onnx_bytes"] > 0.9 * pruned["parent_onnx_bytes"]
     assert pruned["gzip_bytes"] < 0.8 * pruned["parent_gzip_bytes"]
-    state = torch.load(Path(pruned["path"]) / ck.WEIGHTS, weights_only=True)
+    state = torch.load(Path(pruned["path"]) / rundir.WEIGHTS, weights_only=True)
     archs.build("plain_cnn", width=0.125).load_state_dict(state)
 
 
@@ -86,8 +86,8 @@ def test_structured_pruning_makes_layers_narrower(tiny_run: Path, tmp_path: Path
     rows = compress_run(tiny_run, CompressConfig(prune=0.5, structured=True, **QUICK), out=tmp_path)
     (r,) = rows
     assert r["technique"] == "pruned-channels-0.5" and r["params"] < 0.5 * r["parent_onnx_bytes"] / 4
-    check_onnx_file(Path(r["path"]) / ck.ONNX)
-    assert len(torch.load(Path(r["path"]) / ck.WEIGHTS, weights_only=True)) > 0
+    check_onnx_file(Path(r["path"]) / rundir.ONNX)
+    assert len(torch.load(Path(r["path"]) / rundir.WEIGHTS, weights_only=True)) > 0
 
 
 def test_variants_table_lists_variants(variants, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
@@ -155,7 +155,7 @@ def test_calibration_data_missing_or_empty(tiny_run: Path, tmp_path: Path) -> No
 def test_run_without_weights(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "no-weights"
     shutil.copytree(tiny_run, run)
-    (run / ck.WEIGHTS).unlink()
+    (run / rundir.WEIGHTS).unlink()
     out = tmp_path / "out"
     out.mkdir()
     _expect_nothing_written(run, out, CompressConfig(int8=True, **QUICK), "weights file is missing")
@@ -164,7 +164,7 @@ def test_run_without_weights(tiny_run: Path, tmp_path: Path) -> None:
 def test_damaged_onnx(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "damaged"
     shutil.copytree(tiny_run, run)
-    (run / ck.ONNX).write_bytes(b"\x08\x07not a model at all")
+    (run / rundir.ONNX).write_bytes(b"\x08\x07not a model at all")
     out = tmp_path / "out"
     out.mkdir()
     _expect_nothing_written(run, out, CompressConfig(fp16=True, **QUICK), "not a loadable ONNX model")
@@ -196,17 +196,17 @@ SHIPPED_VARIANTS = sorted(p for p in (Path(__file__).resolve().parent.parent / "
 @pytest.mark.skipif(not SHIPPED_VARIANTS, reason="no shipped compression variants in checkpoints/")
 @pytest.mark.parametrize("folder", SHIPPED_VARIANTS, ids=[p.name for p in SHIPPED_VARIANTS])
 def test_shipped_variant_follows_the_contract(folder: Path) -> None:
-    rec = ck.read_record(folder)
+    rec = rundir.read_record(folder).to_json()
     parent = folder.parent / rec["variant"]["parent"]
-    assert folder.name == f"{parent.name}--{rec['variant']['technique']}" and (parent / ck.ONNX).is_file()
-    check_onnx_file(folder / ck.ONNX)
-    clf = OnnxClassifier.get(folder / ck.ONNX)
+    assert folder.name == f"{parent.name}--{rec['variant']['technique']}" and (parent / rundir.ONNX).is_file()
+    check_onnx_file(folder / rundir.ONNX)
+    clf = OnnxClassifier.get(folder / rundir.ONNX)
     assert clf.meta["compression"] and clf.meta["arch"] == rec["model"]["arch"]
     m = rec["variant"]["measured"]
     assert m["split"] == "public" and rec["final"]["accuracy"]["public"] == m["accuracy"]
-    assert m["onnx_bytes"] == (folder / ck.ONNX).stat().st_size
+    assert m["onnx_bytes"] == (folder / rundir.ONNX).stat().st_size
     assert abs(m["delta"]) <= 0.03 and m["parent_accuracy"] == pytest.approx(
-        ck.read_record(parent)["final"]["accuracy"]["public"], abs=0.002)  # the parent, re-measured in ONNX Runtime
+        rundir.read_record(parent).final.accuracy["public"], abs=0.002)  # the parent, re-measured in ONNX Runtime
     assert np.isfinite(clf.logits(np.full((2, 48, 48), 100, np.uint8))).all()
 
 
@@ -218,4 +218,4 @@ def test_shipped_int8_accuracy_is_what_onnx_runtime_measures(fer_dir: Path) -> N
     if not folder.is_dir():
         pytest.skip("mobilenet-w1--int8 is not shipped")
     got = evaluate_path(folder, load_data(fer_dir), ["public"])["public"]["accuracy"]
-    assert got == pytest.approx(ck.read_record(folder)["final"]["accuracy"]["public"], abs=1e-6)
+    assert got == pytest.approx(rundir.read_record(folder).final.accuracy["public"], abs=1e-6)
