@@ -184,7 +184,7 @@ def compression_section(out: Path) -> list[str]:
                      f"({r['size_ratio']:.2f}x) | {r['gzip_bytes'] / 1024:,.0f} | {r['latency_ms_b1']:.2f} | "
                      f"{r['latency_ms_b64']:.1f} ({r['speedup_b64']:.2f}x) | {r['accuracy']:.4f} | "
                      f"{r['parent_accuracy']:.4f} | {r['delta'] * 100:+.1f} points |")
-    return lines + ["", "### Targets", ""] + compression_targets(v) + [""]
+    return lines + ["", "### int8 targets", ""] + compression_targets(v) + [""]
 
 
 def write_study(out: str | Path = "docs") -> Path:
