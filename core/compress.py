@@ -489,9 +489,10 @@ class ProgressReporter:
 
 
 def cmd_compress(a: Any) -> int:
+    import json
     import sys
 
-    from core.cli import _print_json
+    from core.fsutil import _json_default  # not core.cli's printer: cli imports this module (no import cycle)
 
     prune = a.prune
     cfg = CompressConfig(int8=a.int8, fp16=a.fp16, prune=prune, structured=a.structured, calibration=a.calibration,
@@ -509,7 +510,7 @@ def cmd_compress(a: Any) -> int:
     finally:
         reporter.close()
     if a.json:
-        _print_json({"run": a.run, "variants": rows})
+        print(json.dumps({"run": a.run, "variants": rows}, default=_json_default, allow_nan=True))
     else:
         for r in rows:
             print(f"wrote {r['path']}")
