@@ -21,6 +21,7 @@ PAGES = [
     st.Page("pages/4_Compare.py", title="Compare", icon="📊", url_path="compare"),
     st.Page("pages/5_Predict.py", title="Predict", icon="🙂", url_path="predict"),
     st.Page("pages/6_Inside.py", title="Inside", icon="🔬", url_path="inside"),
+    st.Page("pages/7_Compress.py", title="Compress", icon="🗜️", url_path="compress"),
 ]
 
 page = st.navigation(PAGES)

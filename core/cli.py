@@ -1,4 +1,4 @@
-"""Command line: `python -m core summary|train|export|evaluate|predict|bench|study` (see --help on each)."""
+"""Command line: `python -m core summary|train|export|evaluate|predict|bench|study|compress` (see --help on each)."""
 from __future__ import annotations
 
 import argparse
@@ -280,9 +280,11 @@ def _add_docs(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from core.compress import add_compress_parser  # imports nothing heavy; the command's own imports run only when used
+
     p = argparse.ArgumentParser(prog="python -m core", description="FER Compact-CNN Explorer: how small can an expression classifier get?")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_summary, _add_train, _add_model_io, _add_docs):
+    for add in (_add_summary, _add_train, _add_model_io, _add_docs, add_compress_parser):
         add(sub)
     return p
 

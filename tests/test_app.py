@@ -20,7 +20,7 @@ from core.fsutil import runs_dir
 from core.text import format_eta
 
 PAGES = ["pages/1_Architectures.py", "pages/2_Data.py", "pages/3_Train.py", "pages/4_Compare.py", "pages/5_Predict.py",
-         "pages/6_Inside.py"]
+         "pages/6_Inside.py", "pages/7_Compress.py"]
 
 
 def app(page: str | None = None) -> AppTest:

@@ -1,0 +1,63 @@
+"""The Compress page through AppTest (from streamlit_app.py): its controls, the plain warning about unstructured
+zeros, bad input shown as st.error, and a background fp16 job end to end on a tiny run."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from core import compress_jobs
+from core.fsutil import runs_dir
+
+PAGE = "pages/7_Compress.py"
+
+
+def page() -> AppTest:
+    at = AppTest.from_file("../streamlit_app.py", default_timeout=120).run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_controls_and_the_plain_warning(tiny_run: Path) -> None:
+    shutil.copytree(tiny_run, runs_dir() / "page-tiny", dirs_exist_ok=True)
+    at = page()
+    assert any(t.value == "Compress" for t in at.title)
+    assert any(o.startswith("page-tiny") for o in at.selectbox(key="compress_run").options)
+    for key in ("compress_int8", "compress_fp16", "compress_prune_on", "compress_structured"):
+        assert at.checkbox(key=key) is not None
+    assert at.slider(key="compress_amount").value == 0.5
+    assert any("saves **no time**" in i.value and "gzip" in i.value for i in at.info)
+
+
+def test_no_technique_is_an_error_not_a_traceback(tiny_run: Path) -> None:
+    shutil.copytree(tiny_run, runs_dir() / "page-tiny", dirs_exist_ok=True)
+    at = page()
+    at.selectbox(key="compress_run").select("page-tiny")
+    at.checkbox(key="compress_int8").uncheck()
+    at.button(key="compress_start").click().run()
+    assert not at.exception
+    assert any("no technique chosen" in e.value for e in at.error)
+
+
+def test_background_fp16_job_shows_its_variant(tiny_run: Path) -> None:
+    shutil.copytree(tiny_run, runs_dir() / "page-tiny", dirs_exist_ok=True)
+    at = page()
+    at.selectbox(key="compress_run").select("page-tiny")
+    at.checkbox(key="compress_int8").uncheck()
+    at.checkbox(key="compress_fp16").check()
+    at.button(key="compress_start").click().run()
+    assert not at.exception and any("Started: fp16 of `page-tiny`" in s.value for s in at.success)
+    job = compress_jobs.list_jobs()[0]
+    deadline = time.monotonic() + 240
+    while job.status == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job = compress_jobs.job_state(job.path)
+    assert job.status == "done", (job.error, (job.path / "log.txt").read_text()[-1500:])
+    assert (runs_dir() / "page-tiny--fp16" / "model.onnx").is_file()
+    at = page()
+    assert any("page-tiny--fp16" in s.value for s in at.success)
+    tables = [d.value for d in at.dataframe if "technique" in d.value.columns]
+    assert tables and "page-tiny--fp16" in tables[0]["name"].tolist()
