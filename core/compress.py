@@ -11,9 +11,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: pandas is imported where a table is built
+    import pandas as pd
+
+    from core.record import RunRecord
 
 SEP = "--"  # <parent-name>--<technique>
 QUANTIZED = ("int8", "fp16")  # variants without fp32 weights: nothing further can be done to them
@@ -87,7 +92,7 @@ def load_parent(run_dir: str | os.PathLike, techniques: list[str]) -> Parent:
     that the techniques make no sense on."""
     import onnx
 
-    from core import checkpoint, rundir
+    from core import rundir
     from core.onnx_io import check_onnx_file
 
     path = Path(run_dir)
@@ -244,7 +249,7 @@ def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progre
 
 
 def build_fp16(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
-    from core import checkpoint, rundir
+    from core import rundir
     from core.quantize import to_fp16
 
     to_fp16(parent.path / rundir.ONNX, tmp / rundir.ONNX)
@@ -325,7 +330,7 @@ def variant_record(parent: Parent, name: str, technique: str, built: Built, meas
 
 def _measure(parent: Parent, onnx_path: Path, data: Any, split: str, parent_eval: dict, cfg: CompressConfig,
              progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    from core import checkpoint, rundir
+    from core import rundir
 
     metrics = onnx_accuracy(onnx_path, data.splits[split], progress)
     raw, gz = file_sizes(onnx_path)
@@ -345,7 +350,7 @@ def write_variant(parent: Parent, technique: str, out_root: Path, cfg: CompressC
                   parent_eval: dict, progress: Progress | None = None) -> Path:
     """Build, stamp, check and measure one variant in a hidden temp folder, then rename it into place (replacing
     an older variant of the same name only at that last step). On any error the temp folder is removed."""
-    from core import checkpoint, rundir
+    from core import rundir
     from core.fsutil import _UMASK
     from core.onnx_io import check_onnx_file
     from core.record import RunRecord
@@ -378,7 +383,7 @@ def compress_run(run_dir: str | os.PathLike, cfg: CompressConfig, *, out: str | 
                  progress: Progress | None = None, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Write every variant cfg asks for, each of the parent itself, beside the parent (or into `out`), and return
     their table rows. To chain techniques (int8 of a pruned model), compress the pruned variant."""
-    from core import checkpoint, rundir
+    from core import rundir
 
     techniques = cfg.techniques()
     parent = load_parent(run_dir, techniques)
@@ -391,7 +396,7 @@ def compress_run(run_dir: str | os.PathLike, cfg: CompressConfig, *, out: str | 
     rows = []
     for technique in techniques:
         path = write_variant(parent, technique, out_root, cfg, data, split, parent_eval, progress)
-        rows.append(variant_row(path, rundir.read_record(path).to_json()))
+        rows.append(variant_row(path, rundir.read_record(path)))
         if log is not None:
             r = rows[-1]
             log(f"{r['name']}: accuracy {r['accuracy']:.4f} ({r['delta'] * 100:+.1f} points), {r['onnx_bytes']:,} bytes "
@@ -408,30 +413,28 @@ VARIANT_COLUMNS = ("name", "parent", "technique", "arch", "width", "params", "ma
                    "parent_latency_ms_b1", "parent_latency_ms_b64", "load_avg_1min", "path")
 
 
-def variant_row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
-    v = record["variant"]
-    m = v.get("measured", {})
-    row = {"name": record.get("name", path.name), "parent": v.get("parent"), "technique": v.get("technique"),
-           "arch": record["model"]["arch"], "width": record["model"].get("knobs", {}).get("width"),
-           "params": record.get("params"), "macs": record.get("macs"), "path": str(path)}
-    row.update({k: m.get(k) for k in VARIANT_COLUMNS if k not in row})
+def variant_row(path: Path, record: "RunRecord") -> dict[str, Any]:
+    v = record.variant
+    row = {"name": record.name or path.name, "parent": v.parent, "technique": v.technique, "arch": record.model.arch,
+           "width": record.model.knobs.get("width"), "params": record.params, "macs": record.macs, "path": str(path)}
+    row.update({k: v.measured.get(k) for k in VARIANT_COLUMNS if k not in row})
     return row
 
 
-def variants_table(runs_root: str | os.PathLike | None = None, include_shipped: bool = True) -> "pd.DataFrame":  # noqa: F821
+def variants_table(runs_root: str | os.PathLike | None = None, include_shipped: bool = True) -> "pd.DataFrame":
     """One row per compression variant among the shipped checkpoints and the runs folder: name, parent, technique,
     params, MACs, ONNX and gzip bytes, latency at batch 1 and 64 (ms), accuracy and its split, the parent's accuracy,
     the difference, and the parent's own size and latency measured in the same call. Unreadable folders are skipped."""
     import pandas as pd
 
-    from core import checkpoint, rundir
+    from core import rundir
 
-    rows = [variant_row(i.path, i.record.to_json()) for i in rundir.list_runs(runs_root, include_shipped=include_shipped)
+    rows = [variant_row(i.path, i.record) for i in rundir.list_runs(runs_root, include_shipped=include_shipped)
             if i.has_onnx and i.record.variant is not None]
     return pd.DataFrame(rows, columns=list(VARIANT_COLUMNS))
 
 
-def parents_table(variants: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
+def parents_table(variants: "pd.DataFrame") -> "pd.DataFrame":
     """The fp32 parents of the given variants as rows of the same shape, from the measurements stored with their
     int8/fp16 variants (same parameter count as the parent; measured side by side in the same call)."""
     import pandas as pd
@@ -541,7 +544,7 @@ def add_compress_parser(sub: Any) -> None:
     c.set_defaults(func=cmd_compress)
 
 
-def chart_points(variants: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
+def chart_points(variants: "pd.DataFrame") -> "pd.DataFrame":
     """Variants and their fp32 parents together, with the file size in KB and a family label, ready to plot."""
     import pandas as pd
 
