@@ -1,4 +1,4 @@
-"""Command line: `python -m core summary|train|export|evaluate|predict|bench|study` (see --help on each)."""
+"""Command line: `python -m core summary|train|export|evaluate|predict|bench|study|sweep` (see --help on each)."""
 from __future__ import annotations
 
 import argparse
@@ -280,9 +280,11 @@ def _add_docs(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from core.sweep import add_parser as _add_sweep  # the sweep command lives in its own module (Ray optional)
+
     p = argparse.ArgumentParser(prog="python -m core", description="FER Compact-CNN Explorer: how small can an expression classifier get?")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_summary, _add_train, _add_model_io, _add_docs):
+    for add in (_add_summary, _add_train, _add_model_io, _add_docs, _add_sweep):
         add(sub)
     return p
 

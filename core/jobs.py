@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from core import rundir
+from core import queue, rundir
 from core.config import TrainConfig, to_cli_args
 from core.fsutil import PROJECT_ROOT, atomic_write_json, runs_dir
 from core.procs import CHILDREN
@@ -55,8 +55,9 @@ def _check_can_start(run_dir: Path, cfg: TrainConfig) -> None:
 
 
 def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name: str | None = None, *,
-              run_dir: str | os.PathLike | None = None) -> Path:
-    """Launch `python -m core train` in the background for this config; returns the run folder.
+              run_dir: str | os.PathLike | None = None, session: str | None = None) -> Path:
+    """Queue `python -m core train` for this config (core.queue launches it when a slot is free; `session` counts
+    against the per-user limit); returns the run folder.
 
     With `run_dir` (or a `name` whose folder holds an unfinished run) the trainer resumes from the last
     finished epoch."""
@@ -66,6 +67,11 @@ def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name
     if run_dir.exists():
         _check_can_start(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    return queue.submit(cfg, run_dir, session=session)
+
+
+def launch(cfg: TrainConfig, run_dir: Path) -> Path:
+    """Start the trainer process now (core.queue calls this when a slot is free)."""
     for stale in (rundir.STOP_FILE, rundir.PROGRESS_FILE):
         (run_dir / stale).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "core", "train", *to_cli_args(cfg), "--run-dir", str(run_dir), "--json", "--quiet"]
@@ -96,6 +102,8 @@ def stop_run(run_dir: str | os.PathLike, *, kill: bool = False) -> None:
     them. `kill=True` also sends SIGTERM to the process group (for a run stuck outside the batch loop)."""
     run_dir = Path(run_dir)
     st = rundir.run_status(run_dir)
+    if st.status == "queued":
+        return queue.cancel(run_dir)  # never started: stopping it means taking it out of the line
     if not st.active:
         raise ValueError(f"run {run_dir.name!r} is not running (status: {st.status})")
     (run_dir / rundir.STOP_FILE).touch()
