@@ -132,7 +132,7 @@ def test_thirty_runs_at_once_never_exceed_n(tmp_path: Path, monkeypatch: pytest.
     queued = [j for j in rundir.list_runs(tmp_path, include_shipped=False) if j.status == "queued"]
     assert len(queued) == 30 - n and sorted(j.position for j in queued) == list(range(1, 31 - n))
     # The Train page renders during the load (its render also runs the queue's scheduler thread) and shows places.
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300)
     at.run()
     at.switch_page("pages/3_Train.py").run()
     assert not at.exception

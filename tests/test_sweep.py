@@ -175,7 +175,7 @@ def test_train_page_sweep_form_refuses_an_empty_grid(tmp_path: Path, monkeypatch
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("FER_RUNS_DIR", str(tmp_path))
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300)
     at.run()
     at.switch_page("pages/3_Train.py").run()
     assert not at.exception
