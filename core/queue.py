@@ -6,6 +6,7 @@ The queue is files in <runs folder>/.queue/ (so it survives app restarts, like t
   lock                    fcntl lock held by every pass: two app processes never launch the same run twice
 A scheduler pass (`schedule`) runs on every start_run call and every Train page render, and a daemon thread
 (`ensure_scheduler`) repeats it every few seconds; any app process may run passes, they take turns on the lock.
+The queue knows nothing of trainers: a Runner (core.jobs.RUNNER) launches a run and tells whether it still lives.
 """
 from __future__ import annotations
 
@@ -17,17 +18,21 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from core.fsutil import atomic_write_json, runs_dir
 from core.settings import max_queued_per_session, max_runs
 
-if TYPE_CHECKING:
-    from core.config import TrainConfig
-
 QUEUE_DIR = ".queue"  # hidden, so run listings skip it
 LAUNCH_GRACE_S = 60.0  # a claimed entry with no sign of its process after this long was never launched (killed pass)
-Launcher = Callable[["TrainConfig", Path], Any]
+
+
+class Runner(NamedTuple):
+    """How runs are launched and watched. launch(config dict, run folder) starts one (ValueError/OSError when it
+    cannot); state(run folder, since unix time) says 'alive', 'ended', or 'unlaunched' (nothing launched since)."""
+
+    launch: Callable[[dict[str, Any], Path], Any]
+    state: Callable[[Path, float], str]
 
 
 @dataclass
@@ -90,21 +95,12 @@ def _next_ticket(qdir: Path) -> str:
     return f"{n:010d}"
 
 
-def _state(entry: Entry) -> str:
+def _state(entry: Entry, runner: Runner) -> str:
     """'alive' (holds a slot), 'ended' (launched, process gone) or 'lost' (claimed by a pass that was killed before
-    it launched). The process itself counts, not the record: a trainer that has written 'done' still holds its
-    memory until the interpreter has exited."""
-    from core import rundir
-    from core.procs import pid_alive
-
-    job = rundir.read_job(entry.run_dir)
-    launched = bool(job) and _mtime(entry.run_dir / rundir.JOB_FILE) >= (entry.claimed or 0)
-    if launched:
-        return "alive" if pid_alive(job.get("pid"), job.get("started_unix")) else "ended"
-    # job.json is written right after the process starts; a trainer whose launcher died before writing it
-    # still writes run.json with its pid soon after, which run_status checks
-    if rundir.run_status(entry.run_dir).active:
-        return "alive"
+    it launched: after a grace period it goes back to its place in the line)."""
+    state = runner.state(entry.run_dir, entry.claimed or 0.0)
+    if state != "unlaunched":
+        return state
     return "alive" if time.time() - (entry.claimed or 0) < LAUNCH_GRACE_S else "lost"
 
 
@@ -115,8 +111,8 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def submit(cfg: "TrainConfig", run_dir: str | os.PathLike, *, session: str | None = None,
-           max_alive: int | None = None, launcher: Launcher | None = None) -> Path:
+def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runner, *, session: str | None = None,
+           max_alive: int | None = None) -> Path:
     """Queue a run (ValueError when this session already has its maximum waiting or running), then run a pass."""
     run_dir = Path(run_dir)
     qdir = queue_dir(run_dir, is_run=True)
@@ -126,32 +122,27 @@ def submit(cfg: "TrainConfig", run_dir: str | os.PathLike, *, session: str | Non
             raise ValueError(f"run {run_dir.name!r} is already queued")
         if session is not None and limit:
             mine = [e for sub in ("waiting", "running") for e in _entries(qdir, sub) if e.session == session
-                    and (sub == "waiting" or _state(e) == "alive")]
+                    and (sub == "waiting" or _state(e, runner) == "alive")]
             if len(mine) >= limit:
                 raise ValueError(f"you already have {len(mine)} runs queued or running, the most this server allows "
                                  f"per user ({limit}, $FER_MAX_QUEUED); wait for one to finish or cancel one")
         ticket = _next_ticket(qdir)
         atomic_write_json(qdir / "waiting" / f"{ticket}.json",
-                          Entry(ticket, run_dir.resolve(), cfg.to_dict(), session, time.time()).to_json())
-    schedule(run_dir.parent, max_alive=max_alive, launcher=launcher)
+                          Entry(ticket, run_dir.resolve(), config, session, time.time()).to_json())
+    schedule(run_dir.parent, runner, max_alive=max_alive)
     return run_dir
 
 
-def schedule(runs_root: str | os.PathLike | None = None, *, max_alive: int | None = None,
-             launcher: Launcher | None = None) -> list[Path]:
+def schedule(runs_root: str | os.PathLike | None, runner: Runner, *, max_alive: int | None = None) -> list[Path]:
     """One scheduler pass: forget launched runs that ended, then launch waiting runs in order while fewer than
     N are alive. Returns the run folders launched by this pass."""
-    from core import jobs
-    from core.config import TrainConfig
-
-    launch = launcher or jobs.launch
     qdir = queue_dir(runs_root)
     n = max_runs(max_alive)
     started: list[Path] = []
     with _locked(qdir):
         alive = 0
         for e in _entries(qdir, "running"):
-            state = _state(e)
+            state = _state(e, runner)
             if state == "alive":
                 alive += 1
             elif state == "lost":  # back to its place in the line
@@ -167,25 +158,13 @@ def schedule(runs_root: str | os.PathLike | None = None, *, max_alive: int | Non
             atomic_write_json(qdir / "running" / f"{e.ticket}.json", e.to_json())
             (qdir / "waiting" / f"{e.ticket}.json").unlink()
             try:
-                launch(TrainConfig.from_dict(e.config), e.run_dir)
-            except (ValueError, OSError) as exc:
-                _record_launch_failure(e.run_dir, exc)
+                runner.launch(e.config, e.run_dir)
+            except (ValueError, OSError):  # e.g. the folder was deleted while waiting: the run shows as failed
                 (qdir / "running" / f"{e.ticket}.json").unlink(missing_ok=True)
                 continue
             alive += 1
             started.append(e.run_dir)
     return started
-
-
-def _record_launch_failure(run_dir: Path, exc: Exception) -> None:
-    """A launch that failed (e.g. the run folder was deleted while waiting) shows in the run's log."""
-    try:
-        from core.rundir import LOG
-
-        with open(run_dir / LOG, "a") as log:
-            log.write(f"could not launch from the queue: {exc}\n")
-    except OSError:
-        pass
 
 
 def find(run_dir: str | os.PathLike) -> tuple[int, Entry] | None:
@@ -223,7 +202,7 @@ _THREADS: dict[Path, threading.Thread] = {}
 _THREADS_LOCK = threading.Lock()
 
 
-def ensure_scheduler(runs_root: str | os.PathLike | None = None, interval_s: float = 1.0) -> None:
+def ensure_scheduler(runs_root: str | os.PathLike | None, runner: Runner, interval_s: float = 1.0) -> None:
     """Start (once per process and runs folder) a daemon thread running a pass every interval_s, so waiting runs
     start when a slot frees even when no page is open."""
     root = runs_dir(runs_root).resolve()
@@ -234,7 +213,7 @@ def ensure_scheduler(runs_root: str | os.PathLike | None = None, interval_s: flo
         def loop() -> None:
             while True:
                 try:
-                    schedule(root)
+                    schedule(root, runner)
                 except Exception:  # noqa: BLE001 - a pass that fails (disk full...) must not end the thread
                     pass
                 time.sleep(interval_s)

@@ -6,7 +6,7 @@ import uuid
 import altair as alt
 import streamlit as st
 
-from core import archs, jobs, queue, rundir, runviews
+from core import archs, jobs, rundir, runviews
 from core.config import FormField, config_from_form, form_fields
 from core.data import find_local_fer
 from core.dataviews import dataset_choices
@@ -27,7 +27,7 @@ st.title("Train")
 st.caption("Short trainings run in the background, one process each: start several, switch pages, reload the "
            "browser; they keep going. Finished runs appear on Compare and Predict at once.")
 root = runs_dir()
-queue.ensure_scheduler(root)  # launches waiting runs as slots free, in this app process, also after a restart
+jobs.ensure_scheduler(root)  # launches waiting runs as slots free, in this app process, also after a restart
 
 
 def widget(spec: FormField, where, fixed_choices: list | None = None):  # noqa: ANN001, ANN201 - a column; its value

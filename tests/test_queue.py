@@ -98,25 +98,28 @@ def test_data_roots_and_delete_setting(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 def test_queued_run_shows_place_and_can_be_cancelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FER_MAX_QUEUED", "2")
-    launched: list[Path] = []
+    states: dict[Path, str] = {}
     cfg = TrainConfig(**TINY)
     blocker = tmp_path / "blocker"
-    # A launcher that launches nothing keeps the slot "alive" for the claim's grace period: the others wait.
-    queue.submit(cfg, blocker, max_alive=1, launcher=lambda c, d: launched.append(d))
-    a = queue.submit(cfg, tmp_path / "a", session="s1", max_alive=1, launcher=lambda c, d: launched.append(d))
-    b = queue.submit(cfg, tmp_path / "b", session="s1", max_alive=1, launcher=lambda c, d: launched.append(d))
-    assert launched == [blocker.resolve()]
+    # A runner whose one launch stays alive: the others wait behind it.
+    runner = queue.Runner(lambda c, d: states.__setitem__(d, "alive"), lambda d, since: states.get(d, "unlaunched"))
+    queue.submit(cfg.to_dict(), blocker, runner, max_alive=1)
+    a = queue.submit(cfg.to_dict(), tmp_path / "a", runner, session="s1", max_alive=1)
+    b = queue.submit(cfg.to_dict(), tmp_path / "b", runner, session="s1", max_alive=1)
+    assert states == {blocker.resolve(): "alive"}
     sa, sb = rundir.run_status(a), rundir.run_status(b)
     assert (sa.status, sa.position, sb.status, sb.position) == ("queued", 1, "queued", 2)
     assert sa.active and sa.config == cfg.to_dict()
     with pytest.raises(ValueError, match=r"already have 2 runs queued.*\(2, \$FER_MAX_QUEUED\)"):
-        queue.submit(cfg, tmp_path / "c", session="s1", max_alive=1)
+        queue.submit(cfg.to_dict(), tmp_path / "c", runner, session="s1", max_alive=1)
     with pytest.raises(ValueError, match="already queued"):
         jobs.start_run(cfg, run_dir=a)
     jobs.stop_run(a)  # Stop on a queued run cancels it
     assert queue.find(a) is None and rundir.run_status(b).position == 1
     with pytest.raises(ValueError, match="not waiting"):
         queue.cancel(a)
+    states[blocker.resolve()] = "ended"  # the blocker's trainer exited: the next pass launches b
+    assert queue.schedule(tmp_path, runner, max_alive=1) == [b.resolve()] and queue.find(b) is None
 
 
 def test_thirty_runs_at_once_never_exceed_n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,7 +140,7 @@ def test_thirty_runs_at_once_never_exceed_n(tmp_path: Path, monkeypatch: pytest.
     at.switch_page("pages/3_Train.py").run()
     assert not at.exception
     assert any("in line" in str(getattr(p, "text", "")) for p in at.get("progress"))
-    wait_all(run_dirs, timeout=1200, tick=lambda: queue.schedule(tmp_path))
+    wait_all(run_dirs, timeout=1200, tick=lambda: jobs.schedule_runs(tmp_path))
     sampler.done.set()
     sampler.join()
     at.run()  # and again once it is over
@@ -161,7 +164,7 @@ if {submit!r}:
         jobs.start_run(cfg, {runs!r}, f"restart-{{i}}")
 print("ready", flush=True)
 while True:  # the app's scheduler pass, as its page renders and background thread run it
-    queue.schedule({runs!r})
+    jobs.schedule_runs({runs!r})
     time.sleep(0.2)
 """
 
