@@ -136,7 +136,9 @@ def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runner, *
 def schedule(runs_root: str | os.PathLike | None, runner: Runner, *, max_alive: int | None = None) -> list[Path]:
     """One scheduler pass: forget launched runs that ended, then launch waiting runs in order while fewer than
     N are alive. Returns the run folders launched by this pass."""
-    qdir = queue_dir(runs_root)
+    qdir = runs_dir(runs_root) / QUEUE_DIR
+    if not (qdir / "waiting").is_dir():
+        return []  # nothing was ever queued here; a page render must not create folders
     n = max_runs(max_alive)
     started: list[Path] = []
     with _locked(qdir):
@@ -181,7 +183,7 @@ def find(run_dir: str | os.PathLike) -> tuple[int, Entry] | None:
 
 def waiting(runs_root: str | os.PathLike | None = None) -> list[Entry]:
     """Waiting runs in launch order."""
-    return _entries(queue_dir(runs_root), "waiting")
+    return _entries(runs_dir(runs_root) / QUEUE_DIR, "waiting")
 
 
 def cancel(run_dir: str | os.PathLike) -> None:
