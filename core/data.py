@@ -116,6 +116,9 @@ def load_fer(path: str | os.PathLike, *, use_cache: bool = True) -> FERData:
 
 def load_data(source: str | os.PathLike, *, synthetic_size: int = 6000, seed: int = 0, use_cache: bool = True) -> FERData:
     """'synthetic' -> the built-in procedural set; anything else is a path to FER2013."""
+    from core.settings import check_data_path
+
+    check_data_path(source)  # a shared server reads only the folders $FER_DATA_ROOTS allows
     if str(source) == "synthetic":
         return synthetic_dataset(synthetic_size, seed=seed)
     return load_fer(source, use_cache=use_cache)

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from core import rundir
+from core import queue, rundir
 from core.config import TrainConfig, to_cli_args
 from core.fsutil import PROJECT_ROOT, atomic_write_json, runs_dir
-from core.procs import CHILDREN
+from core.procs import CHILDREN, pid_alive
 from core.record import now_iso
 
 
@@ -55,8 +55,9 @@ def _check_can_start(run_dir: Path, cfg: TrainConfig) -> None:
 
 
 def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name: str | None = None, *,
-              run_dir: str | os.PathLike | None = None) -> Path:
-    """Launch `python -m core train` in the background for this config; returns the run folder.
+              run_dir: str | os.PathLike | None = None, session: str | None = None) -> Path:
+    """Queue `python -m core train` for this config (core.queue launches it when a slot is free; `session` counts
+    against the per-user limit); returns the run folder.
 
     With `run_dir` (or a `name` whose folder holds an unfinished run) the trainer resumes from the last
     finished epoch."""
@@ -66,6 +67,32 @@ def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name
     if run_dir.exists():
         _check_can_start(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    return queue.submit(cfg.to_dict(), run_dir, RUNNER, session=session)
+
+
+def schedule_runs(runs_root: str | os.PathLike | None = None) -> list[Path]:
+    """One pass of the queue: launch waiting runs while fewer than N trainings are alive."""
+    return queue.schedule(runs_root, RUNNER)
+
+
+def ensure_scheduler(runs_root: str | os.PathLike | None = None) -> None:
+    """A background thread in this process that runs a pass every second (the app calls it on each render)."""
+    queue.ensure_scheduler(runs_root, RUNNER)
+
+
+def launch_state(run_dir: Path, since: float) -> str:
+    """For core.queue: 'alive'/'ended' for a trainer launched at or after `since`, else 'unlaunched'. The
+    process counts, not the record: a trainer that has written 'done' holds its memory until it has exited."""
+    job = rundir.read_job(run_dir)
+    if job and float(job.get("started_unix", 0)) >= since:
+        return "alive" if pid_alive(job.get("pid"), job.get("started_unix")) else "ended"
+    # a launcher killed between starting the trainer and writing job.json: the trainer's record has its pid
+    return "alive" if rundir.run_status(run_dir).active else "unlaunched"
+
+
+def launch(cfg: TrainConfig | dict, run_dir: Path) -> Path:
+    """Start the trainer process now (core.queue calls this when a slot is free)."""
+    cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     for stale in (rundir.STOP_FILE, rundir.PROGRESS_FILE):
         (run_dir / stale).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "core", "train", *to_cli_args(cfg), "--run-dir", str(run_dir), "--json", "--quiet"]
@@ -96,6 +123,8 @@ def stop_run(run_dir: str | os.PathLike, *, kill: bool = False) -> None:
     them. `kill=True` also sends SIGTERM to the process group (for a run stuck outside the batch loop)."""
     run_dir = Path(run_dir)
     st = rundir.run_status(run_dir)
+    if st.status == "queued":
+        return queue.cancel(run_dir)  # never started: stopping it means taking it out of the line
     if not st.active:
         raise ValueError(f"run {run_dir.name!r} is not running (status: {st.status})")
     (run_dir / rundir.STOP_FILE).touch()
@@ -104,3 +133,6 @@ def stop_run(run_dir: str | os.PathLike, *, kill: bool = False) -> None:
             os.killpg(st.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+RUNNER = queue.Runner(launch=launch, state=launch_state)  # how core.queue launches and watches trainers

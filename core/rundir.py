@@ -25,7 +25,7 @@ STOP_FILE = "STOP"  # the app asks a background run to stop by creating this fil
 LOG = "train.log"
 JOB_FILE = "job.json"  # written by core.jobs at launch: pid, start time, command
 PROGRESS_FILE = "progress.json"  # written by `core train --run-dir` about twice a second: step, loss, elapsed
-ACTIVE = ("starting", "running", "stopping")  # statuses with a live process behind them
+ACTIVE = ("queued", "starting", "running", "stopping")  # waiting in core.queue, or a live process behind them
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 
 
@@ -206,6 +206,7 @@ class RunStatus:
     started_unix: float = 0.0
     progress: dict[str, Any] | None = None  # progress.json: the latest batch
     config: dict[str, Any] = field(default_factory=dict)  # the settings a resume would use; {} if none usable
+    position: int | None = None  # 1-based place in the queue while status is 'queued' (core.queue)
 
     @property
     def name(self) -> str:
@@ -300,6 +301,14 @@ def run_status(run_dir: str | os.PathLike, shipped: bool = False) -> RunStatus:
     """The state of one run folder: record, live process check, progress, files."""
     run_dir = Path(run_dir)
     st = RunStatus(run_dir, shipped)
+    queued = None if shipped else _queued(run_dir)
+    if queued is not None:  # waiting for a free slot; a resumed run shows its finished epochs meanwhile
+        st.status, st.position, st.config = "queued", queued[0], queued[1].config
+        try:
+            st.record = read_record(run_dir) if (run_dir / RECORD).exists() else None
+        except ValueError as exc:
+            st.problem = str(exc)
+        return st
     if (run_dir / RECORD).exists():
         try:
             st.record = read_record(run_dir)
@@ -326,6 +335,12 @@ def run_status(run_dir: str | os.PathLike, shipped: bool = False) -> RunStatus:
     return st
 
 
+def _queued(run_dir: Path) -> Any:
+    from core.queue import find  # core.queue launches through core.jobs, which uses this module
+
+    return find(run_dir)
+
+
 def list_runs(runs_root: str | os.PathLike | None = None, include_shipped: bool = True) -> list[RunStatus]:
     """Every run folder: shipped ones first (by name), then user runs: live ones, then interrupted, then the rest,
     newest first. Broken folders are listed too, with their problem."""
@@ -344,6 +359,9 @@ def list_runs(runs_root: str | os.PathLike | None = None, include_shipped: bool 
 
 def delete_run(run_dir: str | os.PathLike, runs_root: str | os.PathLike) -> None:
     """Delete a user run; refuses shipped checkpoints and anything not directly inside the runs folder."""
+    from core.settings import check_delete_allowed
+
+    check_delete_allowed()  # a shared server may turn deleting off ($FER_ALLOW_DELETE=0)
     root = Path(runs_root).resolve()
     target = Path(run_dir)
     if target.is_symlink():

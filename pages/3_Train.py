@@ -1,6 +1,8 @@
 """Train page: launch background training runs (core.jobs) and watch them: progress with ETA, live curves, stop.
 Runs live on disk, so they keep going and stay visible across page switches and browser reloads. The form is
 generated from core.config.TrainConfig's field metadata, like the CLI's flags."""
+import uuid
+
 import altair as alt
 import streamlit as st
 
@@ -14,7 +16,7 @@ from core.text import format_eta
 from core.train import available_devices
 
 MAX_SHOWN = 8  # most recent runs shown here in full; every run is on Compare
-STATUS_BADGE = {"starting": ":blue-badge[starting]", "running": ":blue-badge[running]",
+STATUS_BADGE = {"queued": ":violet-badge[queued]", "starting": ":blue-badge[starting]", "running": ":blue-badge[running]",
                 "stopping": ":orange-badge[stopping]", "done": ":green-badge[done]", "stopped": ":gray-badge[stopped]",
                 "failed": ":red-badge[failed]", "interrupted": ":orange-badge[interrupted]"}
 SPLIT_COLOURS = alt.Scale(domain=["train", "val", "public", "private"], range=["#1f77b4", "#ff7f0e", "#ff7f0e", "#2ca02c"])
@@ -25,6 +27,7 @@ st.title("Train")
 st.caption("Short trainings run in the background, one process each: start several, switch pages, reload the "
            "browser; they keep going. Finished runs appear on Compare and Predict at once.")
 root = runs_dir()
+jobs.ensure_scheduler(root)  # launches waiting runs as slots free, in this app process, also after a restart
 
 
 def widget(spec: FormField, where, fixed_choices: list | None = None):  # noqa: ANN001, ANN201 - a column; its value
@@ -108,7 +111,9 @@ if start:
         cfg = config_from_form(values, data=data, dropout=dropout)
         if jobs.repeat_click(st.session_state.get("train_last_start"), cfg):
             raise ValueError("that run was just started (one click, one run); change a setting to start another")
-        run_dir = jobs.start_run(cfg, root, run_name or None)
+        # one id per browser session: the server's limit of queued runs per user ($FER_MAX_QUEUED) counts by it
+        run_dir = jobs.start_run(cfg, root, run_name or None,
+                                 session=st.session_state.setdefault("train_session_id", uuid.uuid4().hex))
     except (ValueError, OSError) as exc:  # OSError: the runs folder is not writable, or no disk space
         started_box.error(f"Could not start: {exc}")
     else:
@@ -135,6 +140,8 @@ def curves(run: rundir.RunStatus) -> None:
 
 def progress_text(run: rundir.RunStatus) -> str:
     p = run.progress
+    if run.status == "queued":
+        return f"queued: number {run.position} in line; it starts when a running training ends"
     if run.status == "starting":
         return "starting: loading data and building the model..."
     if not p:
@@ -158,7 +165,9 @@ def run_button(where, label: str, key: str, action, toast: str | None, **kw) -> 
 
 
 def buttons(run: rundir.RunStatus, where) -> None:  # noqa: ANN001 - a column
-    if run.status in ("starting", "running"):
+    if run.status == "queued":
+        run_button(where, "Cancel", f"cancel_{run.name}", lambda: jobs.stop_run(run.path), f"Cancelled {run.name}")
+    elif run.status in ("starting", "running"):
         run_button(where, "Stop", f"stop_{run.name}", lambda: jobs.stop_run(run.path),
                    f"Asked {run.name} to stop; it keeps its finished epochs.")
     elif run.status == "stopping":
@@ -214,3 +223,45 @@ def runs_panel() -> None:
 
 
 runs_panel()
+
+
+# --- sweeps: a grid of trainings on Ray Tune (core.sweep), run by a background `python -m core sweep` -----------
+@st.fragment(run_every=3)
+def sweep_trials() -> None:
+    from core import sweep
+
+    for record in sweep.list_sweeps(root)[:3]:
+        st.markdown(f"**{record.get('name')}** · {record.get('state')} · {len(record['trials'])} trials")
+        st.dataframe(sweep.trials_table(record), hide_index=True, key=f"sweep_table_{record.get('name')}")
+
+
+def sweep_panel() -> None:
+    from core import sweep
+
+    st.subheader("Sweep")
+    if not sweep.ray_available():
+        st.info(f"A sweep trains every combination of architectures, widths and seeds on Ray. {sweep.INSTALL_HINT}")
+        return
+    with st.form("sweep_form"):
+        c1, c2, c3, c4, c5 = st.columns([3, 3, 1, 1, 2])
+        s_archs = c1.multiselect("Architectures", archs.list_archs(), default=["plain_cnn", "mobilenet"], key="sweep_archs")
+        s_widths = c2.multiselect("Widths", [0.125, 0.25, 0.5, 1.0, 2.0], default=[0.25, 0.5], key="sweep_widths")
+        s_seeds = c3.number_input("Seeds", min_value=1, max_value=10, value=2, key="sweep_seeds")
+        s_epochs = c4.number_input("Epochs", min_value=1, max_value=1000, value=3, key="sweep_epochs")
+        s_name = c5.text_input("Sweep name (optional)", key="sweep_name").strip()
+        go = st.form_submit_button("Start sweep", icon=":material/grid_view:")
+    if go:
+        try:
+            spec = sweep.SweepSpec(s_name or sweep.default_name(), {"arch": s_archs, "width": s_widths},
+                                   {"data": data, "epochs": int(s_epochs),  # the rest as in the form above
+                                    **{k: values[k] for k in ("synthetic_size", "batch_size", "lr", "device")}},
+                                   list(range(int(s_seeds))))
+            sweep.start_sweep(spec, root)
+        except (ValueError, OSError) as exc:
+            st.error(f"Could not start the sweep: {exc}")
+        else:
+            st.toast(f"Started sweep {spec.name}: {sweep.count(spec)} trials", icon=":material/grid_view:")
+    sweep_trials()
+
+
+sweep_panel()

@@ -1,25 +1,24 @@
-"""Train every shipped checkpoint in one go, then copy the finished runs into checkpoints/.
+"""Train every shipped checkpoint as a sweep on Ray Tune (core.sweep), then copy the finished runs into checkpoints/.
 
-    python scripts/train_shipped.py --data ../shared/data/fer2013                  # one after another, resumable
-    python scripts/train_shipped.py --data data/fer2013 --device cuda --parallel --deadline-s 480 --pack OUT
+    python scripts/train_shipped.py --data ../shared/data/fer2013                       # on this machine
+    python scripts/train_shipped.py --data data/fer2013 --device cuda --gpus-per-trial 0.07   # 13 at once on a GPU
+    python scripts/train_shipped.py --data /shared/fer2013 --address auto                 # on a Ray cluster
 
-Each model trains into runs_shipped/<name>/ and is copied to checkpoints/<name>/ when it finishes (weights,
-ONNX, record; machine paths in the record made relative to the project). Without a budget a run resumes from
-its last finished epoch when started again.
-
---parallel starts every model at once as its own process, then the distilled students once their teacher is
-shipped. Each of these small models alone leaves a GPU mostly idle (Python and kernel launches bound a step at
-about 9 ms on an H200), so side by side they finish sooner in total; measured with 13 at once, each step took 25-40
-ms, so give each run fewer companions when its own time matters. With a deadline, each run first times a few steps under the real contention and
-picks the number of epochs (at most its recipe's) that fits, so the cosine schedule always completes; a run
-still going at the deadline is stopped and keeps its last finished epoch. --pack writes the weights, records
-and logs as a few tar files (the device tool brings back at most 8 files of 16 MiB).
+Each model trains into runs_shipped/<name>/ (an ordinary run folder) and is copied to checkpoints/<name>/ when it
+finishes (weights, ONNX, record; machine paths in the record made relative to the project). Ray Tune places the
+trials on the CPUs/GPUs it has (--cpus-per-trial, --gpus-per-trial, fractions allowed), restarts a failed one,
+and a trial resumes from its last finished epoch, also when the script is run again. The distilled students run
+as a second sweep once their teacher is shipped. Each of these small models alone leaves a GPU mostly idle (Python
+and kernel launches bound a step at about 9 ms on an H200), so side by side they finish sooner in total; measured
+with 13 at once, each step took 25-40 ms. With --budget-s, each run first times a few steps here and picks the
+number of epochs (at most its recipe's) that fits, so the cosine schedule always completes. --pack writes the
+weights, records and logs as a few tar files (the device tool brings back at most 8 files of 16 MiB).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import subprocess
 import sys
 import tarfile
 import time
@@ -112,90 +111,41 @@ def epochs_for_budget(cfg: TrainConfig, budget_s: float) -> tuple[int, dict]:
                     "probe_s": round(t_end - t_start, 1), "budget_s": round(budget_s, 1)}
 
 
-def train_one(name: str, a: argparse.Namespace) -> None:
-    from core.runs import run_training, ship_run
+def trials_for(names: list[str], a: argparse.Namespace) -> list:
+    """The recipes as sweep trials; with a budget, each one's epochs sized to it by timing a few steps here."""
+    from core.sweep import Trial
 
-    cfg = config_for(name, a.data, a.device, a.threads, a.subset)
-    if cfg.teacher and not (ROOT / cfg.teacher / ck.WEIGHTS).is_file():
-        raise SystemExit(f"{name}: its teacher {cfg.teacher} is not shipped yet; train {TEACHER_NAME} first")
-    if a.budget_s:
-        epochs, timing = epochs_for_budget(cfg, a.budget_s)
-        print(f"{name}: {epochs} of {cfg.epochs} epochs fit the budget {json.dumps(timing)}", flush=True)
-        cfg = replace(cfg, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, max(0, epochs - 1)))
-    run_dir = Path(a.runs) / name
-    t = time.time()
-    for m in run_training(cfg, run_dir):
-        print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}), flush=True)
-    record = ck.read_record(run_dir)
-    print(f"{name}: {record.status} in {time.time() - t:.0f} s, public accuracy {record.accuracy('public'):.4f}",
-          flush=True)
-    if a.ship and name not in NOT_SHIPPED:
-        print(f"{name}: shipped {ship_run(run_dir, ROOT / 'checkpoints' / name)}", flush=True)
-
-
-def run_parallel(names: list[str], a: argparse.Namespace) -> None:
-    """Every run as its own process; students start once their teacher is shipped. Logs: <runs>/<name>.log."""
-    from core.data import load_data
-
-    t0 = time.monotonic()
-    load_data(a.data)  # decode once; the children read the cache
-    runs = Path(a.runs)
-    runs.mkdir(parents=True, exist_ok=True)
-    deadline = t0 + a.deadline_s if a.deadline_s else None
-    teacher_deadline = t0 + a.teacher_deadline_s if a.teacher_deadline_s else deadline
-    procs: dict[str, subprocess.Popen] = {}
-    ends: dict[str, float] = {}  # each run's own deadline: an overrunning teacher must not eat its students' time
-
-    def start(name: str, until: float | None) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--data", a.data, "--device", a.device,
-               "--runs", a.runs, "--only", name, "--threads", str(a.threads or 1)]
-        if a.subset:
-            cmd += ["--subset", str(a.subset)]
-        if not a.ship:
-            cmd.append("--no-ship")
-        if until is not None:
-            cmd += ["--budget-s", f"{until - time.monotonic():.1f}"]
-            ends[name] = until
-        with open(runs / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
-            procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        print(f"[{time.monotonic() - t0:5.0f} s] started {name}", flush=True)
-
-    students = [n for n in names if RECIPES[n].get("teacher")]
+    trials = []
     for name in names:
-        if name not in students:
-            start(name, teacher_deadline if name == TEACHER_NAME else deadline)
-    pending = list(students)
-    stopped: set[str] = set()
-    while True:
-        teacher_ready = (ROOT / TEACHER / ck.WEIGHTS).is_file() and (
-            TEACHER_NAME not in procs or procs[TEACHER_NAME].poll() is not None)
-        if pending and teacher_ready:
-            for name in pending:
-                start(name, deadline)
-            pending = []
-        running = [n for n, p in procs.items() if p.poll() is None]
-        if not running:  # students still pending here means their teacher failed or was never trained
-            break
-        now = time.monotonic()
-        for n in running:
-            if n in ends and now > ends[n] + 5 and n not in stopped:
-                # stop within a batch; the last finished epoch is evaluated, exported and shipped
-                (runs / n).mkdir(exist_ok=True)
-                (runs / n / ck.STOP_FILE).touch()
-                stopped.add(n)
-                print(f"[{now - t0:5.0f} s] past its deadline: asked {n} to stop", flush=True)
-        if deadline is not None and now > deadline + a.grace_s:
-            for n in running:
-                procs[n].kill()
-            print(f"[{now - t0:5.0f} s] killed {', '.join(running)}", flush=True)
-            break
-        time.sleep(1)
-    for name, p in procs.items():
-        p.wait()
-        tail = (runs / f"{name}.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
-        print(f"{name}: exit {p.returncode}: {tail[0][:200]}", flush=True)
-    if pending:
-        print(f"not started (teacher {TEACHER} missing): {', '.join(pending)}", flush=True)
+        cfg = config_for(name, a.data, a.device, a.threads, a.subset)
+        if a.budget_s:
+            epochs, timing = epochs_for_budget(cfg, a.budget_s)
+            print(f"{name}: {epochs} of {cfg.epochs} epochs fit the budget {json.dumps(timing)}", flush=True)
+            cfg = replace(cfg, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, max(0, epochs - 1)))
+        trials.append(Trial(name, cfg.to_dict()))
+    return trials
+
+
+def run_phase(names: list[str], phase: str, a: argparse.Namespace) -> None:
+    """One sweep of these recipes; ships each finished run."""
+    from core.runs import ship_run
+    from core.sweep import run_sweep
+
+    if not names:
+        return
+    # the sweep's name follows its recipes, so running the same selection again resumes it
+    name = f"shipped-{phase}-{hashlib.sha1(','.join(names).encode()).hexdigest()[:6]}"
+    state = run_sweep(trials_for(names, a), name, spec_doc={"recipes": names}, runs_root=a.runs, address=a.address,
+                      cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial, yes=True)
+    for t in state["trials"]:
+        run_dir = Path(a.runs) / t["run"]
+        if t["state"] != "done":
+            print(f"{t['run']}: {t['state']}: {t.get('error')}", flush=True)
+            continue
+        record = ck.read_record(run_dir)
+        print(f"{t['run']}: {record.status}, public accuracy {record.accuracy('public'):.4f}", flush=True)
+        if a.ship and t["run"] not in NOT_SHIPPED:
+            print(f"{t['run']}: shipped {ship_run(run_dir, ROOT / 'checkpoints' / t['run'])}", flush=True)
 
 
 def pack(names: list[str], runs: Path, out: Path) -> None:
@@ -220,28 +170,29 @@ def pack(names: list[str], runs: Path, out: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="FER2013 in any supported format")
+    p.add_argument("--data", required=True, help="FER2013 in any supported format (the same path on every node)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--only", nargs="*", default=None, choices=list(RECIPES))
     p.add_argument("--runs", default=str(ROOT / "runs_shipped"))
     p.add_argument("--no-ship", dest="ship", action="store_false", help="leave checkpoints/ alone")
     p.add_argument("--subset", type=int, default=None, help="train on this many images (smoke tests)")
-    p.add_argument("--parallel", action="store_true", help="all runs at once, one process each (for a GPU)")
-    p.add_argument("--budget-s", type=float, default=None, help="fit this run's epochs into this many seconds")
-    p.add_argument("--deadline-s", type=float, default=None, help="--parallel: every run ends by then")
-    p.add_argument("--teacher-deadline-s", type=float, default=None, help=f"--parallel: {TEACHER_NAME} ends by then")
-    p.add_argument("--grace-s", type=float, default=40.0, help="after the deadline, time to finish before a kill")
+    p.add_argument("--budget-s", type=float, default=None, help="fit each run's epochs into this many seconds")
+    p.add_argument("--address", default=None, help="a Ray cluster to run on (auto or HOST:PORT); default: this machine")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="e.g. 0.07 runs 13 models at once on one GPU")
     p.add_argument("--pack", default=None, help="write the results as tar files into this folder")
     a = p.parse_args()
-    # teacher first, so a one-after-another run can distil from it
-    names = sorted(a.only or list(RECIPES), key=lambda n: (bool(RECIPES[n].get("teacher")), n != TEACHER_NAME))
+    names = a.only or list(RECIPES)
+    students = [n for n in names if RECIPES[n].get("teacher")]
     try:
-        if a.parallel:
-            run_parallel(names, a)
-        else:
-            for name in names:
-                train_one(name, a)
+        run_phase([n for n in names if n not in students], "models", a)
+        # students distil from the shipped teacher, so they run once it is there
+        if students and not (ROOT / TEACHER / ck.WEIGHTS).is_file():
+            raise SystemExit(f"{', '.join(students)}: the teacher {TEACHER} is not shipped yet; train {TEACHER_NAME} first")
+        run_phase(students, "students", a)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     finally:
         if a.pack:
             pack(names, Path(a.runs), Path(a.pack))

@@ -1,0 +1,93 @@
+"""Server settings for a shared deployment, read from environment variables (one place, documented in the README).
+
+FER_MAX_RUNS            trainings alive at once (default: what the machine holds, see default_max_runs)
+FER_MAX_QUEUED          runs one browser session may have queued or running at once (default 3; 0 = no limit)
+FER_ALLOW_DELETE        1/0: whether users may delete runs from the app (default 1)
+FER_DATA_ROOTS          folders (separated by ':') the app may read FER2013 from; unset = any path (a single user)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RUN_MEMORY_BYTES = int(2.5 * 2**30)  # peak resident of one FER2013 training (measured: 2.45 GB for plain_cnn-w1)
+DEFAULT_MAX_QUEUED = 3
+
+
+def _env_int(name: str, default: int, lo: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"${name} must be an integer, got {raw!r}") from None
+    if value < lo:
+        raise ValueError(f"${name} must be at least {lo}, got {value}")
+    return value
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says new processes can still use (MemAvailable), or None where /proc is missing."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def default_max_runs() -> int:
+    """min(cores, available memory / one run's peak), at least 1: more runs than cores only slow each other down,
+    and more than memory holds gets them killed."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    mem = available_memory()
+    by_memory = mem // RUN_MEMORY_BYTES if mem is not None else cores
+    return max(1, min(cores, by_memory))
+
+
+def max_runs(override: int | None = None) -> int:
+    """N, the trainings alive at once: the argument, else $FER_MAX_RUNS, else default_max_runs()."""
+    if override is not None:
+        if isinstance(override, bool) or not isinstance(override, int) or override < 1:
+            raise ValueError(f"max runs must be an integer of at least 1, got {override!r}")
+        return override
+    return _env_int("FER_MAX_RUNS", 0, 1) or default_max_runs()
+
+
+def max_queued_per_session() -> int:
+    """Runs one browser session may have waiting or running at once; 0 means no limit."""
+    return _env_int("FER_MAX_QUEUED", DEFAULT_MAX_QUEUED, 0)
+
+
+def deletion_allowed() -> bool:
+    raw = os.environ.get("FER_ALLOW_DELETE", "1").strip().lower()
+    if raw not in ("1", "0", "true", "false", "yes", "no", ""):
+        raise ValueError(f"$FER_ALLOW_DELETE must be 1 or 0, got {raw!r}")
+    return raw in ("1", "true", "yes", "")
+
+
+def check_delete_allowed() -> None:
+    if not deletion_allowed():
+        raise ValueError("deleting runs is turned off on this server ($FER_ALLOW_DELETE=0); ask its administrator")
+
+
+def data_roots() -> list[Path] | None:
+    """The folders the app may read data from, or None when any path is allowed."""
+    raw = os.environ.get("FER_DATA_ROOTS", "").strip()
+    if not raw:
+        return None
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def check_data_path(source: str | os.PathLike) -> None:
+    """ValueError unless `source` is 'synthetic' or lies inside one of $FER_DATA_ROOTS (symbolic links resolved,
+    so a link cannot lead out of an allowed folder)."""
+    roots = data_roots()
+    if roots is None or str(source) == "synthetic":
+        return
+    target = Path(source).expanduser().resolve()
+    if not any(target == r or r in target.parents for r in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise ValueError(f"{source}: this server only reads data from {allowed} ($FER_DATA_ROOTS)")
