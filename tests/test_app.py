@@ -178,9 +178,11 @@ def test_predict_sample_photo_shows_a_prediction(onnx_model: Path) -> None:
     table = frame_with(at, "top")
     assert len(table) == len(tops) and table["photo"].str.contains("astronaut").all()
     # one click takes this face to the Inside page, with the model that classified it
+    model = at.selectbox(key="predict_model").value
     at.button(key="inside_0_1").click().run()
     assert not at.exception, at.exception
-    assert at.session_state["inside_face"].shape == (48, 48) and at.session_state["inside_model"]
+    assert at.session_state["inside_face"].shape == (48, 48) and at.session_state["inside_source"] == "predict"
+    assert at.session_state["inside_model_pick"] == model  # the run whose model classified the face
     assert any(h.value == "Layer by layer" for h in at.subheader), [h.value for h in at.subheader]
 
 
