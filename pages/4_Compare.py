@@ -7,6 +7,7 @@ from core import charts, gallery, rundir, runviews
 from core.classes import CLASSES
 from core.dataviews import upscale
 from core.fsutil import runs_dir
+from core.sweep import sweep_groups
 
 st.title("Compare")
 st.caption("Every checkpoint in one place: the shipped ones in `checkpoints/` and the runs you trained.")
@@ -64,6 +65,16 @@ st.caption("Each dot is a run (hover for details); the dashed step line is the P
 
 if table.empty:
     st.stop()
+
+# --- sweeps: seeds pooled -----------------------------------------------------------------------------------------
+groups = sweep_groups(root)
+if not groups.empty:
+    st.subheader("Sweeps: mean ± spread over seeds")
+    st.caption("Each row is one grid point of a sweep, its seeds pooled: a difference between two rows means "
+               "something only where it is larger than their spread (the standard deviation over seeds).")
+    st.dataframe(groups.style.format({"accuracy_mean": "{:.3f}", "accuracy_std": "{:.3f}", "accuracy_min": "{:.3f}",
+                                      "accuracy_max": "{:.3f}", "params": "{:,}"}, na_rep="—"),
+                 hide_index=True, key="compare_sweeps")
 
 # --- learning curves -------------------------------------------------------------------------------------------
 st.subheader("Learning curves")
