@@ -12,7 +12,7 @@ from core.config import TrainConfig
 from core.runs import run_training
 import pandas as pd
 
-from core.study import equal_budget_gaps, equal_budget_section, interpolate_accuracy, study_table, write_study
+from core.study import equal_budget_gaps, equal_budget_section, seed_spread, interpolate_accuracy, study_table, write_study
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +176,23 @@ def test_equal_budget_gaps_by_hand() -> None:
 def test_equal_budget_verdict(plain: list[tuple[float, float]], verdict: str) -> None:
     lines = equal_budget_section(pd.concat([family("mobilenet", MOBILE), family("plain_cnn", plain)]))
     assert any(verdict in line for line in lines), lines
+    # single runs: what was measured is said, but no winner, since the seed-to-seed spread is unknown
+    assert any("no winner is stated" in line for line in lines) and not any("finding holds" in line for line in lines)
+
+
+def test_a_winner_only_beyond_the_seed_spread() -> None:
+    plain = [(10_000, 0.55), (1_000_000, 0.95)]  # differences +5.0, +1.7, -1.7, -5.0 points (see above)
+    lines = equal_budget_section(pd.concat([family("mobilenet", MOBILE), family("plain_cnn", plain)]), spread=2.0)
+    text = " ".join(lines)
+    assert ("10,000: MobileNet-style; 21,544: within the spread; 46,416: within the spread; 100,000: plain CNN"
+            in text), text
+
+
+def test_seed_spread_pools_runs_that_differ_only_in_seed() -> None:
+    runs = pd.DataFrame({"arch": ["mobilenet"] * 3 + ["plain_cnn"], "params": [1_000] * 3 + [5_000],
+                         "recipe": ["a", "a", "b", "a"], "acc": [0.50, 0.52, 0.90, 0.60]})
+    assert seed_spread(runs) == pytest.approx(100 * 0.02 / 2 ** 0.5)  # std of 0.50 and 0.52; "b" and plain are alone
+    assert seed_spread(runs.drop(index=1)) is None
 
 
 def test_equal_budget_needs_two_points_each_and_an_overlap() -> None:
