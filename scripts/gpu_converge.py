@@ -31,8 +31,13 @@ RECIPES: dict[str, dict] = {
 
 def probe(seconds_left: float) -> list[dict]:
     """Eager vs CUDA-graph images/s for both reference models at batch 128 (random data on the card)."""
+    import torch
+
     from bench.harness import cuda_throughput
 
+    if not torch.cuda.is_available():
+        print("no CUDA device: speed probe skipped", flush=True)
+        return []
     out = []
     for arch in ("mobilenet", "plain_cnn"):
         if seconds_left() < 60:
@@ -45,8 +50,8 @@ def probe(seconds_left: float) -> list[dict]:
     return out
 
 
-def train_one(name: str, overrides: dict, data_path: str, out: Path, device: str, seconds_left) -> dict:  # noqa: ANN001
-    """One recipe into out/name, stopping after the current batch when the deadline comes."""
+def train_one(name: str, overrides: dict, data, data_path: str, out: Path, device: str, seconds_left) -> dict:  # noqa: ANN001
+    """One recipe into out/name (data loaded once for all), stopping after the current batch when the deadline comes."""
     from core import checkpoint as ck
     from core.config import TrainConfig
     from core.runs import run_training
@@ -54,7 +59,7 @@ def train_one(name: str, overrides: dict, data_path: str, out: Path, device: str
     cfg = TrainConfig(data=data_path, device=device, **overrides)
     t0 = time.monotonic()
     last: dict = {}
-    for m in run_training(cfg, out / name, should_stop=lambda: seconds_left() < 30):
+    for m in run_training(cfg, out / name, should_stop=lambda: seconds_left() < 30, data=data):
         last = m
         print(f"{name} epoch {m['epoch']}/{cfg.epochs}: val {m['val_acc']:.4f}, {m['images_per_s']:.0f} img/s", flush=True)
     record = ck.read_record(out / name)
@@ -78,15 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     def seconds_left() -> float:
         return a.deadline_s - (time.monotonic() - start)
 
+    from core.data import load_data
+
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    data = load_data(a.data)
     summary: dict = {"probe": [] if a.no_probe else probe(seconds_left), "runs": []}
     for name in a.only or list(RECIPES):
         if seconds_left() < 90:
             print(f"skipped {name}: deadline", flush=True)
             continue
         overrides = dict(RECIPES[name], **({"epochs": a.epochs} if a.epochs else {}))
-        summary["runs"].append(train_one(name, overrides, a.data, out, a.device, seconds_left))
+        summary["runs"].append(train_one(name, overrides, data, a.data, out, a.device, seconds_left))
         print(json.dumps(summary["runs"][-1]), flush=True)
     (out / "gpu_converge.json").write_text(json.dumps(summary, indent=1))
     return 0
