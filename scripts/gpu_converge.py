@@ -52,7 +52,7 @@ def probe(seconds_left: float) -> list[dict]:
 
 def train_one(name: str, overrides: dict, data, data_path: str, out: Path, device: str, seconds_left) -> dict:  # noqa: ANN001
     """One recipe into out/name (data loaded once for all), stopping after the current batch when the deadline comes."""
-    from core import checkpoint as ck
+    from core import rundir
     from core.config import TrainConfig
     from core.runs import run_training
 
@@ -62,8 +62,9 @@ def train_one(name: str, overrides: dict, data, data_path: str, out: Path, devic
     for m in run_training(cfg, out / name, should_stop=lambda: seconds_left() < 30, data=data):
         last = m
         print(f"{name} epoch {m['epoch']}/{cfg.epochs}: val {m['val_acc']:.4f}, {m['images_per_s']:.0f} img/s", flush=True)
-    record = ck.read_record(out / name)
-    return {"run": name, "status": record["status"], "epochs": len(record["epochs"]), "final": record["final"]["accuracy"],
+    record = rundir.read_record(out / name)
+    return {"run": name, "status": record.status, "epochs": len(record.epochs),
+            "final": record.final.accuracy if record.final else None,
             "seconds": round(time.monotonic() - t0, 1), "last_images_per_s": last.get("images_per_s")}
 
 
