@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.archs import PIXEL_MEAN
+from core.classes import NUM_CLASSES
 
 # Ranges are modest on purpose: FER2013 faces are already aligned crops, and large rotations or crops
 # cut away the mouth or brows that carry the expression.
@@ -148,7 +149,8 @@ class TTAModel(nn.Module):
         views = self.views(x)
         views = views + [v.flip(-1) for v in views]
         out = self.model(torch.cat(views, 0))  # one batched call: V*N images
-        return out.view(len(views), -1, out.shape[-1]).mean(0)
+        # a literal class count (not out.shape[-1], which tracing would make symbolic) keeps 'logits' typed [N, 7]
+        return out.view(len(views), -1, NUM_CLASSES).mean(0)
 
 
 def with_tta(model: nn.Module, mode: str) -> nn.Module:

@@ -46,6 +46,9 @@ def export_onnx(model: nn.Module, path: Path, *, arch: str, knobs: dict[str, flo
             "params": str(int(params)), "knobs": json.dumps(knobs), "tta": tta}
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    if tta != "none" and len(dims) == 2 and not dims[1].dim_value:
+        dims[1].dim_value = NUM_CLASSES  # shape inference loses the class count through TTA's reshape and mean
     del proto.metadata_props[:]
     for k, v in meta.items():
         entry = proto.metadata_props.add()
