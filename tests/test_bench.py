@@ -42,7 +42,10 @@ def test_quick_bench_inference_section(tmp_path: Path) -> None:
     for figure, ours, yard, ratio, target, met, _ in rows:
         o, y = float(ours.split()[0].replace(",", "")), float(yard.split()[0].replace(",", ""))
         r = float(ratio.rstrip("x"))
-        assert r == pytest.approx(y / o, rel=0.05, abs=0.01), figure  # ms: yardstick / ours
+        # ms: the ratio is yardstick / ours; the table prints times to 0.1 ms, so small ones only bound the ratio
+        assert (y - 0.05) / (o + 0.05) - 0.01 <= r <= (y + 0.05) / max(o - 0.05, 1e-9) + 0.01, figure
+        if abs(y - o) > 0.1:
+            assert (r > 1) == (y > o), figure  # direction: ratio > 1 exactly when ours is faster
         if target:
             goal = float(re.search(r"[\d.]+", target).group())
             assert (met == "yes") == (r >= goal), figure
