@@ -212,6 +212,33 @@ class DepthwiseSeparable(nn.Sequential):
         )
 
 
+def set_dropout_kind(model: nn.Module, kind: str) -> int:
+    """Make every feature-map dropout of `model` channel-wise (`Dropout2d`, this project's default) or element-wise
+    (`Dropout`, as the study), in place, keeping each rate; returns how many layers changed. Dropout has no weights
+    and is off at inference, so the kind is a training setting: checkpoints load and export alike either way."""
+    kinds = {"channel": nn.Dropout2d, "element": nn.Dropout}
+    if kind not in kinds:
+        raise ValueError(f"dropout kind must be one of {', '.join(kinds)}, got {kind!r}")
+    other = nn.Dropout if kind == "channel" else nn.Dropout2d
+    changed = 0
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            # the classifier's nn.Dropout on pooled [B, C] features has no maps; only 4-D feature-map layers switch
+            if type(child) is other and _feeds_feature_maps(parent, name):
+                setattr(parent, name, kinds[kind](child.p))
+                changed += 1
+    return changed
+
+
+def _feeds_feature_maps(parent: nn.Module, name: str) -> bool:
+    """True when the dropout `name` in `parent` follows a convolution, not pooling or Flatten (where maps are gone)."""
+    names = [n for n, _ in parent.named_children()]
+    before = [parent.get_submodule(n) for n in names[:names.index(name)]]
+    if not before or any(isinstance(m, (nn.Flatten, nn.Linear, nn.AdaptiveAvgPool2d)) for m in before):
+        return False
+    return any(isinstance(m, nn.Conv2d) for m in before[-1].modules())
+
+
 def mobilenet(*, width: float = 1.0, dropout: float = 0.1) -> nn.Module:
     stem = make_divisible(MOBILENET_STEM * width)
     layers: list[nn.Module] = [ConvActBN(1, stem, 3, stride=2), nn.Dropout2d(dropout)]

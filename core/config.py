@@ -10,9 +10,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable
 
 from core import archs
+from core.augment import TTA_MODES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "plateau")
+CUDA_GRAPH = ("auto", "on", "off")
+DROPOUT_KINDS = ("channel", "element")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -70,13 +73,37 @@ class TrainConfig:
     device: str = knob("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES, label="Device", group="main")
     precision: str = knob("auto", "auto: mixed precision on CUDA and on CPUs with native bf16, else fp32",
                           choices=PRECISIONS, label="Precision")
-    teacher: str | None = knob(None, "run folder of a trained model to distil from (knowledge distillation)",
+    teacher: str | None = knob(None, "run folder(s) of trained models to distil from; several, joined by "
+                                     "os.pathsep (':'), form an ensemble whose logits are averaged",
                                label="Teacher run folder (distillation)")
     distill_temperature: float = knob(4.0, "softening temperature for teacher and student logits", low=0.5,
                                       high=50.0, label="Distillation temperature", step=0.5)
     distill_alpha: float = knob(0.7, "weight of the distillation term; 1 - alpha weighs the label loss", low=0.0,
                                 high=1.0, label="Distillation alpha", step=0.05)
     threads: int | None = knob(None, "torch CPU threads (torch's default if omitted)", low=1, high=512, group=None)
+    # --- the CUDA path and the recipe levers (issue #10) ---
+    cuda_graph: str = knob("auto", "capture the training step in a CUDA graph (auto: on CUDA unless fp16); a 48x48 "
+                                   "convnet's step is bound by kernel launches", choices=CUDA_GRAPH, label="CUDA graph")
+    plateau_factor: float = knob(0.75, "schedule plateau: lr multiplier when val accuracy stalls (Khaireddin & Chen "
+                                       "2021: 0.75)", low=0.01, high=0.99, label="Plateau factor", step=0.05)
+    plateau_patience: int = knob(5, "schedule plateau: epochs without improvement before the lr drops", low=0,
+                                 high=1000, label="Plateau patience")
+    erase_prob: float = knob(0.0, "random erasing: chance that an image gets one box of mean gray (0 = off)",
+                             low=0.0, high=1.0, label="Random erasing", step=0.05)
+    erase_area_min: float = knob(0.02, "random erasing: smallest box, as a fraction of the image (torchvision's "
+                                       "default)", low=0.001, high="erase_area_max", label="Erasing area min", step=0.01)
+    erase_area_max: float = knob(0.33, "random erasing: largest box fraction (torchvision's default)", low=0.001,
+                                 high=1.0, label="Erasing area max", step=0.01)
+    mixup_alpha: float = knob(0.0, "mixup: Beta(alpha, alpha) blend weight; 0 = off (0.2 is common)", low=0.0,
+                              high=10.0, label="Mixup alpha", step=0.1)
+    cutmix_alpha: float = knob(0.0, "cutmix: Beta(alpha, alpha) kept area; 0 = off; with mixup on too, each mixed "
+                                    "batch uses one of them", low=0.0, high=10.0, label="CutMix alpha", step=0.1)
+    mix_prob: float = knob(1.0, "share of batches that mixup/cutmix touch", low=0.0, high=1.0, label="Mix share",
+                           step=0.05)
+    dropout_kind: str = knob("channel", "MobileNet-style family: channel-wise Dropout2d, or element-wise Dropout as "
+                                        "in the study", choices=DROPOUT_KINDS, label="Dropout kind")
+    tta: str = knob("none", "test-time augmentation folded into the exported ONNX graph: none, flip, or tencrop "
+                            "(logits averaged in the graph)", choices=TTA_MODES, label="Test-time augmentation")
 
     def __post_init__(self) -> None:
         self.validate()

@@ -22,12 +22,18 @@ OUTPUT_NAME = "logits"
 OPSET = 17
 
 
-def export_onnx(model: nn.Module, path: Path, *, arch: str, knobs: dict[str, float], params: int, extra: dict[str, Any] | None = None) -> None:
+def export_onnx(model: nn.Module, path: Path, *, arch: str, knobs: dict[str, float], params: int, extra: dict[str, Any] | None = None,
+                tta: str = "none") -> None:
     """Export with the TorchScript-based exporter (dynamo=False): it matched PyTorch to 1e-8 on these models,
-    needs no onnxscript, and the dynamo exporter failed on plain nn.Sequential nets in a quick try."""
+    needs no onnxscript, and the dynamo exporter failed on plain nn.Sequential nets in a quick try.
+
+    `tta` ('none', 'flip', 'tencrop') folds test-time augmentation into the graph (core.augment.TTAModel): the views
+    and the logit average are ONNX ops, so the contract (input 'image', output 'logits') holds; metadata names it."""
     import onnx
 
-    model = model.float().eval().to("cpu", memory_format=torch.contiguous_format)
+    from core.augment import with_tta
+
+    model = with_tta(model.float().eval().to("cpu", memory_format=torch.contiguous_format), tta).eval()
     dummy = torch.full((2, 1, 48, 48), 128.0)
     buf = io.BytesIO()
     with torch.no_grad():
@@ -37,9 +43,12 @@ def export_onnx(model: nn.Module, path: Path, *, arch: str, knobs: dict[str, flo
         )
     proto = onnx.load_from_string(buf.getvalue())
     meta = {"classes": json.dumps(list(CLASSES)), "arch": arch, "width_mult": str(knobs.get("width", 1.0)),
-            "params": str(int(params)), "knobs": json.dumps(knobs)}
+            "params": str(int(params)), "knobs": json.dumps(knobs), "tta": tta}
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    if tta != "none" and len(dims) == 2 and not dims[1].dim_value:
+        dims[1].dim_value = NUM_CLASSES  # shape inference loses the class count through TTA's reshape and mean
     del proto.metadata_props[:]
     for k, v in meta.items():
         entry = proto.metadata_props.add()

@@ -17,8 +17,9 @@ from core.data import FERData, load_data
 from core.onnx_io import OnnxClassifier, export_onnx, parity
 from core.record import Epoch, Final, ModelSpec, RunRecord, now_iso
 from core.summary import summarize
-from core.train import (BatchHook, StopRun, TrainState, evaluate, fit, make_optimizer, metrics_from_logits, resolve_device,
-                        stratified_subset)
+from core.augment import with_tta
+from core.train import (BatchHook, StopRun, TrainState, evaluate, fit, load_teacher, make_optimizer, metrics_from_logits,
+                        resolve_device, stratified_subset)
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA's and PyTorch CPU allocator's wording
 TRAIN_EVAL_SAMPLE = 5000  # final train-split accuracy on a stratified sample: the full split costs minutes on CPU
@@ -132,7 +133,7 @@ def _prepare(cfg: TrainConfig, run_dir: Path, data: FERData | None) -> _Run:
         run.record.epochs, run.record.resumed_from_epoch = list(old.epochs), run.state.epoch
     rundir.write_record(run_dir, run.record)
     if cfg.teacher:
-        run.teacher, _ = ck.load_model(cfg.teacher)
+        run.teacher = load_teacher(cfg.teacher)
     return run
 
 
@@ -161,8 +162,8 @@ def _finish(run: _Run, stopped: bool, seconds: float) -> None:
     ck.save_state_dict(run.dir / rundir.WEIGHTS, {k: v.contiguous() for k, v in cpu_model.state_dict().items()})
     onnx_path = run.dir / rundir.ONNX
     export_onnx(cpu_model, onnx_path, arch=run.cfg.arch, knobs=run.knobs, params=run.record.params or 0,
-                extra={"run": run.dir.name, "val_accuracy": run.record.accuracy(run.data.val_split)})
-    run.record.onnx = {"file": rundir.ONNX, "parity_max_abs": parity(cpu_model, onnx_path)}
+                extra={"run": run.dir.name, "val_accuracy": run.record.accuracy(run.data.val_split)}, tta=run.cfg.tta)
+    run.record.onnx = {"file": rundir.ONNX, "parity_max_abs": parity(with_tta(cpu_model, run.cfg.tta), onnx_path)}
     run.record.status, run.record.updated, run.record.wall_time_s = ("stopped" if stopped else "done"), now_iso(), seconds
     rundir.write_record(run.dir, run.record)
     if not stopped:  # a stopped run keeps its resume state, so it can be continued later
@@ -252,9 +253,10 @@ def export_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     """(Re-)export a run's weights to ONNX and record the parity check."""
     run_dir = find_run(run_dir)
     model, record = ck.load_model(run_dir)
+    tta = record.config.get("tta", "none")  # a re-export keeps the run's test-time augmentation
     export_onnx(model, run_dir / rundir.ONNX, arch=record.model.arch, knobs=record.model.knobs,
-                params=sum(p.numel() for p in model.parameters()), extra={"run": run_dir.name})
-    record.onnx = {"file": rundir.ONNX, "parity_max_abs": parity(model, run_dir / rundir.ONNX)}
+                params=sum(p.numel() for p in model.parameters()), extra={"run": run_dir.name}, tta=tta)
+    record.onnx = {"file": rundir.ONNX, "parity_max_abs": parity(with_tta(model, tta), run_dir / rundir.ONNX)}
     rundir.write_record(run_dir, record)
     return record.onnx
 

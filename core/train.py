@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -12,8 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from core.augment import augment_batch
+from core import archs
+from core.augment import (AFFINE_COLS, ERASE_COLS, MIX_PARAMS, RANDOMS_PER_IMAGE, affine, mix_batch, mix_plan, mix_weights,
+                          random_erase)
 from core.classes import NUM_CLASSES
 from core.config import TrainConfig
 from core.data import FERData, Split
@@ -106,22 +110,75 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
 
 
-def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Learning rate for a step: linear warm-up, then cosine to zero or constant. A pure function of the step,
-    so a resumed run continues on exactly the same curve."""
+def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int, plateau_scale: float = 1.0) -> float:
+    """Learning rate for a step: linear warm-up, then cosine to zero, constant, or constant times the plateau
+    multiplier. A pure function of the step (and the multiplier, itself replayed from the finished epochs), so a
+    resumed run continues on exactly the same curve."""
     warm = cfg.warmup_epochs * steps_per_epoch
     if step < warm:
         return cfg.lr * (step + 1) / warm
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "plateau":
+        return cfg.lr * plateau_scale
     progress = (step - warm) / max(1, total_steps - warm)
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate; a tensor lr is filled in place, because a captured CUDA graph reads that
+    very tensor (a new Python float would need a new capture)."""
+    for g in optimizer.param_groups:
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = lr
+
+
+def plateau_scheduler(cfg: TrainConfig, history: list[dict]) -> ReduceLROnPlateau | None:
+    """torch's ReduceLROnPlateau on val accuracy, driving a stand-in optimiser whose lr is the multiplier.
+
+    It is replayed over the finished epochs' val accuracies, which the resume state already holds (TrainState.history),
+    so a resumed run makes exactly the decisions an uninterrupted one made, with no extra state to save."""
+    if cfg.schedule != "plateau":
+        return None
+    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = ReduceLROnPlateau(stand_in, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    for m in history:
+        sched.step(m["val_acc"])
+    return sched
+
+
+def plateau_multiplier(sched: ReduceLROnPlateau | None) -> float:
+    return 1.0 if sched is None else float(sched.optimizer.param_groups[0]["lr"])
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton et al.'s soft-target loss, scaled by T^2 so its gradients match the hard-label term's size."""
     t = temperature
     return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean", log_target=True) * t * t
+
+
+class EnsembleTeacher(nn.Module):
+    """Several trained models as one teacher: their logits averaged (an ensemble's usual soft targets)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).float() for m in self.members]).mean(0)
+
+
+def load_teacher(spec: str) -> nn.Module:
+    """The teacher named by TrainConfig.teacher: one run folder, or several joined by os.pathsep (an ensemble)."""
+    from core import checkpoint as ck
+
+    folders = [f for f in spec.split(os.pathsep) if f.strip()]
+    if not folders:
+        raise ValueError(f"teacher must name one or more run folders (joined by {os.pathsep!r}), got {spec!r}")
+    models = [ck.load_model(f.strip())[0] for f in folders]
+    return models[0] if len(models) == 1 else EnsembleTeacher(models)
 
 
 def _to_device_images(split: Split, device: torch.device) -> torch.Tensor:
@@ -179,6 +236,300 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
     return metrics_from_logits(predict_logits(model, split.images, device, batch_size, **kw), split.labels)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The loop, split for a CUDA graph: `setup_training` puts everything on the device once; `make_step` builds one
+# training step whose every input is a device tensor of fixed shape (batch indices, per-image random numbers,
+# per-batch mixing parameters), so the step never syncs with the host; `Stepper` runs it eagerly or replays it
+# from static buffers (captured in a CUDA graph on CUDA); `fit` drives epochs and reads the loss every few steps.
+# ---------------------------------------------------------------------------------------------------------
+SYNC_EVERY_CUDA = 50  # on CUDA the loss is read (and checked for NaN) every this many steps; on CPU a read is free
+GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN autotuning, lazy optimiser state)
+
+
+@dataclass
+class Setup:
+    """What the loop needs on the device, worked out once per `fit`."""
+
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+    x: torch.Tensor  # uint8 training images [N, 1, 48, 48] on the device
+    y: torch.Tensor
+    val: Split
+    batch: int
+    steps_per_epoch: int
+    total_steps: int
+    graph: bool  # capture the step in a CUDA graph
+    sync_every: int
+
+
+@dataclass
+class Accum:
+    """Per-epoch sums kept on the device, so a step adds to them without a host sync."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    last_loss: torch.Tensor
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "Accum":
+        return cls(*(torch.zeros((), device=device) for _ in range(3)))
+
+    def zero_(self) -> None:
+        for t in (self.loss_sum, self.correct, self.last_loss):
+            t.zero_()
+
+
+def use_cuda_graph(cfg: TrainConfig, device: torch.device, amp: torch.dtype | None) -> bool:
+    """Whether to capture the step: 'auto' on CUDA unless fp16 needs a GradScaler (its inf check syncs every step)."""
+    if cfg.cuda_graph == "off":
+        return False
+    reason = ("it needs a CUDA device, this run uses " + device.type if device.type != "cuda"
+              else "fp16 needs a GradScaler, which syncs with the host every step" if amp == torch.float16 else None)
+    if reason is None:
+        return True
+    if cfg.cuda_graph == "on":
+        raise ValueError(f"cuda_graph 'on' cannot be honoured: {reason}; use auto or off")
+    return False
+
+
+def prepare_optimizer(optimizer: torch.optim.Optimizer, device: torch.device, graph: bool) -> None:
+    """Move optimiser state to the model's device (a resumed state loads on the CPU); for a CUDA graph, make the
+    optimiser capturable and fused (one kernel for all parameters) with its lr in a device tensor."""
+    for st in optimizer.state.values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and (k != "step" or graph):
+                st[k] = v.to(device, dtype=torch.float32 if k == "step" else v.dtype)
+    if not graph:
+        return
+    for g in optimizer.param_groups:
+        if "capturable" in g:  # Adam/AdamW; SGD has no step counter and captures as it is
+            g["capturable"] = True
+        g["fused"], g["foreach"] = True, False
+        g["lr"] = torch.tensor(float(g["lr"]), device=device)
+
+
+def _place(model: nn.Module, device: torch.device, channels_last: bool) -> None:
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
+def setup_training(model: nn.Module, data: FERData, cfg: TrainConfig, device: torch.device,
+                   optimizer: torch.optim.Optimizer, teacher: nn.Module | None) -> Setup:
+    """Device, precision, the training split on the device, model (and teacher) placed, optimiser prepared."""
+    train = stratified_subset(data.splits["train"], cfg.subset, cfg.seed) if cfg.subset else data.splits["train"]
+    n = len(train)
+    if n == 0:
+        raise ValueError(f"{data.source}: the training split is empty")
+    batch = min(cfg.batch_size, n)
+    # drop_last: a trailing batch of 1-2 images gives BatchNorm useless statistics, and fixed shapes let a graph replay
+    steps_per_epoch = n // batch
+    total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 10**12)
+    channels_last = device.type == "cpu"  # measured faster for these convnets on CPU (docs/benchmarks.md)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # input shapes are fixed, so the autotuned kernels are reused every step
+    amp = autocast_dtype(cfg, device)
+    graph = use_cuda_graph(cfg, device, amp)
+    if cfg.dropout_kind == "element":
+        archs.set_dropout_kind(model, "element")
+    _place(model, device, channels_last)
+    if teacher is not None:
+        _place(teacher.eval(), device, channels_last)
+    prepare_optimizer(optimizer, device, graph)
+    return Setup(device, amp, channels_last, _to_device_images(train, device), torch.from_numpy(train.labels).to(device),
+                 data.splits[data.val_split], batch, steps_per_epoch, total_steps, graph,
+                 SYNC_EVERY_CUDA if device.type == "cuda" else 1)
+
+
+def transform_batch(xb: torch.Tensor, r: torch.Tensor, mix: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Augment a float batch from its random numbers; returns the batch and, when mixing is on, the weight of each
+    image's own label (the mean of its per-pixel mixing weights)."""
+    if cfg.augment:
+        xb = affine(xb, r[:, AFFINE_COLS])
+    if cfg.erase_prob > 0:
+        xb = random_erase(xb, r[:, ERASE_COLS], cfg.erase_prob, (cfg.erase_area_min, cfg.erase_area_max))
+    if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
+        return xb, None
+    w = mix_weights(mix, xb.shape[-2], xb.shape[-1])
+    return mix_batch(xb, w.to(xb.dtype)), w.mean()
+
+
+def batch_loss(logits: torch.Tensor, yb: torch.Tensor, own: torch.Tensor | None, t_logits: torch.Tensor | None,
+               cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and (weighted) correct count of a batch. With mixing, both are weighed between each image's label and
+    its partner's by `own`, so train accuracy measures agreement with the mixed targets."""
+    loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+    pred = logits.argmax(1)
+    hits = (pred == yb).sum().float()
+    if own is not None:
+        partner = yb.flip(0)
+        loss = own * loss + (1 - own) * F.cross_entropy(logits, partner, label_smoothing=cfg.label_smoothing)
+        hits = own * hits + (1 - own) * (pred == partner).sum().float()
+    if t_logits is not None:
+        loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distillation_loss(logits, t_logits, cfg.distill_temperature)
+    return loss, hits
+
+
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, su: Setup,
+              teacher: nn.Module | None, acc: Accum) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
+    """One training step as a function of device tensors only: batch indices [B], random numbers [B, R] and mixing
+    parameters [MIX_PARAMS]. It writes nothing to the host, so the same function runs eagerly or inside a graph.
+    The caller clears the gradients before an eager call (a graph captures them cleared)."""
+    scaler = torch.amp.GradScaler("cuda") if su.amp == torch.float16 else None
+
+    def step(idx: torch.Tensor, r: torch.Tensor, mix: torch.Tensor) -> None:
+        xb, own = transform_batch(prepare_input(su.x[idx], su.channels_last), r, mix, cfg)
+        yb = su.y[idx]
+        # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture (PyTorch's CUDA graph notes)
+        with torch.autocast(su.device.type, dtype=su.amp, enabled=su.amp is not None, cache_enabled=False):
+            logits = model(xb).float()
+            with torch.no_grad():
+                t_logits = teacher(xb).float() if teacher is not None else None
+        loss, hits = batch_loss(logits, yb, own, t_logits, cfg)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        acc.loss_sum.add_(loss.detach() * len(idx))
+        acc.correct.add_(hits)
+        acc.last_loss.copy_(loss.detach())
+
+    return step
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+class Stepper:
+    """Runs the step eagerly, or copies its inputs into static buffers and replays it (from a CUDA graph when
+    `capture`; on other devices the buffered call is what a test compares with the eager one)."""
+
+    def __init__(self, step: StepFn, model: nn.Module, optimizer: torch.optim.Optimizer, su: Setup,
+                 static: bool, capture: bool) -> None:
+        self.step, self.optimizer, self.static = step, optimizer, static or capture
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.capture_seconds = 0.0
+        dev = su.device
+        self.bufs = (torch.zeros(su.batch, dtype=torch.long, device=dev), torch.zeros(su.batch, RANDOMS_PER_IMAGE, device=dev),
+                     torch.zeros(MIX_PARAMS, device=dev)) if self.static else ()
+        if capture:
+            t = time.perf_counter()
+            self.graph = capture_step(step, self.bufs, model, optimizer)
+            self.capture_seconds = time.perf_counter() - t
+
+    def __call__(self, idx: torch.Tensor, r: torch.Tensor, mix: torch.Tensor) -> None:
+        if not self.static:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step(idx, r, mix)
+            return
+        for buf, value in zip(self.bufs, (idx, r, mix)):
+            buf.copy_(value, non_blocking=True)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step(*self.bufs)
+
+
+def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = {p: {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)} for p, st in optimizer.state.items()}
+    return weights, opt
+
+
+@torch.no_grad()
+def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, snap: tuple[dict, dict]) -> None:
+    """Undo warm-up steps in place (a graph holds these very tensors). Optimiser state that warm-up created is zeroed:
+    Adam's moments and step count start at 0, and SGD's first momentum step (buffer = grad) equals buffer 0 + grad."""
+    weights, opt = snap
+    for k, v in model.state_dict().items():
+        v.copy_(weights[k])
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                v.copy_(opt[p][k]) if k in opt.get(p, {}) else v.zero_()
+
+
+def capture_step(step: StepFn, bufs: tuple[torch.Tensor, ...], model: nn.Module,
+                 optimizer: torch.optim.Optimizer) -> torch.cuda.CUDAGraph:
+    """Whole-step capture as in PyTorch's CUDA graph notes ("whole network capture"): warm up on a side stream,
+    clear the gradients to None so backward allocates them in the graph's pool, then capture forward, backward and
+    the optimiser step. The warm-up's effect on weights, BatchNorm statistics and optimiser state is undone."""
+    snap = _snapshot(model, optimizer)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(GRAPH_WARMUP_STEPS):
+            optimizer.zero_grad(set_to_none=True)
+            step(*bufs)
+    torch.cuda.current_stream().wait_stream(side)
+    _restore(model, optimizer, snap)
+    optimizer.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(*bufs)
+    return graph
+
+
+def epoch_plan(cfg: TrainConfig, epoch: int, su: Setup, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The epoch's batch indices [S, B], random numbers [S, B, R] and mixing parameters [S, MIX_PARAMS], drawn on the
+    host from the seed and the epoch alone (so resumable) and moved to the device in one copy each."""
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    s, b = su.steps_per_epoch, su.batch
+    order = torch.randperm(n, generator=gen)[:s * b].view(s, b)
+    r = torch.rand(s, b, RANDOMS_PER_IMAGE, generator=gen)
+    mix = mix_plan(np.random.default_rng([cfg.seed, epoch]), s, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
+    return order.to(su.device), r.to(su.device), mix.to(su.device)
+
+
+def _read_loss(acc: Accum, epoch: int, step: int) -> float:
+    """The host sync: the last loss, after checking that no loss so far this epoch was NaN or infinite."""
+    if not math.isfinite(acc.loss_sum.item()):
+        raise StopRun(f"loss became {acc.last_loss.item()} at epoch {epoch + 1} (by step {step}): lower the learning rate")
+    return acc.last_loss.item()
+
+
+def run_epoch(stepper: Stepper, su: Setup, cfg: TrainConfig, state: TrainState, acc: Accum, plan: tuple,
+              lr_scale: float, on_batch: BatchHook | None, should_stop: Callable[[], bool] | None) -> tuple[int, bool, float]:
+    """Steps of one epoch; returns images seen, whether a stop was requested, and the last lr."""
+    epoch, (order, r, mix) = state.epoch, plan
+    t0, seen, lr, loss = time.perf_counter(), 0, cfg.lr, float("nan")
+    for i in range(su.steps_per_epoch):
+        if cfg.max_steps and state.steps >= cfg.max_steps:
+            break
+        if should_stop is not None and should_stop():
+            return seen, True, lr
+        lr = lr_at(cfg, state.steps, su.total_steps, su.steps_per_epoch, lr_scale)
+        set_lr(stepper.optimizer, lr)
+        stepper(order[i], r[i], mix[i])
+        state.steps += 1
+        seen += su.batch
+        if (i + 1) % su.sync_every == 0:
+            loss = _read_loss(acc, epoch, i + 1)
+        if on_batch is not None:
+            on_batch({"epoch": epoch + 1, "step": i + 1, "steps": su.steps_per_epoch, "loss": loss, "lr": lr,
+                      "global_step": state.steps, "total_steps": su.total_steps, "seconds": time.perf_counter() - t0})
+    return seen, False, lr
+
+
+def finish_epoch(model: nn.Module, su: Setup, data: FERData, acc: Accum, state: TrainState, seen: int, t0: float,
+                 lr: float) -> dict:
+    """Epoch-end NaN check, validation and the epoch's metrics (state.epoch advances)."""
+    train_loss = (acc.loss_sum / seen).item()
+    if not math.isfinite(train_loss):
+        raise StopRun(f"loss became {train_loss} in epoch {state.epoch + 1}: lower the learning rate")
+    train_seconds = time.perf_counter() - t0
+    ev = evaluate(model, su.val, su.device, amp=su.amp, channels_last=su.channels_last)
+    state.epoch += 1
+    return {"epoch": state.epoch, "steps": state.steps, "train_loss": train_loss, "train_acc": acc.correct.item() / seen,
+            "val_loss": ev["loss"], "val_acc": ev["accuracy"], "val_split": data.val_split,
+            "lr": lr, "seconds": time.perf_counter() - t0, "images_per_s": seen / train_seconds}
+
+
 def fit(
     model: nn.Module,
     data: FERData,
@@ -196,99 +547,24 @@ def fit(
     The generator mutates `model`, `optimizer` and `state`; the caller saves checkpoints between yields.
     A stop request returns after the current batch without yielding the unfinished epoch.
     """
-    train = data.splits["train"]
-    if cfg.subset:
-        train = stratified_subset(train, cfg.subset, cfg.seed)
-    val = data.splits[data.val_split]
-    n = len(train)
-    if n == 0:
-        raise ValueError(f"{data.source}: the training split is empty")
-    batch = min(cfg.batch_size, n)
-    drop_last = n > batch  # a trailing batch of 1-2 images gives BatchNorm useless statistics
-    steps_per_epoch = n // batch if drop_last else 1
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    channels_last = device.type == "cpu"  # measured faster for these convnets on CPU (docs/benchmarks.md)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # input shapes are fixed, so the autotuned kernels are reused every step
-    amp = autocast_dtype(cfg, device)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if teacher is not None:
-        teacher.to(device).eval()
-        if channels_last:
-            teacher.to(memory_format=torch.channels_last)
-    x_train = _to_device_images(train, device)
-    y_train = torch.from_numpy(train.labels).to(device)
-
+    su = setup_training(model, data, cfg, device, optimizer, teacher)
+    n = len(su.x)
+    acc = Accum.zeros(device)
+    stepper = Stepper(make_step(model, optimizer, cfg, su, teacher, acc), model, optimizer, su, static=False, capture=su.graph)
+    sched = plateau_scheduler(cfg, state.history)
     while state.epoch < cfg.epochs and (not cfg.max_steps or state.steps < cfg.max_steps):
-        epoch = state.epoch
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # resumable: depends on epoch only
-        order = torch.randperm(n, generator=gen).to(device)
+        # Dropout masks from a per-epoch seed: a resumed run draws exactly what an uninterrupted one would.
+        torch.manual_seed(cfg.seed * 100_003 + state.epoch)
+        plan = epoch_plan(cfg, state.epoch, su, n)
         model.train()
+        acc.zero_()
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        stopped = False
-        for i in range(steps_per_epoch):
-            if cfg.max_steps and state.steps >= cfg.max_steps:
-                break
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            idx = order[i * batch:(i + 1) * batch]
-            xb = prepare_input(x_train[idx], channels_last)
-            yb = y_train[idx]
-            if cfg.augment:
-                xb = augment_batch(xb, gen)
-            lr = lr_at(cfg, state.steps, total_steps, steps_per_epoch)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = model(xb)
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(xb).float()
-                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distillation_loss(logits.float(), t_logits, cfg.distill_temperature)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            state.steps += 1
-            bs = len(yb)
-            seen += bs
-            loss_sum += loss.detach() * bs
-            correct += (logits.argmax(1) == yb).sum()
-            if on_batch is not None:
-                lv = loss.item()  # syncs; only paid when someone is listening
-                if not math.isfinite(lv):
-                    raise StopRun(f"loss became {lv} at epoch {epoch + 1}, step {i + 1}: lower the learning rate")
-                on_batch({"epoch": epoch + 1, "step": i + 1, "steps": steps_per_epoch, "loss": lv, "lr": lr,
-                          "global_step": state.steps, "total_steps": total_steps,
-                          "seconds": time.perf_counter() - t0})
+        seen, stopped, lr = run_epoch(stepper, su, cfg, state, acc, plan, plateau_multiplier(sched), on_batch, should_stop)
         if stopped or seen == 0:
             return
-        train_loss = (loss_sum / seen).item()
-        if not math.isfinite(train_loss):
-            raise StopRun(f"loss became {train_loss} in epoch {epoch + 1}: lower the learning rate")
-        train_seconds = time.perf_counter() - t0
-        ev = evaluate(model, val, device, amp=amp, channels_last=channels_last)
-        state.epoch += 1
-        metrics = {
-            "epoch": state.epoch, "steps": state.steps,
-            "train_loss": train_loss, "train_acc": correct.item() / seen,
-            "val_loss": ev["loss"], "val_acc": ev["accuracy"], "val_split": data.val_split,
-            "lr": lr, "seconds": time.perf_counter() - t0, "images_per_s": seen / train_seconds,
-        }
+        metrics = finish_epoch(model, su, data, acc, state, seen, t0, lr)
+        if sched is not None:
+            sched.step(metrics["val_acc"])
         state.history.append(metrics)
         yield metrics
         if cfg.max_steps and state.steps >= cfg.max_steps:

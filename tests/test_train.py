@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core import rundir
 from core import checkpoint as ck
@@ -59,6 +60,13 @@ def test_resume_continues_from_last_epoch(tmp_path: Path) -> None:
     record = rundir.read_record(run)
     assert record.status == "done" and [e.epoch for e in record.epochs] == [1, 2, 3]
     assert record.resumed_from_epoch == 1
+    # and it ends where an uninterrupted run ends: same learning-rate curve, same validation scores, same weights
+    list(run_training(cfg, tmp_path / "whole"))
+    whole = rundir.read_record(tmp_path / "whole")
+    for key in ("lr", "val_acc", "train_loss"):
+        assert [getattr(e, key) for e in record.epochs] == [getattr(e, key) for e in whole.epochs], key
+    w1, w2 = (torch.load(d / rundir.WEIGHTS, weights_only=True) for d in (run, tmp_path / "whole"))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
 def test_resume_refuses_different_settings(tmp_path: Path) -> None:
@@ -175,3 +183,217 @@ def test_ship_refuses_unfinished(tmp_path: Path) -> None:
     gen.close()
     with pytest.raises(ValueError, match="only finished or stopped runs"):
         ship_run(tmp_path / "run", tmp_path / "dest")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The split loop: the buffered step equals the eager one, resume equals an uninterrupted run, levers work.
+# ---------------------------------------------------------------------------------------------------------
+def _tiny_setup(cfg: TrainConfig, seed: int = 0):  # noqa: ANN202
+    from core import archs
+    from core.train import Accum, make_optimizer, make_step, setup_training
+
+    data = synthetic_dataset(300, seed=0)
+    torch.manual_seed(seed)
+    model = archs.build(cfg.arch, **cfg.model_knobs())
+    opt = make_optimizer(cfg, model)
+    su = setup_training(model, data, cfg, torch.device("cpu"), opt, None)
+    acc = Accum.zeros(su.device)
+    return model, opt, su, acc, make_step(model, opt, cfg, su, None, acc)
+
+
+def test_static_buffer_step_matches_eager_exactly() -> None:
+    from core.train import Stepper, epoch_plan
+
+    cfg = TrainConfig(arch="mobilenet", width=0.25, dropout=0.2, batch_size=32, erase_prob=0.5, mixup_alpha=0.4,
+                      cutmix_alpha=1.0, precision="fp32", synthetic_size=300)
+    results = []
+    for static in (False, True):
+        model, opt, su, acc, step = _tiny_setup(cfg)
+        stepper = Stepper(step, model, opt, su, static=static, capture=False)
+        assert bool(stepper.bufs) == static
+        order, r, mix = epoch_plan(cfg, 0, su, len(su.x))
+        torch.manual_seed(123)  # dropout masks alike in both runs
+        for i in range(5):
+            stepper(order[i], r[i], mix[i])
+        results.append((model.state_dict(), opt.state_dict()["state"], acc.loss_sum.item(), acc.correct.item()))
+    (w_e, o_e, l_e, c_e), (w_s, o_s, l_s, c_s) = results
+    assert all(torch.equal(w_e[k], w_s[k]) for k in w_e)
+    assert all(torch.equal(o_e[p][k], o_s[p][k]) for p in o_e for k in o_e[p])
+    assert l_e == l_s and c_e == c_s
+    assert not torch.equal(w_e["body.0.0.weight"], _tiny_setup(cfg)[0].state_dict()["body.0.0.weight"])  # it trained
+
+
+def _fit_epochs(cfg: TrainConfig, epochs_then_resume: int | None):  # noqa: ANN202
+    """Train with fit(); optionally 'die' after some epochs and resume into fresh objects from a saved state."""
+    import io
+
+    from core import archs
+    from core.train import TrainState, fit, make_optimizer
+
+    data = synthetic_dataset(cfg.synthetic_size, seed=1)
+    dev = torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    model = archs.build(cfg.arch, **cfg.model_knobs())
+    opt = make_optimizer(cfg, model)
+    state = TrainState()
+    gen = fit(model, data, cfg, device=dev, optimizer=opt, state=state)
+    for _ in range(epochs_then_resume or cfg.epochs):
+        next(gen)
+    if epochs_then_resume is None:
+        return model, opt, state
+    gen.close()
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    model2 = archs.build(cfg.arch, **cfg.model_knobs())
+    model2.load_state_dict(saved["model"])
+    opt2 = make_optimizer(cfg, model2)
+    opt2.load_state_dict(saved["optimizer"])
+    state2 = TrainState(epoch=state.epoch, steps=state.steps, history=list(state.history))
+    list(fit(model2, data, cfg, device=dev, optimizer=opt2, state=state2))
+    return model2, opt2, state2
+
+
+def test_resume_matches_uninterrupted_run_with_plateau(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import train
+
+    # Validation reports a flat 0.5 (the real evaluation runs; only its accuracy is pinned), so with patience 0 the
+    # plateau rule cuts the lr after the first epoch that fails to improve (the 2nd). The resumed process must
+    # replay epoch 1 to make that cut: a fresh scheduler would take epoch 2 as its first, best value.
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: {**real(*a, **k), "accuracy": 0.5})
+    cfg = TrainConfig(arch="mobilenet", width=0.25, dropout=0.1, batch_size=32, epochs=3, schedule="plateau",
+                      plateau_patience=0, plateau_factor=0.1, lr=3e-3, synthetic_size=200, precision="fp32")
+    m1, o1, s1 = _fit_epochs(cfg, None)
+    m2, o2, s2 = _fit_epochs(cfg, 1)
+    assert [h["lr"] for h in s1.history] == pytest.approx([3e-3, 3e-3, 3e-4])
+    assert [h["lr"] for h in s1.history] == [h["lr"] for h in s2.history]
+    assert [h["train_loss"] for h in s1.history] == [h["train_loss"] for h in s2.history]
+    assert s1.steps == s2.steps
+    w1, w2 = m1.state_dict(), m2.state_dict()
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    st1, st2 = o1.state_dict()["state"], o2.state_dict()["state"]
+    assert st1.keys() == st2.keys() and all(torch.equal(st1[p][k], st2[p][k]) for p in st1 for k in st1[p])
+
+
+def test_plateau_multiplier_replays_history() -> None:
+    from core.train import plateau_multiplier, plateau_scheduler
+
+    cfg = TrainConfig(schedule="plateau", plateau_factor=0.5, plateau_patience=1)
+    hist = [{"val_acc": a} for a in (0.3, 0.4, 0.4, 0.4, 0.4)]
+    assert plateau_multiplier(plateau_scheduler(cfg, hist[:2])) == 1.0
+    assert plateau_multiplier(plateau_scheduler(cfg, hist[:4])) == 0.5  # two epochs without improvement > patience 1
+    assert plateau_multiplier(plateau_scheduler(TrainConfig(), hist)) == 1.0  # other schedules: no multiplier
+    assert lr_at(TrainConfig(schedule="plateau", lr=0.1), 50, 100, 10, plateau_scale=0.25) == pytest.approx(0.025)
+
+
+def test_distillation_loss_numerically() -> None:
+    from core.train import distillation_loss
+
+    s = torch.tensor([[1.0, 0.0, -1.0, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0, 0, 2.0]])
+    t = torch.tensor([[0.0, 2.0, 0.0, 0, 0, 0, 0], [1.0, 0.0, 0, 0, 0, 0, 0.0]])
+    T = 2.0
+    ps, pt = torch.softmax(s / T, 1), torch.softmax(t / T, 1)
+    want = (pt * (pt.log() - ps.log())).sum(1).mean() * T * T  # KL(teacher || student), batch mean, times T^2
+    assert distillation_loss(s, t, T).item() == pytest.approx(want.item(), rel=1e-5)
+    assert distillation_loss(t, t, T).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_teacher_changes_the_gradients() -> None:
+    from core.train import batch_loss
+
+    cfg = TrainConfig(distill_alpha=0.7, distill_temperature=4.0)
+    y = torch.tensor([0, 3, 6, 2])
+    grads = []
+    for teacher in (None, torch.randn(4, 7, generator=torch.Generator().manual_seed(0)) * 3,
+                    torch.randn(4, 7, generator=torch.Generator().manual_seed(1)) * 3):
+        logits = torch.zeros(4, 7, requires_grad=True)
+        loss, _ = batch_loss(logits, y, None, teacher, cfg)
+        loss.backward()
+        grads.append(logits.grad.clone())
+    assert not torch.allclose(grads[0], grads[1]) and not torch.allclose(grads[1], grads[2])
+    # the teacher's share of the gradient is alpha * (softmax(s/T) - softmax(t/T)) * T / B
+    logits = torch.zeros(4, 7, requires_grad=True)
+    teacher = torch.randn(4, 7, generator=torch.Generator().manual_seed(0)) * 3
+    kd_only, _ = batch_loss(logits, y, None, teacher, TrainConfig(distill_alpha=1.0, distill_temperature=4.0))
+    kd_only.backward()
+    want = (torch.softmax(logits.detach() / 4, 1) - torch.softmax(teacher / 4, 1)) * 4 / 4
+    torch.testing.assert_close(logits.grad, want)
+
+
+def test_mixed_batch_loss_and_accuracy_weigh_both_labels() -> None:
+    from core.train import batch_loss
+
+    y = torch.tensor([0, 1, 2, 3])
+    logits = torch.eye(7)[[0, 1, 5, 3]] * 5  # right on 0, 1 and 3; the partner labels (flipped) are 3, 2, 1, 0
+    own = torch.tensor(0.75)
+    loss, hits = batch_loss(logits, y, own, None, TrainConfig())
+    want = 0.75 * F.cross_entropy(logits, y) + 0.25 * F.cross_entropy(logits, y.flip(0))
+    assert loss.item() == pytest.approx(want.item())
+    assert hits.item() == pytest.approx(0.75 * 3 + 0.25 * 0)
+
+
+def test_ensemble_teacher_averages_logits(tiny_run: Path) -> None:
+    import os
+
+    from core.train import EnsembleTeacher, load_teacher
+
+    single = load_teacher(str(tiny_run))
+    assert not isinstance(single, EnsembleTeacher)
+    pair = load_teacher(os.pathsep.join([str(tiny_run), str(tiny_run)]))
+    assert isinstance(pair, EnsembleTeacher) and len(pair.members) == 2
+    x = torch.randint(0, 256, (3, 1, 48, 48)).float()
+    with torch.no_grad():
+        pair.members[1].body[0][0].weight.mul_(0.5)  # make the members differ
+        torch.testing.assert_close(pair(x), (pair.members[0](x) + pair.members[1](x)) / 2)
+    with pytest.raises(ValueError, match="run folders"):
+        load_teacher(os.pathsep)
+
+
+def test_autocast_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import train
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train.autocast_dtype(TrainConfig(precision="fp32"), cpu) is None
+    assert train.autocast_dtype(TrainConfig(precision="fp32"), cuda) is None
+    assert train.autocast_dtype(TrainConfig(precision="bf16"), cpu) is torch.bfloat16
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)  # emulated bf16 is slower than fp32: stay fp32
+    assert train.autocast_dtype(TrainConfig(), cpu) is None
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train.autocast_dtype(TrainConfig(), cpu) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert train.autocast_dtype(TrainConfig(), cuda) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # older GPUs: fp16 with a scaler
+    assert train.autocast_dtype(TrainConfig(), cuda) is torch.float16
+
+
+def test_cuda_graph_choice() -> None:
+    from core.train import use_cuda_graph
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_cuda_graph(TrainConfig(), cuda, torch.bfloat16) is True
+    assert use_cuda_graph(TrainConfig(cuda_graph="off"), cuda, torch.bfloat16) is False
+    assert use_cuda_graph(TrainConfig(), cpu, None) is False
+    assert use_cuda_graph(TrainConfig(), cuda, torch.float16) is False  # GradScaler syncs every step
+    with pytest.raises(ValueError, match="CUDA device"):
+        use_cuda_graph(TrainConfig(cuda_graph="on"), cpu, None)
+    with pytest.raises(ValueError, match="GradScaler"):
+        use_cuda_graph(TrainConfig(cuda_graph="on"), cuda, torch.float16)
+
+
+def test_element_wise_dropout_knob(tmp_path: Path) -> None:
+    cfg = TrainConfig(arch="mobilenet", width=0.25, epochs=1, synthetic_size=200, batch_size=64, dropout_kind="element",
+                      erase_prob=0.5, cutmix_alpha=1.0, tta="flip")
+    list(run_training(cfg, tmp_path / "run"))
+    model, record = ck.load_model(tmp_path / "run")  # the kind changes no weights: the checkpoint loads as built
+    assert record.status == "done" and record.config["dropout_kind"] == "element"
+    assert record.onnx["parity_max_abs"] < 1e-3  # the flip-averaged graph matches the flip-averaged model
+    with pytest.raises(ValueError, match="dropout_kind"):
+        TrainConfig(dropout_kind="spatial")
+    from core import archs
+
+    m = archs.build("mobilenet", width=0.25)
+    assert archs.set_dropout_kind(m, "element") == 10
+    assert not any(isinstance(x, torch.nn.Dropout2d) for x in m.modules())
+    assert archs.set_dropout_kind(archs.build("plain_cnn", width=0.25), "channel") == 0  # its dropouts act on vectors

@@ -1,0 +1,54 @@
+"""`core bench`: ratios point the right way for each unit, "met" follows the target, and a quick run renders them."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.harness import Row, main, window_rates
+
+
+def test_ratio_direction_and_met_logic() -> None:
+    fast = Row("training", "x", ours=300.0, yardstick=100.0, unit="img/s", min_ratio=2.5)
+    assert fast.ratio == pytest.approx(3.0) and fast.met is True and fast.target == ">= 2.5x"
+    slow = Row("training", "x", ours=200.0, yardstick=100.0, unit="img/s", min_ratio=2.5)
+    assert slow.ratio == pytest.approx(2.0) and slow.met is False
+    # times: lower is better, so the ratio is yardstick / ours
+    quick = Row("inference", "x", ours=2.0, yardstick=10.0, unit="ms", min_ratio=5)
+    assert quick.ratio == pytest.approx(5.0) and quick.met is True
+    assert Row("inference", "x", ours=3.0, yardstick=10.0, unit="ms", min_ratio=5).met is False
+    assert Row("data", "x", ours=0.5, yardstick=None, unit="s", max_value=1).met is True
+    assert Row("data", "x", ours=1.5, yardstick=None, unit="s", max_value=1).met is False
+    assert Row("data", "x", ours=1.5, yardstick=None, unit="s").met is None and Row("data", "x", 1.0, None, "s").ratio is None
+
+
+def test_window_rates_are_per_window() -> None:
+    stamps = [0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 9.0]  # steps end at these times; 1 warm-up step, windows of 3 steps
+    assert window_rates(stamps, warm=1, steps=3, batch=10) == [30 / 3.0, 30 / 6.0]
+
+
+def _table(md: str) -> list[list[str]]:
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| ")]
+    return [r for r in rows if len(r) == 7 and r[0] != "figure"]
+
+
+def test_quick_bench_inference_section(tmp_path: Path) -> None:
+    out = tmp_path / "bench.md"
+    assert main(quick=True, out=str(out), sections=("inference",)) == 0
+    md = out.read_text()
+    rows = _table(md)
+    assert len(rows) >= 8 and "median" in md
+    for figure, ours, yard, ratio, target, met, _ in rows:
+        o, y = float(ours.split()[0].replace(",", "")), float(yard.split()[0].replace(",", ""))
+        r = float(ratio.rstrip("x"))
+        # ms: the ratio is yardstick / ours; the table prints times to 0.1 ms, so small ones only bound the ratio
+        assert (y - 0.05) / (o + 0.05) - 0.01 <= r <= (y + 0.05) / max(o - 0.05, 1e-9) + 0.01, figure
+        if abs(y - o) > 0.1:
+            assert (r > 1) == (y > o), figure  # direction: ratio > 1 exactly when ours is faster
+        if target:
+            goal = float(re.search(r"[\d.]+", target).group())
+            assert (met == "yes") == (r >= goal), figure
+        else:
+            assert met == "", figure
+    assert any("TTA 'tencrop'" in r[0] for r in rows)

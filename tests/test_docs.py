@@ -1,0 +1,60 @@
+"""The documents quote the shipped models' accuracies as their records give them (checkpoints/*/run.json)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", ROOT / "docs" / "study.md", ROOT / "docs" / "benchmarks.md"]
+
+
+def _shipped() -> dict[str, float]:
+    out = {}
+    for path in sorted((ROOT / "checkpoints").glob("*/run.json")):
+        acc = json.loads(path.read_text())["final"]["accuracy"]
+        out[path.parent.name] = acc.get("public", acc.get("val"))
+    return out
+
+
+def _figures(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"(?<![\d.])0\.\d{3,4}(?!\d)", text)]
+
+
+def _quotes(value: float, figures: list[float]) -> bool:
+    """A figure quotes `value` when it is `value` rounded to its own number of decimals (3 or 4)."""
+    return any(abs(f - value) <= 0.0005 + 1e-9 for f in figures)
+
+
+SHIPPED = _shipped()
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_table_rows_quote_their_runs_accuracy(doc: Path) -> None:
+    checked = 0
+    for line in doc.read_text().splitlines():
+        m = re.match(r"\|\s*`([\w.-]+)`\s*\|", line)
+        if not m or m.group(1) not in SHIPPED:
+            continue
+        assert _quotes(SHIPPED[m.group(1)], _figures(line)), f"{doc.name}: {line[:120]} does not quote {SHIPPED[m.group(1)]:.4f}"
+        checked += 1
+    if doc.name != "benchmarks.md":
+        assert checked >= 8, f"{doc.name}: expected a table of shipped runs"
+
+
+def test_int8_rows_quote_the_shipped_fp32_accuracy() -> None:
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    rows = re.findall(r"\| (\w+) batch 1, static int8[^\n]*?([\d.]+) int8 vs ([\d.]+) fp32 \(shipped weights\)", text)
+    assert rows, "benchmarks.md lost its int8 rows"
+    for arch, _int8, fp32 in rows:
+        # ONNX Runtime on the shipped graph vs the record's PyTorch evaluation: equal to the third decimal
+        assert abs(float(fp32) - SHIPPED[f"{arch}-w1"]) <= 0.0015, f"int8 row for {arch} quotes {fp32}"
+
+
+def test_readme_target_sentence() -> None:
+    text = (ROOT / "README.md").read_text()
+    for label, run in (("MobileNet w1.0", "mobilenet-w1"), ("plain CNN w1.0", "plain_cnn-w1")):
+        for quoted in re.findall(re.escape(label) + r" (0\.\d{3})", text):
+            assert abs(float(quoted) - SHIPPED[run]) <= 0.0005, f"README quotes {label} {quoted}"
