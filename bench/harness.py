@@ -280,7 +280,7 @@ def detector_rows(photos_dir: Path, onnx_path: Path, repeats: int) -> list[Row]:
     1 MP photo end to end. Self-contained: it needs only Row, median_time and core.faces/core.photo."""
     import cv2
 
-    from core.faces import score_on_manifest
+    from core.facescore import score_on_manifest
     from core.photo import analyze_photo
 
     new, old = score_on_manifest(photos_dir, "auto"), score_on_manifest(photos_dir, "haar")

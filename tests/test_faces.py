@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core import faces
+from core import faces, facescore
 from core.photo import decode_image
 
 from conftest import ROOT, SAMPLE_PHOTO
@@ -27,7 +27,7 @@ def photos() -> Path:
 
 
 def test_recall_on_the_real_photos_beats_the_floor_with_no_false_faces(photos: Path) -> None:
-    score = faces.score_on_manifest(photos, "auto")
+    score = facescore.score_on_manifest(photos, "auto")
     assert score.photos == 40 and score.faces == 74
     assert score.recall >= RECALL_FLOOR, score.mismatches
     assert score.extra == 0, score.mismatches  # no photo gets more faces than it has
@@ -89,4 +89,4 @@ def test_degenerate_landmarks_are_a_value_error() -> None:
 
 def test_manifest_without_csv_is_a_value_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no manifest.csv"):
-        faces.score_on_manifest(tmp_path)
+        facescore.score_on_manifest(tmp_path)

@@ -97,7 +97,6 @@ def test_length_checker_counts_nested_functions(tmp_path: Path) -> None:
 
 
 # train.fit is being split in another branch of issue #11; remove the mark once that lands.
-@pytest.mark.xfail(strict=False, reason="issue #11 split still open elsewhere: train.fit (114 lines)")
 def test_no_function_in_core_over_60_lines() -> None:
     found = long_functions(CORE)
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines in core: {', '.join(found)}"

@@ -124,7 +124,7 @@ def test_config_validation() -> None:
         TrainConfig(optimizer="lbfgs")
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(lr=float("nan"))
-    with pytest.raises(ValueError, match="unknown architecture"):
+    with pytest.raises(ValueError, match="arch must be one of plain_cnn, mobilenet"):
         TrainConfig(arch="nope")
     assert TrainConfig.from_dict(TrainConfig(width=0.5).to_dict()) == TrainConfig(width=0.5)
 
