@@ -16,7 +16,9 @@ from core.rundir import RunStatus
 SPLITS: tuple[str, ...] = ("public", "private", "val", "train")
 RUN_COLUMNS = ["name", "shipped", "arch", "family", "width", "params", "macs", "size_mb", "accuracy", "accuracy_split",
                "acc_public", "acc_private", "acc_val", "acc_train", "epochs", "epochs_planned", "wall_time_s", "device",
-               "data", "status", "recipe", "created", "technique", "parent", "onnx_kb", "path"]
+               "data", "status", "recipe", "created", "technique", "parent", "onnx_kb", "seedless", "path"]
+# Settings that do not change what is trained: runs equal in everything else are seeds of one point.
+NOT_RECIPE = ("seed", "threads", "device", "cuda_graph")
 
 
 def family_title(arch: str, recorded: str = "") -> str:
@@ -42,8 +44,16 @@ def run_row(run: RunStatus) -> dict:
         "technique": r.variant.technique if r.variant else "fp32",
         "parent": r.variant.parent if r.variant else None,
         "onnx_kb": onnx.stat().st_size / 1024 if run.has_onnx else math.nan,
-        "path": str(run.path),
+        "seedless": seedless_key(r), "path": str(run.path),
     }
+
+
+def seedless_key(r: RunRecord) -> str:
+    """The run's settings without its seed (and without where it ran): equal keys are seeds of the same recipe."""
+    import json
+
+    kept = {k: v for k, v in r.config.items() if k not in NOT_RECIPE}
+    return json.dumps([r.model.arch, r.model.knobs, kept, r.variant.technique if r.variant else ""], sort_keys=True)
 
 
 def runs_table(runs: Iterable[RunStatus]) -> pd.DataFrame:

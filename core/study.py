@@ -115,11 +115,11 @@ def ablation_section(df: pd.DataFrame, arch: str = "mobilenet", width: float = 1
 
 
 def seed_spread(df: pd.DataFrame) -> float | None:
-    """The largest standard deviation over seeds, in points, among runs that share architecture, size and recipe
-    (the recipe text leaves the seed out); None when no point was trained with two or more seeds."""
-    if "recipe" not in df.columns:
+    """The largest standard deviation over seeds, in points, among runs whose settings differ only in the seed
+    (core.runviews.seedless_key); None when no point was trained with two or more seeds."""
+    if "seedless" not in df.columns:
         return None
-    groups = df.groupby(["arch", "params", "recipe"])["acc"]
+    groups = df.groupby("seedless")["acc"]
     stds = [float(g.std()) * 100 for _, g in groups if len(g) >= 2]
     return max(stds) if stds else None
 

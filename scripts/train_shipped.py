@@ -12,7 +12,7 @@ as a second sweep once their teacher is shipped. Each of these small models alon
 and kernel launches bound a step at about 9 ms on an H200), so side by side they finish sooner in total; measured
 with 13 at once, each step took 25-40 ms. With --budget-s, each run first times a few steps here and picks the
 number of epochs (at most its recipe's) that fits, so the cosine schedule always completes. --pack writes the
-weights, records and logs as a few tar files (the device tool brings back at most 8 files of 16 MiB).
+weights, records and logs as a few tar files, to carry them off a remote machine in one go.
 """
 from __future__ import annotations
 

@@ -189,9 +189,16 @@ def test_a_winner_only_beyond_the_seed_spread() -> None:
 
 
 def test_seed_spread_pools_runs_that_differ_only_in_seed() -> None:
-    runs = pd.DataFrame({"arch": ["mobilenet"] * 3 + ["plain_cnn"], "params": [1_000] * 3 + [5_000],
-                         "recipe": ["a", "a", "b", "a"], "acc": [0.50, 0.52, 0.90, 0.60]})
-    assert seed_spread(runs) == pytest.approx(100 * 0.02 / 2 ** 0.5)  # std of 0.50 and 0.52; "b" and plain are alone
+    from core.record import RunRecord
+    from core.runviews import seedless_key
+
+    def key(seed: int, epochs: int = 30) -> str:
+        return seedless_key(RunRecord.from_json({"model": {"arch": "mobilenet", "knobs": {"width": 1.0}},
+                                                 "config": {"seed": seed, "epochs": epochs, "threads": seed}}))
+
+    assert key(0) == key(1) != key(0, epochs=50)  # another schedule is another point, not a seed
+    runs = pd.DataFrame({"seedless": [key(0), key(1), key(0, 50), "plain"], "acc": [0.50, 0.52, 0.90, 0.60]})
+    assert seed_spread(runs) == pytest.approx(100 * 0.02 / 2 ** 0.5)  # std of 0.50 and 0.52; the others are alone
     assert seed_spread(runs.drop(index=1)) is None
 
 
