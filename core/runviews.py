@@ -16,7 +16,7 @@ from core.rundir import RunStatus
 SPLITS: tuple[str, ...] = ("public", "private", "val", "train")
 RUN_COLUMNS = ["name", "shipped", "arch", "family", "width", "params", "macs", "size_mb", "accuracy", "accuracy_split",
                "acc_public", "acc_private", "acc_val", "acc_train", "epochs", "epochs_planned", "wall_time_s", "device",
-               "data", "status", "recipe", "created", "technique", "parent", "onnx_kb", "seedless", "path"]
+               "data", "status", "recipe", "created", "technique", "parent", "onnx_kb", "latency_ms", "seedless", "path"]
 # Settings that do not change what is trained: runs equal in everything else are seeds of one point.
 NOT_RECIPE = ("seed", "threads", "device", "cuda_graph")
 
@@ -44,8 +44,13 @@ def run_row(run: RunStatus) -> dict:
         "technique": r.variant.technique if r.variant else "fp32",
         "parent": r.variant.parent if r.variant else None,
         "onnx_kb": onnx.stat().st_size / 1024 if run.has_onnx else math.nan,
+        "latency_ms": _latency(r.variant.measured.get("latency_ms_b64")) if r.variant else math.nan,
         "seedless": seedless_key(r), "path": str(run.path),
     }
+
+
+def _latency(v: object) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
 def seedless_key(r: RunRecord) -> str:
@@ -57,8 +62,16 @@ def seedless_key(r: RunRecord) -> str:
 
 
 def runs_table(runs: Iterable[RunStatus]) -> pd.DataFrame:
-    """One row per usable run (broken folders are left out: see RunStatus.problem)."""
-    df = pd.DataFrame([run_row(r) for r in runs if r.ok], columns=RUN_COLUMNS)
+    """One row per usable run (broken folders are left out: see RunStatus.problem). Latency (ONNX Runtime, batch 64,
+    ms) is known for compression variants and for their parents, measured side by side when the variant was made."""
+    runs = [r for r in runs if r.ok]
+    parent_latency = {r.record.variant.parent: _latency(r.record.variant.measured.get("parent_latency_ms_b64"))
+                      for r in runs if r.record.variant}
+    rows = [run_row(r) for r in runs]
+    for row in rows:
+        if row["technique"] == "fp32" and row["name"] in parent_latency:
+            row["latency_ms"] = parent_latency[row["name"]]
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     return df.astype({"params": "Int64", "macs": "Int64", "epochs": "int64", "shipped": "bool",
                       "epochs_planned": "Int64"})
 
@@ -156,13 +169,18 @@ def chart_points(table: pd.DataFrame, data_label: str, acc_col: str, x_col: str 
     return pts.assign(acc=pts[acc_col].astype(float), **{x_col: pts[x_col].astype(float)})
 
 
-def empty_chart_reason(table: pd.DataFrame, data_label: str, acc_col: str, split_title: str) -> str:
+def empty_chart_reason(table: pd.DataFrame, data_label: str, acc_col: str, split_title: str,
+                       x_col: str = "params", x_title: str = "parameter count") -> str:
     """Why the chart has no points, in words a learner can act on."""
     if table.empty:
         return "No runs yet: train one on the Train page."
-    if not (table["data"] == data_label).any():
+    mine = table[table["data"] == data_label]
+    if mine.empty:
         return f"No runs on {data_label} data."
-    return f"No run on {data_label} data has an accuracy on the {split_title} split; pick another split."
+    if mine[acc_col].isna().all():
+        return f"No run on {data_label} data has an accuracy on the {split_title} split; pick another split."
+    return (f"No run on {data_label} data has a measured {x_title}: latency is measured when a compression variant "
+            "is made (Compress page); pick another cost.")
 
 
 def data_options(table: pd.DataFrame) -> list[str]:

@@ -53,12 +53,13 @@ split_opts = {"accuracy": "public, else val (headline)", "acc_public": "public (
               "acc_private": "private (FER2013 PrivateTest)", "acc_val": "val (held out)"}
 acc_col = c2.selectbox("Accuracy on", list(split_opts), format_func=split_opts.get, key="compare_split")
 x_col = c3.selectbox("Cost", list(charts.X_AXES), format_func=charts.X_AXES.get, key="compare_x",
-                     help="parameters and MACs come from the architecture; file size from each ONNX export")
+                     help="parameters and MACs come from the architecture; file size from each ONNX export; latency "
+                          "is measured for compression variants and their parents, side by side")
 points = runviews.chart_points(table, data_pick, acc_col, x_col) if not table.empty else table
 fer = data_pick != "synthetic"
 st.altair_chart(charts.params_accuracy_chart(points, x_col=x_col, show_reference=fer), width="stretch")
 if points.empty:
-    st.info(runviews.empty_chart_reason(table, data_pick, acc_col, split_opts[acc_col]))
+    st.info(runviews.empty_chart_reason(table, data_pick, acc_col, split_opts[acc_col], x_col, charts.X_AXES[x_col]))
 st.caption("Each dot is a run (hover for details); the dashed step line is the Pareto front, the best accuracy "
            "reached at each cost" + ("; red diamonds are the study's models (FER2013 public accuracy)." if fer else
                                      ". The study's FER2013 models are not shown beside synthetic-data runs."))

@@ -130,6 +130,9 @@ def test_views_behind_the_pages() -> None:
     assert runviews.chart_points(table, "FER2013 (image folder)", "acc_private").empty
     assert "no run on fer2013" in runviews.empty_chart_reason(table, "FER2013 (image folder)", "acc_private",
                                                              "private").lower()
+    table["latency_ms"] = math.nan
+    assert "latency is measured" in runviews.empty_chart_reason(table, "synthetic", "acc_private", "private",
+                                                                "latency_ms", "latency")
     html = runviews.display_table(pd.DataFrame({"recipe": [None], "params": [math.nan]})).to_html()
     assert "—" in html and "None" not in html and "nan" not in html
 
