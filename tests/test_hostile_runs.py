@@ -196,7 +196,7 @@ def failed_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_nan_loss_ends_the_run_with_the_reason(failed_runs: Path) -> None:
     st = rundir.run_status(failed_runs / "nan-run")
     assert st.status == "failed" and st.resumable
-    assert re.match(r"loss became (nan|inf) at epoch 1, step \d+: lower the learning rate", st.error), st.error
+    assert re.match(r"loss became (nan|inf) at epoch 1 \(by step \d+\): lower the learning rate", st.error), st.error
     assert rundir.read_record(failed_runs / "nan-run").status == "failed"
 
 
