@@ -32,6 +32,7 @@ from selenium import webdriver  # noqa: E402 - requirements-dev.txt; a missing o
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -334,7 +335,55 @@ def test_predict_fits_a_phone(server, browser, tmp_path: Path) -> None:  # noqa:
         d.set_window_size(1400, 1000)
 
 
+def test_train_form_survives_a_reload_and_a_double_click_starts_one_run(server, browser) -> None:  # noqa: ANN001
+    url, runs = server
+    d = browser
+    open_page(d, url, "/train", "Train")
+    epochs = d.find_element(By.CSS_SELECTOR, "input[aria-label='Epochs']")
+    epochs.send_keys(Keys.CONTROL, "a")
+    epochs.send_keys("7", Keys.ENTER)
+    settle(d, "Train")
+    d.refresh()  # a reload is a new session: the form comes back from the URL
+    settle(d, "Train")
+    assert d.find_element(By.CSS_SELECTOR, "input[aria-label='Epochs']").get_attribute("value") == "7"
+    # No run name: each launch would get its own timestamped folder, so a second launch could not hide behind a
+    # name clash.
+    before = {p.name for p in runs.iterdir() if not p.name.startswith(".")}
+    button = next(b for b in d.find_elements(By.CSS_SELECTOR, "button") if b.text.strip().endswith("Start training"))
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    ActionChains(d).double_click(button).perform()
+    wait(d, lambda dd: {p.name for p in runs.iterdir() if not p.name.startswith(".")} - before, 30, "a run folder")
+    time.sleep(4)  # the second click's rerun has had time to launch a second run, if it were going to
+    settle(d, "Train")
+    new = {p.name for p in runs.iterdir() if not p.name.startswith(".")} - before
+    assert len(new) == 1, new
+    for name in new:
+        from core import jobs
+
+        if (runs / name / "job.json").exists():
+            try:
+                jobs.stop_run(runs / name, kill=True)
+            except ValueError:
+                pass  # it already ended
+
+
+@pytest.mark.parametrize("path, title", [("/architectures", "Architectures"), ("/data", "Data"), ("/train", "Train"),
+                                         ("/compare", "Compare"), ("/inside", "Inside"), ("/compress", "Compress")])
+def test_every_page_fits_a_phone(server, browser, path: str, title: str) -> None:  # noqa: ANN001
+    url, _ = server
+    d = browser
+    d.set_window_size(400, 900)
+    try:
+        open_page(d, url, path, title)
+        scroll, client = overflow(d)
+        assert scroll <= client, f"{title} is {scroll} px wide in a {client} px window: it scrolls sideways"
+        if title == "Compress":
+            assert "Compress in the background" in d.find_element(By.TAG_NAME, "body").text
+    finally:
+        d.set_window_size(1400, 1000)
+
+
 def test_screenshots_are_pngs() -> None:
-    for name in ("architectures", "data", "train", "compare", "predict"):
+    for name in ("architectures", "data", "train", "compare", "predict", "inside", "inside-layers", "gallery"):
         path = SHOTS / f"{name}.png"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
