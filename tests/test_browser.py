@@ -208,7 +208,7 @@ def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
 
     d.get(f"{url}/compare")
     settle(d, "Compare")
-    assert "Parameters vs accuracy" in text_of(d) and "Download as CSV" in text_of(d)
+    assert "Cost vs accuracy" in text_of(d) and "Download as CSV" in text_of(d)
     shoot(d, "compare", 1300)
 
     d.get(f"{url}/predict")
