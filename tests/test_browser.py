@@ -136,8 +136,11 @@ def settle(driver, title: str, timeout: float = 90) -> None:  # noqa: ANN001
     """Wait until the page's title is shown and the script has finished, then let charts draw."""
     wait(driver, lambda d: any(h.text.strip() == title for h in d.find_elements(By.CSS_SELECTOR, "h1")),
          timeout, f"the {title!r} heading")
-    wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=stApp]")
-         .get_attribute("data-test-script-state") == "notRunning", timeout, f"{title} to finish running")
+    # Pages with a live panel (Train refreshes its runs every 2 s) are "running" most of the time on a busy machine:
+    # a moment of "notRunning" is enough, polled often.
+    WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=stApp]").get_attribute("data-test-script-state")
+        == "notRunning", f"{title} to finish running")
     time.sleep(1.5)  # vega-embed draws charts after the script run ends
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid=stException]"), f"{title} shows an exception"
 
