@@ -101,7 +101,7 @@ with summary_col:
     except ValueError as exc:
         st.error(str(exc))
     st.caption("Quick defaults (plain CNN at width 0.25, batch 64, lr 0.003, 3 epochs on 3,000 synthetic faces) "
-               "take about 25 seconds on a 2-core CPU. The study's MobileNet learns slowly on few steps: give it "
+               "take about 30 seconds on a 2-core CPU, start-up included. The study's MobileNet learns slowly on few steps: give it "
                "more epochs.")
     start = st.button("Start training", type="primary", key="train_start", disabled=name_error is not None)
     started_box = st.empty()
