@@ -5,7 +5,6 @@ import ast
 import graphlib
 from pathlib import Path
 
-import pytest
 
 from conftest import ROOT
 
