@@ -29,7 +29,7 @@ SHOT_DIR = SHOTS if os.environ.get("FER_UPDATE_SCREENSHOTS") else Path(tempfile.
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 from selenium import webdriver  # noqa: E402 - requirements-dev.txt; a missing one is an error, not a skip
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -127,7 +127,10 @@ def browser():  # noqa: ANN201 - yields a selenium driver
 
 def wait(driver, condition, timeout: float = 60, what: str = "") -> object:  # noqa: ANN001
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: condition(d))
+        # A page that reruns (Train refreshes every 2 s) swaps its elements between finding one and reading it:
+        # a stale element only means "look again".
+        return WebDriverWait(driver, timeout, poll_frequency=0.25,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: condition(d))
     except TimeoutException:
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}") from None
 
@@ -161,11 +164,16 @@ def shoot(driver, name: str, height: int = 1000) -> Path:  # noqa: ANN001
 
 
 def click_button(driver, label: str) -> None:  # noqa: ANN001
-    button = wait(driver, lambda d: next((b for b in d.find_elements(By.CSS_SELECTOR, "button")
-                                          if b.text.strip().endswith(label) and b.is_enabled()), None),
-                  30, f"a {label!r} button")
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-    button.click()
+    def find_and_click(d) -> bool:  # noqa: ANN001
+        button = next((b for b in d.find_elements(By.CSS_SELECTOR, "button")
+                       if b.text.strip().endswith(label) and b.is_enabled()), None)
+        if button is None:
+            return False
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+        button.click()  # a rerun between finding and clicking raises stale, and wait() looks again
+        return True
+
+    wait(driver, find_and_click, 30, f"a {label!r} button")
 
 
 def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
