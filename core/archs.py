@@ -7,10 +7,6 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
-from torchvision.models import mobilenet_v3_small as tv_mobilenet_v3_small
-from torchvision.models.resnet import BasicBlock
-from torchvision.models.shufflenetv2 import ShuffleNetV2
 
 from core.classes import NUM_CLASSES
 
@@ -261,13 +257,19 @@ def _gray_stem(conv: nn.Conv2d) -> nn.Conv2d:
     return nn.Conv2d(1, conv.out_channels, conv.kernel_size, stride=1, padding=conv.padding, bias=conv.bias is not None)
 
 
+# torchvision is imported inside each builder: it (with PIL) adds ~170 MB to every process that imports it, and a
+# training of the study's own families never needs it (issue #15's memory budget).
 def mobilenet_v2(*, width: float = 1.0, dropout: float = 0.2) -> nn.Module:
+    from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
+
     model = tv_mobilenet_v2(weights=None, num_classes=NUM_CLASSES, width_mult=width, dropout=dropout)
     model.features[0][0] = _gray_stem(model.features[0][0])
     return FERNet(model)
 
 
 def mobilenet_v3_small(*, width: float = 1.0, dropout: float = 0.2) -> nn.Module:
+    from torchvision.models import mobilenet_v3_small as tv_mobilenet_v3_small
+
     model = tv_mobilenet_v3_small(weights=None, num_classes=NUM_CLASSES, width_mult=width, dropout=dropout)
     model.features[0][0] = _gray_stem(model.features[0][0])
     return FERNet(model)
@@ -279,6 +281,8 @@ SHUFFLENET_REPEATS: tuple[int, ...] = (4, 8, 4)
 
 
 def shufflenet_v2(*, width: float = 1.0) -> nn.Module:
+    from torchvision.models.shufflenetv2 import ShuffleNetV2
+
     channels = [make_divisible(c * width, 4) for c in SHUFFLENET_STAGES[:-1]] + [SHUFFLENET_STAGES[-1]]
     model = ShuffleNetV2(list(SHUFFLENET_REPEATS), channels, num_classes=NUM_CLASSES)
     model.conv1[0] = _gray_stem(model.conv1[0])
@@ -297,6 +301,8 @@ RESNET18_STAGES: tuple[tuple[int, int, int], ...] = (
 
 
 def resnet18(*, width: float = 1.0) -> nn.Module:
+    from torchvision.models.resnet import BasicBlock
+
     stem = make_divisible(64 * width)
     layers: list[nn.Module] = [nn.Conv2d(1, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
     cin = stem

@@ -54,6 +54,12 @@ class TrainConfig:
                                        "demos)", low=1, high=10**9, label="Max steps (0 = no cap)", step=10)
     batch_size: int = knob(256, "images per optimiser step (the study: 256)", low=1, high=8192, label="Batch size",
                            group="main", form_default=64, options=(16, 32, 64, 128, 256, 512))
+    # Activations grow with the batch (plain_cnn-w1 at 256: ~1.2 GB on CPU); micro-batches keep the optimiser step
+    # and cap that memory, for a shared server (issue #15). BatchNorm then sees each micro-batch alone.
+    micro_batch: int = knob(0, "split each batch into micro-batches of this many images and add up their gradients: "
+                               "the same optimiser step in less memory; BatchNorm normalises each micro-batch on "
+                               "its own (ghost batch norm); 0 = the whole batch at once", low=0, high="batch_size",
+                            label="Micro-batch (0 = whole batch)", options=(0, 16, 32, 64, 128))
     lr: float = knob(1e-3, "peak learning rate (the study: Adam 0.001)", low=1e-7, high=10.0, label="Learning rate",
                      group="main", form_default=3e-3, options=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2))
     optimizer: str = knob("adam", "adam (the study), adamw, or sgd with Nesterov momentum 0.9", choices=OPTIMIZERS,

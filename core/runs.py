@@ -14,6 +14,7 @@ import torch
 from core import archs, checkpoint as ck, rundir
 from core.config import TrainConfig
 from core.data import FERData, load_data
+from core.memory import release_free_memory
 from core.onnx_io import OnnxClassifier, export_onnx, parity
 from core.record import Epoch, Final, ModelSpec, RunRecord, now_iso
 from core.summary import summarize
@@ -76,7 +77,8 @@ def final_evaluation(model: torch.nn.Module, data: FERData, device: torch.device
     for name, split in data.splits.items():
         if name == "train" and len(split) > TRAIN_EVAL_SAMPLE:
             split = stratified_subset(split, TRAIN_EVAL_SAMPLE, seed)
-        ev = evaluate(model, split, device)
+        # channels-last input on the CPU, as in training: oneDNN's path there also needs less scratch memory
+        ev = evaluate(model, split, device, channels_last=device.type == "cpu")
         out.accuracy[name] = ev["accuracy"]
         out.per_class[name] = ev["per_class"]
         out.confusion[name] = ev["confusion"]
@@ -156,9 +158,11 @@ def _finish(run: _Run, stopped: bool, seconds: float) -> None:
         raise StopRun("stopped before the first epoch finished" if stopped else "no epoch was run")
     if stopped:  # a stop keeps the last finished epoch's weights (already on disk)
         run.model.load_state_dict(ck.load_state_dict(run.dir / rundir.WEIGHTS))
-    model = run.model.to(memory_format=torch.contiguous_format).float().eval()
+    release_free_memory()  # the last epoch's freed memory, before the final evaluation and the export
+    model = run.model.float().eval()  # evaluated in the training's memory format (channels-last on the CPU)
     run.record.final = final_evaluation(model, run.data, run.device, run.cfg.seed)
-    cpu_model = model.to("cpu")
+    release_free_memory()  # the evaluation's, before the export builds its graphs
+    cpu_model = model.to("cpu").to(memory_format=torch.contiguous_format)
     ck.save_state_dict(run.dir / rundir.WEIGHTS, {k: v.contiguous() for k, v in cpu_model.state_dict().items()})
     onnx_path = run.dir / rundir.ONNX
     export_onnx(cpu_model, onnx_path, arch=run.cfg.arch, knobs=run.knobs, params=run.record.params or 0,

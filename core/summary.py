@@ -4,15 +4,17 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Iterator
+from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, Iterator
 
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from core import archs
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INPUT_SHAPE = (1, 1, 48, 48)
 # nn.init is patched process-wide during a meta build; Streamlit runs sessions in threads, so builds take turns.
@@ -28,13 +30,21 @@ class ModelSummary:
     buffers: int  # BatchNorm running stats etc.: stored in the checkpoint but not learned
     macs: int  # multiply-accumulates for one 48x48 image (FLOPs / 2, from torch.utils.flop_counter)
     size_bytes: int  # fp32 parameters + buffers, i.e. the weight file's payload
-    layers: pd.DataFrame  # layer, type, output shape, params, MACs
+    rows: tuple[dict, ...]  # one per leaf layer: layer, type, output shape, params, MACs
+
+    @cached_property
+    def layers(self) -> "pd.DataFrame":
+        """The rows as a table. pandas is imported here, not at module level: a training process records its
+        model's summary but never shows the table, and pandas would add ~65 MB to it (issue #15)."""
+        import pandas as pd
+
+        return pd.DataFrame(list(self.rows), columns=["layer", "type", "output", "params", "macs"])
 
     def as_dict(self) -> dict:
         return {
             "arch": self.arch, "knobs": self.knobs, "params": self.params, "trainable": self.trainable,
             "buffers": self.buffers, "macs": self.macs, "size_bytes": self.size_bytes,
-            "layers": self.layers.to_dict(orient="records"),
+            "layers": [dict(r) for r in self.rows],
         }
 
 
@@ -72,10 +82,9 @@ def summarize_model(model: nn.Module, arch: str = "", knobs: dict[str, float] | 
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
-    table = pd.DataFrame(rows, columns=["layer", "type", "output", "params", "macs"])
     return ModelSummary(
         arch=arch, knobs=dict(knobs or {}), params=params, trainable=trainable, buffers=buffers,
-        macs=counter.get_total_flops() // 2, size_bytes=4 * (params + buffers), layers=table,
+        macs=counter.get_total_flops() // 2, size_bytes=4 * (params + buffers), rows=tuple(rows),
     )
 
 

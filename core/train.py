@@ -21,6 +21,7 @@ from core.augment import (AFFINE_COLS, ERASE_COLS, MIX_PARAMS, RANDOMS_PER_IMAGE
 from core.classes import NUM_CLASSES
 from core.config import TrainConfig
 from core.data import FERData, Split
+from core.memory import release_free_memory
 
 BatchHook = Callable[[dict], None]
 
@@ -191,10 +192,21 @@ def prepare_input(xb: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+# Evaluation batch: large on an accelerator, where a batch is one launch; small on the CPU, whose throughput is flat
+# from 16 to 512 images (docs/benchmarks.md) while a 512 batch's activations take ~1.1 GB for plain_cnn-w1.
+EVAL_BATCH_ACCEL, EVAL_BATCH_CPU = 512, 16
+
+
+def eval_batch(device: torch.device) -> int:
+    return EVAL_BATCH_CPU if device.type == "cpu" else EVAL_BATCH_ACCEL
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 512,
-                   amp: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
+                   batch_size: int | None = None, amp: torch.dtype | None = None,
+                   channels_last: bool = False) -> torch.Tensor:
     """Logits for uint8 images [N,48,48] (or [N,1,48,48]); model in eval mode; returns float32 on CPU."""
+    batch_size = batch_size or eval_batch(device)
     was_training = model.training
     model.eval()
     x_all = torch.as_tensor(images)
@@ -231,7 +243,7 @@ def metrics_from_logits(logits: torch.Tensor | np.ndarray, labels: torch.Tensor 
     }
 
 
-def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 512, **kw) -> dict:
+def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int | None = None, **kw) -> dict:
     """Metrics of a PyTorch model on a split (see metrics_from_logits)."""
     return metrics_from_logits(predict_logits(model, split.images, device, batch_size, **kw), split.labels)
 
@@ -257,6 +269,7 @@ class Setup:
     y: torch.Tensor
     val: Split
     batch: int
+    micro: int  # images per forward/backward pass (the batch unless cfg.micro_batch splits it)
     steps_per_epoch: int
     total_steps: int
     graph: bool  # capture the step in a CUDA graph
@@ -338,7 +351,7 @@ def setup_training(model: nn.Module, data: FERData, cfg: TrainConfig, device: to
         _place(teacher.eval(), device, channels_last)
     prepare_optimizer(optimizer, device, graph)
     return Setup(device, amp, channels_last, _to_device_images(train, device), torch.from_numpy(train.labels).to(device),
-                 data.splits[data.val_split], batch, steps_per_epoch, total_steps, graph,
+                 data.splits[data.val_split], batch, min(cfg.micro_batch or batch, batch), steps_per_epoch, total_steps, graph,
                  SYNC_EVERY_CUDA if device.type == "cuda" else 1)
 
 
@@ -356,14 +369,15 @@ def transform_batch(xb: torch.Tensor, r: torch.Tensor, mix: torch.Tensor, cfg: T
 
 
 def batch_loss(logits: torch.Tensor, yb: torch.Tensor, own: torch.Tensor | None, t_logits: torch.Tensor | None,
-               cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+               cfg: TrainConfig, partner: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and (weighted) correct count of a batch. With mixing, both are weighed between each image's label and
-    its partner's by `own`, so train accuracy measures agreement with the mixed targets."""
+    its partner's by `own`, so train accuracy measures agreement with the mixed targets. `partner` holds the
+    partners' labels (the whole batch's labels reversed, as mix_batch pairs them); a micro-batch passes its slice."""
     loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
     pred = logits.argmax(1)
     hits = (pred == yb).sum().float()
     if own is not None:
-        partner = yb.flip(0)
+        partner = yb.flip(0) if partner is None else partner
         loss = own * loss + (1 - own) * F.cross_entropy(logits, partner, label_smoothing=cfg.label_smoothing)
         hits = own * hits + (1 - own) * (pred == partner).sum().float()
     if t_logits is not None:
@@ -378,25 +392,36 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConf
     The caller clears the gradients before an eager call (a graph captures them cleared)."""
     scaler = torch.amp.GradScaler("cuda") if su.amp == torch.float16 else None
 
-    def step(idx: torch.Tensor, r: torch.Tensor, mix: torch.Tensor) -> None:
-        xb, own = transform_batch(prepare_input(su.x[idx], su.channels_last), r, mix, cfg)
-        yb = su.y[idx]
+    def forward_backward(xb: torch.Tensor, yb: torch.Tensor, partner: torch.Tensor, own: torch.Tensor | None,
+                         share: float) -> tuple[torch.Tensor, torch.Tensor]:
         # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture (PyTorch's CUDA graph notes)
         with torch.autocast(su.device.type, dtype=su.amp, enabled=su.amp is not None, cache_enabled=False):
             logits = model(xb).float()
             with torch.no_grad():
                 t_logits = teacher(xb).float() if teacher is not None else None
-        loss, hits = batch_loss(logits, yb, own, t_logits, cfg)
+        loss, hits = batch_loss(logits, yb, own, t_logits, cfg, partner)
+        # each micro-batch's mean loss weighed by its share of the batch: the gradients add up to the batch mean's
+        (scaler.scale(loss * share) if scaler is not None else loss * share).backward()
+        return loss.detach() * share, hits
+
+    def step(idx: torch.Tensor, r: torch.Tensor, mix: torch.Tensor) -> None:
+        # the whole batch is augmented and mixed at once (a few MB), so mixing pairs span micro-batches
+        xb, own = transform_batch(prepare_input(su.x[idx], su.channels_last), r, mix, cfg)
+        yb = su.y[idx]
+        partner, loss = yb.flip(0), torch.zeros((), device=su.device)
+        for lo in range(0, len(idx), su.micro):
+            part = slice(lo, lo + su.micro)
+            share = len(yb[part]) / len(idx)
+            part_loss, hits = forward_backward(xb[part], yb[part], partner[part], own, share)
+            loss = loss + part_loss
+            acc.correct.add_(hits)
         if scaler is not None:
-            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
-        acc.loss_sum.add_(loss.detach() * len(idx))
-        acc.correct.add_(hits)
-        acc.last_loss.copy_(loss.detach())
+        acc.loss_sum.add_(loss * len(idx))
+        acc.last_loss.copy_(loss)
 
     return step
 
@@ -560,6 +585,7 @@ def fit(
         acc.zero_()
         t0 = time.perf_counter()
         seen, stopped, lr = run_epoch(stepper, su, cfg, state, acc, plan, plateau_multiplier(sched), on_batch, should_stop)
+        release_free_memory()  # the steps' freed activations, before evaluation allocates its own (core.memory)
         if stopped or seen == 0:
             return
         metrics = finish_epoch(model, su, data, acc, state, seen, t0, lr)

@@ -223,6 +223,62 @@ def test_static_buffer_step_matches_eager_exactly() -> None:
     assert not torch.equal(w_e["body.0.0.weight"], _tiny_setup(cfg)[0].state_dict()["body.0.0.weight"])  # it trained
 
 
+def test_micro_batches_add_up_to_the_whole_batch_step() -> None:
+    """Split into micro-batches, a step's gradients, loss and hits are the whole batch's: with BatchNorm on its
+    running statistics and dropout off (eval mode), the only batch-dependent parts, the weights come out equal up
+    to float summation order, mixing partners across micro-batch borders included."""
+    from core.train import Stepper, epoch_plan
+
+    base = dict(arch="plain_cnn", width=0.25, batch_size=48, optimizer="sgd", lr=0.05, erase_prob=0.5,
+                mixup_alpha=0.4, cutmix_alpha=1.0, precision="fp32", synthetic_size=300)
+    results = []
+    for micro in (0, 16, 20):  # 20 leaves a short last micro-batch (20 + 20 + 8)
+        cfg = TrainConfig(**base, micro_batch=micro)
+        model, opt, su, acc, step = _tiny_setup(cfg)
+        assert su.micro == (micro or 48)
+        model.eval()
+        stepper = Stepper(step, model, opt, su, static=False, capture=False)
+        order, r, mix = epoch_plan(cfg, 0, su, len(su.x))
+        for i in range(3):
+            stepper(order[i], r[i], mix[i])
+        results.append((model.state_dict(), acc.loss_sum.item(), acc.correct.item(), acc.last_loss.item()))
+    (w0, l0, c0, last0) = results[0]
+    for w, loss, hits, last in results[1:]:
+        assert all(torch.allclose(w0[k].float(), w[k].float(), atol=1e-5, rtol=1e-4) for k in w0)
+        assert loss == pytest.approx(l0, rel=1e-5) and hits == pytest.approx(c0, rel=1e-5)
+        assert last == pytest.approx(last0, rel=1e-5)
+    start = _tiny_setup(TrainConfig(**base))[0].state_dict()
+    assert not torch.allclose(w0["body.0.0.weight"], start["body.0.0.weight"])  # it trained
+
+
+def test_micro_batch_bounds() -> None:
+    with pytest.raises(ValueError, match="micro_batch"):
+        TrainConfig(batch_size=32, micro_batch=64)
+    with pytest.raises(ValueError, match="micro_batch"):
+        TrainConfig(micro_batch=-1)
+    assert TrainConfig(batch_size=64, micro_batch=16).micro_batch == 16
+
+
+def test_release_free_memory_hands_the_heap_back() -> None:
+    """glibc keeps freed memory in its heap; malloc_trim gives whole free pages back (Linux, where CI runs)."""
+    import sys
+
+    from core.memory import current_rss_bytes, peak_rss_bytes, release_free_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("malloc_trim is glibc's; elsewhere release_free_memory returns False")
+    # many small blocks (below glibc's mmap threshold, so they live in the heap), then free all but the last
+    blocks = [bytearray(64 * 1024) for _ in range(3000)]  # ~190 MB
+    keep = blocks[-1]
+    del blocks
+    before = current_rss_bytes()
+    assert release_free_memory() is True
+    after = current_rss_bytes()
+    assert before - after > 100 * 2**20, (before, after)
+    assert peak_rss_bytes() > after + 90 * 2**20  # the kernel's high-water mark still remembers the blocks
+    assert len(keep) == 64 * 1024
+
+
 def _fit_epochs(cfg: TrainConfig, epochs_then_resume: int | None):  # noqa: ANN202
     """Train with fit(); optionally 'die' after some epochs and resume into fresh objects from a saved state."""
     import io
