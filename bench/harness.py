@@ -29,6 +29,8 @@ from core.onnx_io import OnnxClassifier, export_onnx
 from core.summary import _summarize_cached, summarize
 from core.train import TrainState, autocast_dtype, fit, make_optimizer, resolve_device
 
+from bench.memory import MICRO_BATCH, fixed_costs, train_peak_mib
+
 REFERENCE = ("plain_cnn", "mobilenet")
 
 
@@ -59,7 +61,7 @@ class Row:
     def ratio(self) -> float | None:
         if self.yardstick is None or self.ours == 0:
             return None
-        lower_is_better = self.unit in ("ms", "s")
+        lower_is_better = self.unit in ("ms", "s", "MiB")
         return self.yardstick / self.ours if lower_is_better else self.ours / self.yardstick
 
 
@@ -355,6 +357,23 @@ def cli_train_row(tmp: Path, repeats: int) -> Row:
                wall, None, "s", max_value=45, note="target: well under 60 s")
 
 
+def memory_rows(data: str, tmp: Path, steps: int) -> tuple[list[Row], list[str]]:
+    """Peak resident memory of one training process (plain_cnn-w1), micro-batched against the whole batch."""
+    whole = train_peak_mib(data, 0, steps, tmp / "memory-runs")
+    micro = train_peak_mib(data, MICRO_BATCH, steps, tmp / "memory-runs")
+    what = "synthetic data" if data == "synthetic" else "FER2013"
+    rows = [Row("memory", f"plain_cnn-w1 training on {what}, peak resident: micro-batches of {MICRO_BATCH} vs the "
+                          "whole batch of 256", micro, whole, "MiB", max_value=1024,
+                note=f"one `python -m core train` process: {steps} steps, evaluation, final evaluation, ONNX export")]
+    costs = "; ".join(f"{name} +{mib:,.0f} MiB" for name, mib in fixed_costs(data))
+    notes = [f"Memory: what every training process holds before its first step, in a fresh interpreter: {costs}. "
+             "torch's own import is mostly the CUDA wheel's libraries; the trainer's imports are mostly "
+             "torch.utils.flop_counter (it counts the MACs in the run record) pulling in triton; torch.optim imports "
+             "torch._dynamo (with sympy) on the first optimiser. None of these can be avoided from here: the rest "
+             "is activations, which micro-batches cap (`--micro-batch`, or $FER_MICRO_BATCH on a shared server)."]
+    return rows, notes
+
+
 def summary_row(repeats: int) -> Row:
     worst, worst_arch = 0.0, ""
     for arch in archs.list_archs():
@@ -373,7 +392,8 @@ def render(rows: list[Row], machine: dict[str, str], quick: bool, data_desc: str
              "side by side in this run (ratio > 1 means ours is better).", "", "## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in machine.items()]
     for section, title in (("training", "Training throughput (batch 256, augmentation on)"),
-                           ("cuda", "CUDA training step (batch 128)"), ("inference", "Inference"), ("faces", "Face detection"),
+                           ("cuda", "CUDA training step (batch 128)"), ("memory", "Training memory"),
+                           ("inference", "Inference"), ("faces", "Face detection"),
                            ("data", "Data loading"), ("summary", "Model summary")):
         sec = [r for r in rows if r.section == section]
         if not sec:
@@ -453,7 +473,7 @@ def cuda_rows() -> tuple[list[Row], list[str]]:
     return rows, notes
 
 
-SECTIONS = ("training", "cuda", "cli", "peak", "inference", "photo", "faces", "data", "summary")
+SECTIONS = ("training", "cuda", "cli", "memory", "peak", "inference", "photo", "faces", "data", "summary")
 PHOTOS_DIR = PROJECT_ROOT.parent / "shared" / "photos"  # real photos with face counts, where this checkout has them
 
 
@@ -484,6 +504,10 @@ def main(quick: bool = False, data: str | None = None, out: str = "docs/benchmar
                 extra += notes
             elif part == "cli":
                 rows.append(cli_train_row(tmp, 3))
+            elif part == "memory":
+                mem, notes = memory_rows(source, tmp, steps=3 if quick else 6)
+                rows += mem
+                extra += notes
             elif part == "peak":
                 extra.append(peak_note())
             elif part == "inference":

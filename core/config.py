@@ -138,6 +138,13 @@ class TrainConfig:
         return cls(**d)
 
 
+def with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config with the knobs it predates filled in at their defaults, which is how it ran: so a run
+    started before a knob existed still compares equal to itself when it is resumed."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    return {**defaults, **settings}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Field metadata -> validation, CLI flags and back, Train form
 # ---------------------------------------------------------------------------------------------------------

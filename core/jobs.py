@@ -2,6 +2,7 @@
 folders (core.rundir), so they survive Streamlit reruns, page switches, browser reloads and app restarts."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -9,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from core import queue, rundir
-from core.config import TrainConfig, to_cli_args
+from core import queue, rundir, settings
+from core.config import TrainConfig, to_cli_args, with_defaults
 from core.fsutil import PROJECT_ROOT, atomic_write_json, runs_dir
 from core.procs import CHILDREN, pid_alive
 from core.record import now_iso
@@ -49,9 +50,20 @@ def _check_can_start(run_dir: Path, cfg: TrainConfig) -> None:
     can_continue = current.status == "stopped" and (run_dir / rundir.RESUME).exists()
     if current.status in ("done", "stopped") and current.record is not None and not can_continue:
         raise ValueError(f"a finished run named {run_dir.name!r} already exists; choose another name")
-    if current.record and current.record.config and current.record.config != cfg.to_dict() \
+    if current.record and current.record.config and with_defaults(current.record.config) != cfg.to_dict() \
             and (run_dir / rundir.RESUME).exists():
         raise ValueError(f"run {run_dir.name!r} holds an unfinished run with different settings; choose another name")
+
+
+def within_server_memory(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with its micro-batch capped by $FER_MICRO_BATCH when it trains on the CPU, where activations take the
+    server's memory (an accelerator's live in its own). The run record keeps the setting it ran with."""
+    cap = settings.micro_batch_cap()
+    if not cap or cfg.batch_size <= cap or 0 < cfg.micro_batch <= cap:
+        return cfg
+    from core.train import resolve_device  # torch; only when a cap is set
+
+    return dataclasses.replace(cfg, micro_batch=cap) if resolve_device(cfg.device).type == "cpu" else cfg
 
 
 def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name: str | None = None, *,
@@ -64,6 +76,8 @@ def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name
     if run_dir is None:
         run_dir = runs_dir(runs_root) / rundir.check_run_name(name or default_run_name(cfg))
     run_dir = Path(run_dir)
+    if not (run_dir / rundir.RECORD).exists():  # a resumed run keeps the settings it started with
+        cfg = within_server_memory(cfg)
     if run_dir.exists():
         _check_can_start(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ the steps of an epoch the process stays at its training peak while it evaluates 
 and those phases' own allocations stack on top. On a shared server that resident memory is what decides how many
 runs fit (issue #15). malloc_trim(0) returns every whole free page of every arena at once; calling it at the phase
 boundaries costs a few milliseconds per epoch, where a low mmap threshold (the other glibc lever) would page-fault
-every step's activations afresh (measured 10-20% slower on this CPU)."""
+every step's activations afresh (measured 20-30% slower on this CPU)."""
 from __future__ import annotations
 
 import ctypes

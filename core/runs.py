@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from core import archs, checkpoint as ck, rundir
-from core.config import TrainConfig
+from core.config import TrainConfig, with_defaults
 from core.data import FERData, load_data
 from core.memory import release_free_memory
 from core.onnx_io import OnnxClassifier, export_onnx, parity
@@ -124,7 +124,7 @@ def _prepare(cfg: TrainConfig, run_dir: Path, data: FERData | None) -> _Run:
     resume_path = run_dir / rundir.RESUME
     if resume_path.exists():
         old = rundir.read_record(run_dir)
-        if old.config != cfg.to_dict():
+        if with_defaults(old.config) != cfg.to_dict():
             raise ValueError(f"{run_dir}: holds a run with different settings; choose another run name to start anew")
         saved = ck.load_state_dict(resume_path)
         model.load_state_dict(saved["model"])

@@ -4,13 +4,20 @@ FER_MAX_RUNS            trainings alive at once (default: what the machine holds
 FER_MAX_QUEUED          runs one browser session may have queued or running at once (default 3; 0 = no limit)
 FER_ALLOW_DELETE        1/0: whether users may delete runs from the app (default 1)
 FER_DATA_ROOTS          folders (separated by ':') the app may read FER2013 from; unset = any path (a single user)
+FER_MICRO_BATCH         CPU trainings started from the app run in micro-batches of at most this many images
+                        (16 keeps plain_cnn-w1 on FER2013 under 1 GiB); 0 or unset = the whole batch
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-RUN_MEMORY_BYTES = int(2.5 * 2**30)  # peak resident of one FER2013 training (measured: 2.45 GB for plain_cnn-w1)
+# Peak resident memory of one CPU training of plain_cnn-w1 (the largest shipped family) on FER2013, as a fixed part
+# (torch, the trainer's imports, data, weights and optimiser state) plus activations per image of a forward/backward
+# pass; fitted to docs/benchmarks.md's memory row: ~0.95 GiB in micro-batches of 16, ~1.85 GiB at batch 256.
+RUN_FIXED_BYTES = int(0.85 * 2**30)
+RUN_BYTES_PER_IMAGE = int(4.2 * 2**20)
+ASSUMED_BATCH = 256  # the study's batch; the form's quick default (64) needs less
 DEFAULT_MAX_QUEUED = 3
 
 
@@ -38,12 +45,32 @@ def available_memory() -> int | None:
     return None
 
 
+def micro_batch_cap() -> int:
+    """$FER_MICRO_BATCH: the largest micro-batch of CPU trainings started from the app; 0 = no cap."""
+    return _env_int("FER_MICRO_BATCH", 0, 0)
+
+
+def micro_batch_note() -> str | None:
+    """What the Train page tells users about the cap, or None without one (ValueError on a bad setting)."""
+    cap = micro_batch_cap()
+    if not cap:
+        return None
+    return (f"This server trains on the CPU in micro-batches of at most {cap} images ($FER_MICRO_BATCH), so more "
+            "runs fit in its memory: the optimiser step is the same, but BatchNorm normalises each micro-batch alone.")
+
+
+def run_memory_bytes() -> int:
+    """The peak one training is expected to reach on this server (see RUN_FIXED_BYTES)."""
+    cap = micro_batch_cap()
+    return RUN_FIXED_BYTES + RUN_BYTES_PER_IMAGE * (min(cap, ASSUMED_BATCH) if cap else ASSUMED_BATCH)
+
+
 def default_max_runs() -> int:
     """min(cores, available memory / one run's peak), at least 1: more runs than cores only slow each other down,
     and more than memory holds gets them killed."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     mem = available_memory()
-    by_memory = mem // RUN_MEMORY_BYTES if mem is not None else cores
+    by_memory = mem // run_memory_bytes() if mem is not None else cores
     return max(1, min(cores, by_memory))
 
 

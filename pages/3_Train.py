@@ -6,7 +6,7 @@ import uuid
 import altair as alt
 import streamlit as st
 
-from core import archs, jobs, rundir, runviews
+from core import archs, jobs, rundir, runviews, settings
 from core.config import FormField, config_from_form, form_fields
 from core.data import find_local_fer
 from core.dataviews import dataset_choices
@@ -103,6 +103,11 @@ with summary_col:
     st.caption("Quick defaults (plain CNN at width 0.25, batch 64, lr 0.003, 3 epochs on 3,000 synthetic faces) "
                "take about 30 seconds on a 2-core CPU, start-up included. The study's MobileNet learns slowly on few steps: give it "
                "more epochs.")
+    try:
+        if note := settings.micro_batch_note():
+            st.caption(note)
+    except ValueError as exc:  # a mistyped server setting: Start refuses too, with the same message
+        st.warning(f"This server's settings need fixing by its administrator: {exc}")
     start = st.button("Start training", type="primary", key="train_start", disabled=name_error is not None)
     started_box = st.empty()
 

@@ -98,6 +98,16 @@ def test_bad_run_name_shows_error() -> None:
     assert not (runs_dir().parent / "escape").exists()
 
 
+def test_train_page_tells_about_the_servers_micro_batch_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_MICRO_BATCH", "16")
+    at = app("pages/3_Train.py")
+    assert any("micro-batches of at most 16 images" in c.value for c in at.caption)
+    monkeypatch.setenv("FER_MICRO_BATCH", "lots")
+    at = app("pages/3_Train.py")
+    assert any("FER_MICRO_BATCH must be an integer, got 'lots'" in w.value for w in at.warning)
+    assert not at.exception
+
+
 def test_train_page_runs_a_tiny_job_that_appears_on_compare() -> None:
     at = app("pages/3_Train.py")
     at.selectbox(key="train_arch").set_value("plain_cnn")

@@ -52,3 +52,23 @@ def test_quick_bench_inference_section(tmp_path: Path) -> None:
         else:
             assert met == "", figure
     assert any("TTA 'tencrop'" in r[0] for r in rows)
+
+
+def test_memory_figures_are_the_process_own_high_water_mark() -> None:
+    """The memory rows read each training process's own peak (VmHWM at exit), which a fork from the harness would
+    otherwise inherit: a trivial child of this torch-laden test process must come out small."""
+    import sys
+
+    from bench.memory import python_peak_mib
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("VmHWM is read from /proc")
+    small = python_peak_mib(["-c", "pass"])
+    big = python_peak_mib(["-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
+    assert small < 100 and big - small > 250, (small, big)
+    assert python_peak_mib(["-m", "json.tool", "--help"]) < 100  # modules run too
+    with pytest.raises(RuntimeError, match="failed"):
+        python_peak_mib(["-c", "raise SystemExit(3)"])
+    # MiB is a cost: lower is better, so the ratio is yardstick / ours, and a ceiling target is met below it
+    row = Row("memory", "x", ours=990.0, yardstick=1880.0, unit="MiB", max_value=1024)
+    assert row.ratio == pytest.approx(1880 / 990) and row.met is True

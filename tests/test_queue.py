@@ -76,6 +76,26 @@ def test_settings_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch) -> Non
         settings.max_runs(0)
 
 
+def test_micro_batch_cap_for_cpu_runs_started_from_the_app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("FER_MICRO_BATCH", raising=False)
+    assert settings.micro_batch_cap() == 0
+    whole = settings.run_memory_bytes()
+    big = TrainConfig(arch="plain_cnn", batch_size=256, device="cpu")
+    assert jobs.within_server_memory(big) == big  # no cap: settings untouched
+    monkeypatch.setenv("FER_MICRO_BATCH", "16")
+    assert settings.run_memory_bytes() < 1.0 * 2**30 < whole  # the estimate follows the measured peaks
+    assert jobs.within_server_memory(big).micro_batch == 16
+    for untouched in (TrainConfig(batch_size=16, device="cpu"), TrainConfig(batch_size=256, micro_batch=8, device="cpu")):
+        assert jobs.within_server_memory(untouched) == untouched  # already within the cap
+    # through the Train page's path: the queued run's recorded settings carry the cap
+    monkeypatch.setattr(queue, "schedule", lambda *a, **k: [])
+    run_dir = jobs.start_run(TrainConfig(arch="plain_cnn", width=0.125, batch_size=64, device="cpu"), tmp_path, "capped")
+    assert queue.find(run_dir)[1].config["micro_batch"] == 16
+    monkeypatch.setenv("FER_MICRO_BATCH", "lots")
+    with pytest.raises(ValueError, match="FER_MICRO_BATCH"):
+        settings.micro_batch_cap()
+
+
 def test_data_roots_and_delete_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from core.data import load_data
 

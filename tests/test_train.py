@@ -78,6 +78,20 @@ def test_resume_refuses_different_settings(tmp_path: Path) -> None:
         list(run_training(TrainConfig(epochs=2, **{**QUICK, "synthetic_size": 600, "lr": 1e-2}), tmp_path / "run"))
 
 
+def test_resume_of_a_run_recorded_before_a_knob_existed(tmp_path: Path) -> None:
+    """A run folder written before `micro_batch` existed has no such key; it ran with the default and resumes."""
+    cfg = TrainConfig(epochs=2, **{**QUICK, "synthetic_size": 600})
+    run = tmp_path / "run"
+    gen = run_training(cfg, run)
+    next(gen)
+    gen.close()
+    raw = json.loads((run / rundir.RECORD).read_text())
+    del raw["config"]["micro_batch"]
+    (run / rundir.RECORD).write_text(json.dumps(raw))
+    assert [m["epoch"] for m in run_training(cfg, run)] == [2]
+    assert rundir.read_record(run).status == "done"
+
+
 def test_stop_request_ends_within_a_batch(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=5, **{**QUICK, "synthetic_size": 600})
     batches: list[dict] = []
