@@ -29,7 +29,8 @@ SHOT_DIR = SHOTS if os.environ.get("FER_UPDATE_SCREENSHOTS") else Path(tempfile.
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 from selenium import webdriver  # noqa: E402 - requirements-dev.txt; a missing one is an error, not a skip
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
+from selenium.common.exceptions import (ElementClickInterceptedException, StaleElementReferenceException,  # noqa: E402
+                                        TimeoutException)
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -127,10 +128,11 @@ def browser():  # noqa: ANN201 - yields a selenium driver
 
 def wait(driver, condition, timeout: float = 60, what: str = "") -> object:  # noqa: ANN001
     try:
-        # A page that reruns (Train refreshes every 2 s) swaps its elements between finding one and reading it:
-        # a stale element only means "look again".
+        # A page that reruns (Train refreshes every 2 s) swaps its elements between finding one and reading it, and
+        # a reflowing layout may cover a button for a moment: a stale or covered element only means "look again".
         return WebDriverWait(driver, timeout, poll_frequency=0.25,
-                             ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: condition(d))
+                             ignored_exceptions=(StaleElementReferenceException, ElementClickInterceptedException)
+                             ).until(lambda d: condition(d))
     except TimeoutException:
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}") from None
 
@@ -174,6 +176,20 @@ def click_button(driver, label: str) -> None:  # noqa: ANN001
         return True
 
     wait(driver, find_and_click, 30, f"a {label!r} button")
+
+
+def click_when_clear(driver, element) -> None:  # noqa: ANN001
+    """Scroll an element to the middle and click it; while the page is still laying out (a phone-width column
+    reflowing after an expander opened), another element may briefly cover it, so look again until it is clear."""
+    def attempt(d) -> bool:  # noqa: ANN001
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        try:
+            element.click()
+        except ElementClickInterceptedException:
+            return False
+        return True
+
+    wait(driver, attempt, 15, "the element to be clickable")
 
 
 def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
@@ -332,9 +348,7 @@ def test_predict_fits_a_phone(server, browser, tmp_path: Path) -> None:  # noqa:
         settle(d, "Predict")
         for details in d.find_elements(By.CSS_SELECTOR, "[data-testid=stExpander] details"):
             if details.get_attribute("open") is None:  # every photo's details open, charts and sliders included
-                summary = details.find_element(By.TAG_NAME, "summary")
-                d.execute_script("arguments[0].scrollIntoView({block: 'center'});", summary)
-                summary.click()
+                click_when_clear(d, details.find_element(By.TAG_NAME, "summary"))
                 wait(d, lambda _: details.get_attribute("open") is not None, 10, "an expander to open")
         settle(d, "Predict")
         assert "No face found in wall.png" in text_of(d) and "Size" in text_of(d)
