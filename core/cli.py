@@ -1,4 +1,4 @@
-"""Command line: `python -m core summary|train|export|evaluate|predict|bench|study|compress|sweep` (see --help on each)."""
+"""Command line: `python -m core summary|train|export|evaluate|predict|bench|study|compress|sweep|campaign` (see --help on each)."""
 from __future__ import annotations
 
 import argparse
@@ -281,11 +281,12 @@ def _add_docs(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.compress import add_compress_parser  # imports nothing heavy; the command's own imports run only when used
+    from core.campaign import add_parser as _add_campaign
     from core.sweep import add_parser as _add_sweep  # the sweep command lives in its own module (Ray optional)
 
     p = argparse.ArgumentParser(prog="python -m core", description="FER Compact-CNN Explorer: how small can an expression classifier get?")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_summary, _add_train, _add_model_io, _add_docs, add_compress_parser, _add_sweep):
+    for add in (_add_summary, _add_train, _add_model_io, _add_docs, add_compress_parser, _add_sweep, _add_campaign):
         add(sub)
     return p
 

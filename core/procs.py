@@ -66,3 +66,16 @@ def pid_alive(pid: int | None, started_by: float | None = None) -> bool:
         started = boot + int(fields_after_name[19]) / os.sysconf("SC_CLK_TCK")
         return started <= started_by + 2.0  # 2 s of slack for clock granularity
     return True
+
+
+def spawn_detached(cmd: list[str], log_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> int:
+    """Start `cmd` in its own session (it outlives the caller: a page rerun, the app, a terminal), stdin closed and
+    stdout+stderr appended to `log_path`; the Popen is kept so that polling it later reaps the child. Returns the pid."""
+    from core.fsutil import PROJECT_ROOT
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd or PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    CHILDREN[proc.pid] = proc
+    return proc.pid
