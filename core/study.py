@@ -245,10 +245,75 @@ def write_study(out: str | Path = "docs") -> Path:
                      f"{r['acc']:.4f} | {epochs_text(r)} | {r['recipe']} | {r['wall_time_s'] / 60:.1f} min | {r['device']} |")
     lines += ["", "The study's figures for comparison: plain CNN 2,959,943 parameters, 0.722 public; MobileNet-style "
               "109,607 parameters, 0.651 public (50 epochs, batch 256, Adam 1e-3, no augmentation).", ""]
-    lines += targets_section(df) + ablation_section(df) + compression_section(out)
+    lines += campaign_section(out) + targets_section(df) + ablation_section(df) + compression_section(out)
     lines += equal_budget_section(df, seed_spread(df))
     lines += ["Where the parameters go (computed from the architectures), which is why the depthwise-separable family "
               "is expected to win when parameters are scarce:", ""] + why_text()
     path = out / "study.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def campaign_section(out: Path, trials_dir: Path | None = None) -> list[str]:
+    """The campaign's grid (core.campaign): every point as mean ± spread over its finished seeds, trials still
+    running shown as in progress, the equal-budget comparison with the spread, and the study's recipe reproduced."""
+    from core.campaign import DEFAULT_OUT
+    from core.campaignviews import crossover, display_points, equal_budget, points_frame, spread_chart, trials_frame
+
+    frame = trials_frame(out=trials_dir or DEFAULT_OUT)
+    if frame.empty:
+        return []
+    pts = points_frame(frame)
+    done = int((frame["state"] == "done").sum())
+    lines = ["## The grid with error bars (the campaign)", "",
+             f"`campaign/campaign.toml` lists every training of this comparison; `python -m core campaign` runs them "
+             f"on the CPU over many sessions, resuming each unfinished trial. So far {done} of {len(frame)} trials "
+             f"are finished ({int(frame['epoch'].sum()):,} of {int(frame['epochs'].sum()):,} epochs). Each point "
+             "below pools the finished seeds of one width: mean public accuracy, sample standard deviation (the "
+             "spread; none below two seeds) and the range. Unfinished trials are listed as in progress, never as "
+             "results.", ""]
+    if (pts["seeds_done"] > 0).any():
+        spread_chart(pts).properties(width=620, title="Campaign: parameters vs public accuracy (bars: min to max "
+                                     "over seeds)").save(str(out / "study_campaign.png"), format="png", scale_factor=1.5)
+        lines += ["![campaign grid](study_campaign.png)", ""]
+    lines += ["| block | family | width | params | seeds done | public acc, mean ± spread | range | in progress |",
+              "|---|---|---|---|---|---|---|---|"]
+    for _, r in display_points(pts.sort_values(["block", "params"])).iterrows():
+        lines.append(f"| {r['block']} | {r['family']} | {r['width']:g} | {r['params']:,} | {r['seeds done']} | "
+                     f"{r['public acc (mean ± spread)']} | {r['range']} | {r['in progress']} |")
+    return lines + [""] + campaign_budget_lines(equal_budget(pts), crossover(pts)) + campaign_reproduction(pts)
+
+
+def campaign_budget_lines(eb: pd.DataFrame, cross: dict | None) -> list[str]:
+    lines = ["### At equal parameter counts, with the spread", ""]
+    if eb.empty:
+        return lines + ["Not yet measurable: each family needs two or more grid widths with at least two finished "
+                        "seeds each, so that a spread exists to compare the gap with.", ""]
+    lines += ["| parameter budget | MobileNet-style | plain CNN | difference | spread | winner |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.params:,.0f} | {r.mobilenet:.3f} ± {r.mobilenet_std:.3f} | {r.plain_cnn:.3f} ± {r.plain_cnn_std:.3f} "
+              f"| {r.gap:+.3f} | {r.spread:.3f} | {r.winner} |" for r in eb.itertuples()]
+    if cross is None:
+        where = "The gap keeps its sign over the whole overlap: there is no crossover inside the measured range."
+    else:
+        below = "MobileNet-style" if cross["mobilenet_below"] else "plain CNN"
+        where = (f"The gap changes sign near {cross['params']:,.0f} parameters ({below} ahead below it); within the "
+                 f"spread from {cross['low']:,.0f} to {cross['high']:,.0f} parameters, which is the crossover's "
+                 "uncertainty.")
+    return lines + ["", "Means and spreads are interpolated linearly in log(parameters) between each family's grid "
+                    "points; the spread of a difference is the two spreads combined (root of the sum of squares), and a "
+                    "winner is named only where the difference exceeds it. " + where, ""]
+
+
+def campaign_reproduction(pts: pd.DataFrame) -> list[str]:
+    """The study's own recipe against the figures it reports."""
+    lines = []
+    for block, reported in (("study-mobilenet", 0.651), ("study-plain_cnn", 0.722)):
+        sel = pts[pts["block"] == block]
+        if sel.empty:
+            continue
+        r = sel.iloc[0]
+        got = ("not finished yet" + (f" ({r.in_progress})" if r.in_progress else "") if r.seeds_done == 0 else
+               f"{r['mean']:.4f}" + (f" ± {r['std']:.4f} over {r.seeds_done} seeds" if r.seeds_done >= 2 else
+                                     " (1 seed)") + f", {(r['mean'] - reported) * 100:+.1f} points against the study")
+        lines.append(f"- `{block}` ({r.arch} width {r.width:g}, the study's recipe), reported {reported:.3f}: {got}.")
+    return (["### The study's recipe, reproduced", ""] + lines + [""]) if lines else []

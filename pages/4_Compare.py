@@ -3,7 +3,7 @@ front and the study's reference points; learning curves; confusion matrix and pe
 import altair as alt
 import streamlit as st
 
-from core import charts, gallery, rundir, runviews
+from core import campaignviews, charts, gallery, rundir, runviews
 from core.classes import CLASSES
 from core.dataviews import upscale
 from core.fsutil import runs_dir
@@ -76,6 +76,20 @@ if not groups.empty:
     st.dataframe(groups.style.format({"accuracy_mean": "{:.3f}", "accuracy_std": "{:.3f}", "accuracy_min": "{:.3f}",
                                       "accuracy_max": "{:.3f}", "params": "{:,}"}, na_rep="—"),
                  hide_index=True, key="compare_sweeps")
+
+# --- the campaign: the study's grid over seeds ---------------------------------------------------------------------
+camp, camp_error = campaignviews.campaign_points()
+if camp_error:
+    st.warning(f"The campaign file could not be read: {camp_error}")
+elif not camp.empty:
+    st.subheader("Campaign: the study's grid, mean ± spread over seeds")
+    st.caption("Trained by `python -m core campaign` from `campaign/campaign.toml`, over many sessions on the CPU. "
+               "Each row pools the finished seeds of one width; trials still training are listed as in progress, "
+               "never as results. Bars on the chart span the lowest to the highest seed.")
+    if (camp["seeds_done"] > 0).any():
+        st.altair_chart(campaignviews.spread_chart(camp), width="stretch")
+    st.dataframe(campaignviews.display_points(camp), hide_index=True, key="compare_campaign",
+                 column_config={"params": st.column_config.NumberColumn(format="localized")})
 
 # --- learning curves -------------------------------------------------------------------------------------------
 st.subheader("Learning curves")

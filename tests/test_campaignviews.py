@@ -1,0 +1,83 @@
+"""The campaign's tables: seeds pooled per point, unfinished trials never counted, the equal-budget gap with spread."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core import campaignviews as cv
+from core.study import campaign_budget_lines, campaign_section
+
+
+def trials(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame([{"trial": f"{b}-w{w:g}-s{s}", "block": b, "arch": a, "width": w, "seed": s, "params": p,
+                          "state": st, "progress": st if st != "in progress" else "in progress (epoch 12 of 50)",
+                          "epoch": 50 if st == "done" else 12, "epochs": 50, "accuracy": acc}
+                         for b, a, w, p, s, st, acc in rows])
+
+
+def grid(mb: dict[float, list[float]], pc: dict[float, list[float]]) -> pd.DataFrame:
+    rows = []
+    for arch, fam, sizes in (("mobilenet", mb, {0.25: 9_000, 1.0: 110_000}), ("plain_cnn", pc, {0.0625: 14_000, 0.25: 186_000})):
+        for w, accs in fam.items():
+            rows += [(f"grid-{arch}", arch, w, sizes[w], s, "done", a) for s, a in enumerate(accs)]
+    return cv.points_frame(trials(rows))
+
+
+def test_points_pool_finished_seeds_only() -> None:
+    pts = cv.points_frame(trials([("grid-mobilenet", "mobilenet", 1.0, 110_000, 0, "done", 0.60),
+                                  ("grid-mobilenet", "mobilenet", 1.0, 110_000, 1, "done", 0.62),
+                                  ("grid-mobilenet", "mobilenet", 1.0, 110_000, 2, "in progress", math.nan)]))
+    r = pts.iloc[0]
+    assert r["seeds"] == 3 and r["seeds_done"] == 2
+    assert r["mean"] == pytest.approx(0.61) and r["std"] == pytest.approx(pd.Series([0.60, 0.62]).std())
+    assert r["in_progress"] == "seed 2: in progress (epoch 12 of 50)"
+
+
+def test_one_seed_has_no_spread_and_blocks_the_equal_budget_verdict() -> None:
+    pts = grid({0.25: [0.5], 1.0: [0.6, 0.61]}, {0.0625: [0.45, 0.46], 0.25: [0.6, 0.6]})
+    assert math.isnan(pts.loc[pts["width"] == 0.25].query("arch == 'mobilenet'")["std"].iloc[0])
+    assert cv.equal_budget(pts).empty
+    assert "Not yet measurable" in "\n".join(campaign_budget_lines(cv.equal_budget(pts), None))
+
+
+def test_a_winner_only_beyond_the_spread() -> None:
+    # MobileNet 8 points ahead at the small end, level at 110k (plain interpolated: 0.617 against 0.62; spread 1.4)
+    pts = grid({0.25: [0.52, 0.53, 0.54], 1.0: [0.61, 0.62, 0.63]}, {0.0625: [0.44, 0.45, 0.46], 0.25: [0.65, 0.66, 0.67]})
+    eb = cv.equal_budget(pts)
+    assert list(eb["winner"])[0] == "MobileNet-style" and list(eb["winner"])[-1] == "within the spread"
+    assert (eb["spread"] > 0).all() and eb["params"].min() == pytest.approx(14_000)
+
+
+def test_crossover_with_its_uncertainty() -> None:
+    pts = grid({0.25: [0.52, 0.53, 0.54], 1.0: [0.60, 0.61, 0.62]}, {0.0625: [0.44, 0.45, 0.46], 0.25: [0.69, 0.70, 0.71]})
+    cross = cv.crossover(pts)
+    assert cross is not None and cross["mobilenet_below"]
+    assert 14_000 < cross["low"] <= cross["params"] <= cross["high"] <= 110_000
+    text = "\n".join(campaign_budget_lines(cv.equal_budget(pts), cross))
+    assert "changes sign near" in text and "MobileNet-style ahead below it" in text
+
+
+def test_study_section_lists_in_progress_trials_not_as_results(tmp_path: Path) -> None:
+    """The committed campaign file against an empty trials folder: every point pending, no accuracy anywhere."""
+    lines = "\n".join(campaign_section(tmp_path, trials_dir=tmp_path / "none"))
+    assert "0 of " in lines and "seed 0: pending" in lines
+    assert "not finished yet" in lines and "± 0." not in lines
+
+
+def test_compare_shows_the_campaign_with_unfinished_trials_as_in_progress() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    points, error = cv.campaign_points()
+    assert error is None and not points.empty
+    at = AppTest.from_file("../streamlit_app.py", default_timeout=120).run()
+    at.switch_page("pages/4_Compare.py").run()
+    assert not at.exception, at.exception
+    assert any("Campaign" in s.value for s in at.subheader)
+    shown = next(d.value for d in at.dataframe if "public acc (mean ± spread)" in d.value.columns)
+    assert len(shown) == len(points)
+    pending = shown[points["seeds_done"].to_numpy() == 0]
+    assert (pending["public acc (mean ± spread)"] == "—").all()  # no result without a finished seed
+    assert shown["in progress"].str.contains("pending|in progress|—").all()
