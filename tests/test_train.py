@@ -467,3 +467,68 @@ def test_element_wise_dropout_knob(tmp_path: Path) -> None:
     assert archs.set_dropout_kind(m, "element") == 10
     assert not any(isinstance(x, torch.nn.Dropout2d) for x in m.modules())
     assert archs.set_dropout_kind(archs.build("plain_cnn", width=0.25), "channel") == 0  # its dropouts act on vectors
+
+
+def test_faked_cuda_graph_capture_and_replay_equal_eager_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA-graph path on the CPU, with torch.cuda's stream and graph objects faked (no CUDA device here):
+    capture_step's warm-up steps really run (and change weights, BatchNorm statistics and Adam's moments), a
+    capture records without running, and a replay runs the recorded step. After capture and N replays, weights,
+    BN running statistics and optimiser state must equal N eager steps: the warm-up has to be undone exactly."""
+    import contextlib
+    import copy
+
+    from core import train
+    from core.train import Stepper, epoch_plan
+
+    cfg = TrainConfig(arch="mobilenet", width=0.25, dropout=0.2, batch_size=32, optimizer="adam", lr=3e-3,
+                      precision="fp32", synthetic_size=300)
+    live: dict = {}
+
+    class FakeGraph:
+        def replay(self) -> None:
+            live["opt"].zero_grad(set_to_none=True)  # a replay rewrites the gradient buffers it captured
+            live["step"](*live["stepper"].bufs)
+
+    class FakeStream:
+        def wait_stream(self, other: object) -> None:
+            pass
+
+    @contextlib.contextmanager
+    def fake_graph(graph: FakeGraph):  # noqa: ANN202
+        weights = copy.deepcopy(live["model"].state_dict())
+        opt_state = copy.deepcopy(live["opt"].state_dict())
+        yield
+        live["model"].load_state_dict(weights)  # a capture records the kernels; it does not run them
+        live["opt"].load_state_dict(opt_state)
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    results = []
+    for capture in (False, True):
+        model, opt, su, acc, step = _tiny_setup(cfg)
+        live.update(model=model, opt=opt, step=step)
+        warm = {"n": 0}
+
+        def counted(*bufs: torch.Tensor, _step=step) -> None:  # noqa: ANN001
+            warm["n"] += 1
+            _step(*bufs)
+
+        live["step"] = counted
+        stepper = Stepper(counted, model, opt, su, static=False, capture=capture)
+        live["stepper"] = stepper
+        if capture:
+            assert stepper.graph is not None and warm["n"] == train.GRAPH_WARMUP_STEPS + 1  # warm-up + the capture
+        order, r, mix = epoch_plan(cfg, 0, su, len(su.x))
+        torch.manual_seed(123)  # dropout masks alike in both runs (the warm-up drew from the generator)
+        for i in range(4):
+            stepper(order[i], r[i], mix[i])
+        results.append((copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()["state"])))
+    (w_e, o_e), (w_g, o_g) = results
+    bn_stats = [k for k in w_e if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert bn_stats and all(torch.equal(w_e[k], w_g[k]) for k in bn_stats)
+    assert all(torch.equal(w_e[k], w_g[k]) for k in w_e)
+    assert o_e.keys() == o_g.keys() and all(torch.equal(o_e[p][k], o_g[p][k]) for p in o_e for k in o_e[p])
+    assert int(o_g[0]["step"]) == 4  # Adam counted the replays only, not the warm-up
