@@ -195,3 +195,15 @@ def test_cli_refuses_bad_flags(tmp_path: Path) -> None:
         out = subprocess.run([sys.executable, "-m", "core", "campaign", str(file), "--out", str(tmp_path), *extra],
                              cwd=PROJECT_ROOT, capture_output=True, text=True)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_gpu_script_runs_the_campaign_file(tmp_path: Path) -> None:
+    """scripts/gpu_converge.py (here on the CPU, probe skipped): the campaign's trials in its order, into run folders."""
+    file = write(tmp_path, TINY.format(size=200, epochs=1))
+    out = subprocess.run([sys.executable, "scripts/gpu_converge.py", "--file", str(file), "--out", str(tmp_path / "t"),
+                          "--no-probe", "--only", "grid-w0.25"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.index("grid-w0.25-s0: starting") < out.stdout.index("grid-w0.25-s1: starting")
+    assert "2 of 2 trials done" in out.stdout
+    assert json.loads((tmp_path / "t" / "gpu_converge.json").read_text())["probe"] == []
