@@ -108,6 +108,9 @@ class TrainConfig:
                            step=0.05)
     dropout_kind: str = knob("channel", "MobileNet-style family: channel-wise Dropout2d, or element-wise Dropout as "
                                         "in the study", choices=DROPOUT_KINDS, label="Dropout kind")
+    init_from: str | None = knob(None, "a trained run folder whose weights this run starts from (same architecture "
+                                       "and width), e.g. checkpoints/plain_cnn-w1 with a low learning rate: a tail "
+                                       "that continues a finished model", label="Start from run (fine-tune)")
     tta: str = knob("none", "test-time augmentation folded into the exported ONNX graph: none, flip, or tencrop "
                             "(logits averaged in the graph)", choices=TTA_MODES, label="Test-time augmentation")
 

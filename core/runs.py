@@ -49,6 +49,8 @@ def recipe_text(cfg: TrainConfig) -> str:
         parts.append(f"label smoothing {cfg.label_smoothing:g}")
     if cfg.weight_decay:
         parts.append(f"weight decay {cfg.weight_decay:g}")
+    if cfg.init_from:
+        parts.append(f"continued from {Path(cfg.init_from).name}")
     if cfg.teacher:
         parts.append(f"distilled from {Path(cfg.teacher).name} (T={cfg.distill_temperature:g}, alpha={cfg.distill_alpha:g})")
     if cfg.precision != "auto":
@@ -133,10 +135,22 @@ def _prepare(cfg: TrainConfig, run_dir: Path, data: FERData | None) -> _Run:
                                history=[e.to_json() for e in old.epochs])
         run.record.created, run.record.wall_time_s = old.created or run.record.created, old.wall_time_s
         run.record.epochs, run.record.resumed_from_epoch = list(old.epochs), run.state.epoch
+    elif cfg.init_from:
+        _start_from(model, cfg, knobs)
     rundir.write_record(run_dir, run.record)
     if cfg.teacher:
         run.teacher = load_teacher(cfg.teacher)
     return run
+
+
+def _start_from(model: torch.nn.Module, cfg: TrainConfig, knobs: dict[str, float]) -> None:
+    """A new run's weights from a trained run (cfg.init_from); ValueError when that run is another model."""
+    source = find_run(cfg.init_from)
+    trained, record = ck.load_model(source)
+    if record.model.arch != cfg.arch or record.model.knobs.get("width") != knobs.get("width"):
+        raise ValueError(f"init_from {cfg.init_from!r} is {record.model.arch} width {record.model.knobs.get('width')}, "
+                         f"not {cfg.arch} width {knobs.get('width')}; start from a run of the same model")
+    model.load_state_dict(trained.state_dict())
 
 
 def _save_epoch(run: _Run, seconds: float) -> None:

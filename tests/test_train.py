@@ -532,3 +532,19 @@ def test_faked_cuda_graph_capture_and_replay_equal_eager_steps(monkeypatch: pyte
     assert all(torch.equal(w_e[k], w_g[k]) for k in w_e)
     assert o_e.keys() == o_g.keys() and all(torch.equal(o_e[p][k], o_g[p][k]) for p in o_e for k in o_e[p])
     assert int(o_g[0]["step"]) == 4  # Adam counted the replays only, not the warm-up
+
+
+def test_init_from_starts_at_a_trained_runs_weights(tmp_path: Path) -> None:
+    """A low-lr tail after a finished model: the new run's first step starts from the source run's weights."""
+    source = tmp_path / "source"
+    list(run_training(TrainConfig(epochs=1, **{**QUICK, "synthetic_size": 300}), source))
+    cfg = TrainConfig(epochs=1, max_steps=1, init_from=str(source), **{**QUICK, "synthetic_size": 300, "lr": 1e-7, "optimizer": "sgd"})
+    list(run_training(cfg, tmp_path / "tail"))
+    a, b = (torch.load(d / rundir.WEIGHTS, weights_only=True) for d in (source, tmp_path / "tail"))
+    convs = [k for k in a if k.endswith("weight") and a[k].dim() == 4]
+    assert convs and all(torch.allclose(a[k], b[k], atol=1e-6) for k in convs)  # lr 1e-7 with SGD: next to nothing moved
+    assert "continued from source" in rundir.read_record(tmp_path / "tail").recipe
+    with pytest.raises(ValueError, match="not plain_cnn width 0.5"):
+        list(run_training(TrainConfig(epochs=1, init_from=str(source), **{**QUICK, "width": 0.5}), tmp_path / "other"))
+    with pytest.raises(ValueError, match="not found"):
+        list(run_training(TrainConfig(epochs=1, init_from=str(tmp_path / "nope"), **QUICK), tmp_path / "x"))
