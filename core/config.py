@@ -108,6 +108,10 @@ class TrainConfig:
                            step=0.05)
     dropout_kind: str = knob("channel", "MobileNet-style family: channel-wise Dropout2d, or element-wise Dropout as "
                                         "in the study", choices=DROPOUT_KINDS, label="Dropout kind")
+    ema_decay: float = knob(0.0, "keep an exponential moving average of the weights and BatchNorm statistics, "
+                                 "updated every step with this decay (e.g. 0.999); validation, the final evaluation "
+                                 "and the export use the average; 0 = off", low=0.0, high=0.99999,
+                            label="Weight EMA decay (0 = off)", step=0.001)
     init_from: str | None = knob(None, "a trained run folder whose weights this run starts from (same architecture "
                                        "and width), e.g. checkpoints/plain_cnn-w1 with a low learning rate: a tail "
                                        "that continues a finished model", label="Start from run (fine-tune)")

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from core import archs, checkpoint as ck, rundir
 from core.config import TrainConfig, with_defaults
@@ -19,8 +20,8 @@ from core.onnx_io import OnnxClassifier, export_onnx, parity
 from core.record import Epoch, Final, ModelSpec, RunRecord, now_iso
 from core.summary import summarize
 from core.augment import with_tta
-from core.train import (BatchHook, StopRun, TrainState, evaluate, fit, load_teacher, make_optimizer, metrics_from_logits,
-                        resolve_device, stratified_subset)
+from core.train import (BatchHook, StopRun, TrainState, evaluate, fit, load_teacher, make_ema, make_optimizer,
+                        metrics_from_logits, resolve_device, stratified_subset)
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA's and PyTorch CPU allocator's wording
 TRAIN_EVAL_SAMPLE = 5000  # final train-split accuracy on a stratified sample: the full split costs minutes on CPU
@@ -51,6 +52,8 @@ def recipe_text(cfg: TrainConfig) -> str:
         parts.append(f"weight decay {cfg.weight_decay:g}")
     if cfg.init_from:
         parts.append(f"continued from {Path(cfg.init_from).name}")
+    if cfg.ema_decay:
+        parts.append(f"weight EMA {cfg.ema_decay:g}")
     if cfg.teacher:
         parts.append(f"distilled from {Path(cfg.teacher).name} (T={cfg.distill_temperature:g}, alpha={cfg.distill_alpha:g})")
     if cfg.precision != "auto":
@@ -112,6 +115,12 @@ class _Run:
     state: TrainState
     record: RunRecord
     teacher: torch.nn.Module | None = None
+    ema: AveragedModel | None = None
+
+    @property
+    def deployed(self) -> torch.nn.Module:
+        """What is evaluated, saved as model.pt and exported: the weight average when the run keeps one."""
+        return self.model if self.ema is None else self.ema.module
 
 
 def _prepare(cfg: TrainConfig, run_dir: Path, data: FERData | None) -> _Run:
@@ -123,6 +132,9 @@ def _prepare(cfg: TrainConfig, run_dir: Path, data: FERData | None) -> _Run:
     model = archs.build(cfg.arch, **knobs)
     run = _Run(cfg, run_dir, knobs, device, data, model, make_optimizer(cfg, model), TrainState(),
                new_record(run_dir.name, cfg, knobs, data, device))
+    if cfg.init_from and not (run_dir / rundir.RESUME).exists():
+        _start_from(model, cfg, knobs)  # before the average is made, so that it starts from these weights too
+    run.ema = make_ema(model, cfg.ema_decay)
     resume_path = run_dir / rundir.RESUME
     if resume_path.exists():
         old = rundir.read_record(run_dir)
@@ -131,12 +143,12 @@ def _prepare(cfg: TrainConfig, run_dir: Path, data: FERData | None) -> _Run:
         saved = ck.load_state_dict(resume_path)
         model.load_state_dict(saved["model"])
         run.optimizer.load_state_dict(saved["optimizer"])
+        if run.ema is not None:
+            run.ema.load_state_dict(saved["ema"])
         run.state = TrainState(epoch=int(saved["epoch"]), steps=int(saved["steps"]),
                                history=[e.to_json() for e in old.epochs])
         run.record.created, run.record.wall_time_s = old.created or run.record.created, old.wall_time_s
         run.record.epochs, run.record.resumed_from_epoch = list(old.epochs), run.state.epoch
-    elif cfg.init_from:
-        _start_from(model, cfg, knobs)
     rundir.write_record(run_dir, run.record)
     if cfg.teacher:
         run.teacher = load_teacher(cfg.teacher)
@@ -156,10 +168,14 @@ def _start_from(model: torch.nn.Module, cfg: TrainConfig, knobs: dict[str, float
 def _save_epoch(run: _Run, seconds: float) -> None:
     """Per-epoch checkpoint: weights first, then the resume state, then the record that points at them, each
     written atomically, so a kill at any moment leaves the last finished epoch intact."""
-    cpu_state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
-    ck.save_state_dict(run.dir / rundir.WEIGHTS, cpu_state)
+    def on_cpu(module: torch.nn.Module) -> dict:
+        return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+    cpu_state = on_cpu(run.model)
+    ck.save_state_dict(run.dir / rundir.WEIGHTS, on_cpu(run.deployed))
     ck.save_state_dict(run.dir / rundir.RESUME, {"model": cpu_state, "optimizer": run.optimizer.state_dict(),
-                                                 "epoch": run.state.epoch, "steps": run.state.steps})
+                                                 "epoch": run.state.epoch, "steps": run.state.steps,
+                                                 **({"ema": on_cpu(run.ema)} if run.ema is not None else {})})
     run.record.epochs = [Epoch.from_json(e, i) for i, e in enumerate(run.state.history)]
     run.record.updated, run.record.wall_time_s = now_iso(), seconds
     rundir.write_record(run.dir, run.record)
@@ -171,9 +187,9 @@ def _finish(run: _Run, stopped: bool, seconds: float) -> None:
     if not run.state.history:
         raise StopRun("stopped before the first epoch finished" if stopped else "no epoch was run")
     if stopped:  # a stop keeps the last finished epoch's weights (already on disk)
-        run.model.load_state_dict(ck.load_state_dict(run.dir / rundir.WEIGHTS))
+        run.deployed.load_state_dict(ck.load_state_dict(run.dir / rundir.WEIGHTS))
     release_free_memory()  # the last epoch's freed memory, before the final evaluation and the export
-    model = run.model.float().eval()  # evaluated in the training's memory format (channels-last on the CPU)
+    model = run.deployed.float().eval()  # evaluated in the training's memory format (channels-last on the CPU)
     run.record.final = final_evaluation(model, run.data, run.device, run.cfg.seed)
     release_free_memory()  # the evaluation's, before the export builds its graphs
     cpu_model = model.to("cpu").to(memory_format=torch.contiguous_format)
@@ -224,7 +240,7 @@ def run_training(
         t_start, wall0 = time.perf_counter(), run.record.wall_time_s
         run.model.to(run.device)
         for metrics in fit(run.model, run.data, cfg, device=run.device, optimizer=run.optimizer, state=run.state,
-                           teacher=run.teacher, on_batch=on_batch, should_stop=stop_requested):
+                           teacher=run.teacher, on_batch=on_batch, should_stop=stop_requested, ema=run.ema):
             _save_epoch(run, wall0 + time.perf_counter() - t_start)
             yield metrics
         _finish(run, stop_requested(), wall0 + time.perf_counter() - t_start)

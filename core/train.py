@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from core import archs
 from core.augment import (AFFINE_COLS, ERASE_COLS, MIX_PARAMS, RANDOMS_PER_IMAGE, affine, mix_batch, mix_plan, mix_weights,
@@ -435,8 +436,9 @@ class Stepper:
     `capture`; on other devices the buffered call is what a test compares with the eager one)."""
 
     def __init__(self, step: StepFn, model: nn.Module, optimizer: torch.optim.Optimizer, su: Setup,
-                 static: bool, capture: bool) -> None:
+                 static: bool, capture: bool, ema: AveragedModel | None = None) -> None:
         self.step, self.optimizer, self.static = step, optimizer, static or capture
+        self.model, self.ema = model, ema
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_seconds = 0.0
         dev = su.device
@@ -451,14 +453,16 @@ class Stepper:
         if not self.static:
             self.optimizer.zero_grad(set_to_none=True)
             self.step(idx, r, mix)
-            return
-        for buf, value in zip(self.bufs, (idx, r, mix)):
-            buf.copy_(value, non_blocking=True)
-        if self.graph is not None:
-            self.graph.replay()
         else:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step(*self.bufs)
+            for buf, value in zip(self.bufs, (idx, r, mix)):
+                buf.copy_(value, non_blocking=True)
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step(*self.bufs)
+        if self.ema is not None:  # outside the graph: a few fused element-wise kernels over the weights
+            self.ema.update_parameters(self.model)
 
 
 def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -542,6 +546,14 @@ def run_epoch(stepper: Stepper, su: Setup, cfg: TrainConfig, state: TrainState, 
     return seen, False, lr
 
 
+def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """torch's AveragedModel as an exponential moving average of the weights and (use_buffers) BatchNorm statistics;
+    None when decay is 0."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def finish_epoch(model: nn.Module, su: Setup, data: FERData, acc: Accum, state: TrainState, seen: int, t0: float,
                  lr: float) -> dict:
     """Epoch-end NaN check, validation and the epoch's metrics (state.epoch advances)."""
@@ -567,16 +579,21 @@ def fit(
     teacher: nn.Module | None = None,
     on_batch: BatchHook | None = None,
     should_stop: Callable[[], bool] | None = None,
+    ema: AveragedModel | None = None,
 ) -> Iterator[dict]:
     """Train epoch by epoch from `state`, yielding each finished epoch's metrics.
 
-    The generator mutates `model`, `optimizer` and `state`; the caller saves checkpoints between yields.
+    The generator mutates `model`, `optimizer`, `state` and `ema` (a weight average that validation then uses);
+    the caller saves checkpoints between yields.
     A stop request returns after the current batch without yielding the unfinished epoch.
     """
     su = setup_training(model, data, cfg, device, optimizer, teacher)
     n = len(su.x)
     acc = Accum.zeros(device)
-    stepper = Stepper(make_step(model, optimizer, cfg, su, teacher, acc), model, optimizer, su, static=False, capture=su.graph)
+    if ema is not None:
+        _place(ema, device, su.channels_last)
+    stepper = Stepper(make_step(model, optimizer, cfg, su, teacher, acc), model, optimizer, su, static=False,
+                      capture=su.graph, ema=ema)
     sched = plateau_scheduler(cfg, state.history)
     while state.epoch < cfg.epochs and (not cfg.max_steps or state.steps < cfg.max_steps):
         # Dropout masks from a per-epoch seed: a resumed run draws exactly what an uninterrupted one would.
@@ -589,7 +606,7 @@ def fit(
         release_free_memory()  # the steps' freed activations, before evaluation allocates its own (core.memory)
         if stopped or seen == 0:
             return
-        metrics = finish_epoch(model, su, data, acc, state, seen, t0, lr)
+        metrics = finish_epoch(model if ema is None else ema.module, su, data, acc, state, seen, t0, lr)
         if sched is not None:
             sched.step(metrics["val_acc"])
         state.history.append(metrics)

@@ -548,3 +548,25 @@ def test_init_from_starts_at_a_trained_runs_weights(tmp_path: Path) -> None:
         list(run_training(TrainConfig(epochs=1, init_from=str(source), **{**QUICK, "width": 0.5}), tmp_path / "other"))
     with pytest.raises(ValueError, match="not found"):
         list(run_training(TrainConfig(epochs=1, init_from=str(tmp_path / "nope"), **QUICK), tmp_path / "x"))
+
+
+def test_weight_ema_is_what_is_saved_and_resumes_exactly(tmp_path: Path) -> None:
+    """With ema_decay, model.pt and the export hold the average, not the last step's weights, and a run
+    interrupted after an epoch resumes its average to the same end as an uninterrupted run."""
+    cfg = TrainConfig(epochs=3, ema_decay=0.9, precision="fp32", **{**QUICK, "synthetic_size": 600})
+    run = tmp_path / "run"
+    gen = run_training(cfg, run)
+    next(gen)
+    gen.close()
+    resume = torch.load(run / rundir.RESUME, weights_only=True)
+    saved = torch.load(run / rundir.WEIGHTS, weights_only=True)
+    key = next(k for k in saved if k.endswith("weight") and saved[k].dim() == 4)
+    assert torch.equal(saved[key], resume["ema"]["module." + key])  # model.pt is the average...
+    assert not torch.equal(saved[key], resume["model"][key])  # ...not the raw weights
+    list(run_training(cfg, run))
+    list(run_training(cfg, tmp_path / "whole"))
+    a, b = (rundir.read_record(d) for d in (run, tmp_path / "whole"))
+    assert [e.val_acc for e in a.epochs] == [e.val_acc for e in b.epochs] and a.final.accuracy == b.final.accuracy
+    wa, wb = (torch.load(d / rundir.WEIGHTS, weights_only=True) for d in (run, tmp_path / "whole"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert "weight EMA 0.9" in a.recipe
