@@ -14,6 +14,9 @@ sys.path.insert(0, str(ROOT))
 FER_DATA_ENV = "FER_DATA"
 SHARED_FER_DIR = ROOT.parent / "shared" / "data" / "fer2013"
 SAMPLE_PHOTO = ROOT / "tests" / "data" / "astronaut.jpg"
+# The real photos with their manifest, for the face detector's recall: $FER_PHOTOS, else ../shared/photos.
+PHOTOS_DIR = Path(os.environ.get("FER_PHOTOS") or ROOT.parent / "shared" / "photos")
+pytest_plugins = ["skipguard"]  # under CI, a skip off its allow-list fails the run
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,9 +11,9 @@ import pytest
 from core import faces, facescore
 from core.photo import decode_image
 
-from conftest import ROOT, SAMPLE_PHOTO
+from conftest import PHOTOS_DIR, ROOT, SAMPLE_PHOTO
 
-PHOTOS = ROOT.parent / "shared" / "photos"
+PHOTOS = PHOTOS_DIR
 # Measured on the 40 photos (74 faces) when MTCNN was chosen: 73 found, 0 extra; Haar alone finds 44. The floor leaves
 # room for one or two faces of difference across OpenCV/ONNX Runtime builds, and stays far above Haar's 0.59.
 RECALL_FLOOR = 0.95
@@ -22,7 +22,7 @@ RECALL_FLOOR = 0.95
 @pytest.fixture(scope="module")
 def photos() -> Path:
     if not (PHOTOS / "manifest.csv").is_file():
-        pytest.skip(f"real test photos not found at {PHOTOS} (../shared/photos beside the project)")
+        pytest.skip(f"real test photos not found at {PHOTOS} ($FER_PHOTOS, else ../shared/photos beside the project)")
     return PHOTOS
 
 
