@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core import archs
-from core.config import TrainConfig
+from core.models import archs
+from core.training.config import TrainConfig
 from core.data import FERData, Split, load_data, load_fer
-from core.fsutil import PROJECT_ROOT, SHIPPED_DIR
-from core.onnx_io import OnnxClassifier, export_onnx
-from core.summary import _summarize_cached, summarize
-from core.train import TrainState, autocast_dtype, fit, make_optimizer, resolve_device
+from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR
+from core.inference.onnx_io import OnnxClassifier, export_onnx
+from core.models.summary import _summarize_cached, summarize
+from core.training.train import TrainState, autocast_dtype, fit, make_optimizer, resolve_device
 
 from bench.memory import MICRO_BATCH, fixed_costs, train_peak_mib
 
@@ -111,7 +111,7 @@ def window_rates(stamps: list[float], warm: int, steps: int, batch: int) -> list
 
 def engine_throughput(arch: str, data: FERData, steps: int, warm: int, windows: int, batch: int = 256,
                       precision: str = "auto") -> float:
-    """Median images/s over `windows` windows of core.train.fit, as the app and CLI run it (TrainConfig defaults;
+    """Median images/s over `windows` windows of core.training.train.fit, as the app and CLI run it (TrainConfig defaults;
     `precision='fp32'` for the like-for-like row against the fp32 yardstick)."""
     cfg = TrainConfig(arch=arch, width=1.0, data="bench", batch_size=batch, max_steps=warm + steps * windows, epochs=1,
                       augment=True, precision=precision)
@@ -221,7 +221,7 @@ def int8_rows(paths: dict[str, Path], data: FERData, tmp: Path, repeats: int) ->
     change vs the fp32 model. Measured, not adopted: the app keeps fp32 unless this table says otherwise."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from core.train import metrics_from_logits
+    from core.training.train import metrics_from_logits
 
     calib = data.splits["train"].images[:256].astype(np.float32)[:, None]
     val = data.splits[data.val_split]
@@ -256,7 +256,7 @@ def int8_rows(paths: dict[str, Path], data: FERData, tmp: Path, repeats: int) ->
 def photo_row(onnx_path: Path, repeats: int) -> Row:
     import cv2
 
-    from core.photo import analyze_photo
+    from core.inference.photo import analyze_photo
 
     img = cv2.imread(str(PROJECT_ROOT / "assets" / "astronaut.jpg"))
     big = cv2.resize(img, (1024, 1024), interpolation=cv2.INTER_CUBIC)  # about 1 megapixel, one face
@@ -279,11 +279,11 @@ def photo_row(onnx_path: Path, repeats: int) -> Row:
 def detector_rows(photos_dir: Path, onnx_path: Path, repeats: int) -> list[Row]:
     """The face detector (MTCNN, Haar as its fallback) against Haar alone, side by side in this run: recall and false
     faces on a folder of real photos with a manifest.csv of face counts, the median detection time per photo, and a
-    1 MP photo end to end. Self-contained: it needs only Row, median_time and core.faces/core.photo."""
+    1 MP photo end to end. Self-contained: it needs only Row, median_time and core.inference.faces/core.inference.photo."""
     import cv2
 
-    from core.facescore import score_on_manifest
-    from core.photo import analyze_photo
+    from core.inference.facescore import score_on_manifest
+    from core.inference.photo import analyze_photo
 
     new, old = score_on_manifest(photos_dir, "auto"), score_on_manifest(photos_dir, "haar")
     where = f"{new.photos} photos, {new.faces} faces in {photos_dir.name}/manifest.csv"
@@ -430,7 +430,7 @@ def tta_rows(model_path: Path, tmp: Path, repeats: int) -> list[Row]:
 def cuda_throughput(arch: str, graph: bool, batch: int = 128, steps: int = 50, windows: int = 5) -> tuple[float, float]:
     """Images/s (median over windows) of the training step on random 48x48 data already on the card, bf16, AdamW,
     eager or replayed from a CUDA graph; and the seconds spent on warm-up and capture (0 for eager)."""
-    from core.train import Accum, Stepper, epoch_plan, make_step, set_lr, setup_training
+    from core.training.train import Accum, Stepper, epoch_plan, make_step, set_lr, setup_training
 
     device = torch.device("cuda")
     n = batch * (steps + 8)

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 
 def _print_json(obj: Any) -> None:
-    from core.fsutil import _json_default
+    from core.util.fsutil import _json_default
 
     print(json.dumps(obj, default=_json_default, allow_nan=True))
 
@@ -20,7 +20,7 @@ def _fmt_int(n: int) -> str:
 
 
 def cmd_summary(a: argparse.Namespace) -> int:
-    from core.summary import summarize
+    from core.models.summary import summarize
 
     knobs = {"width": a.width}
     if a.dropout is not None:
@@ -52,7 +52,7 @@ class _ProgressWriter:
     def __call__(self, b: dict) -> None:
         import time
 
-        from core.fsutil import atomic_write_json
+        from core.util.fsutil import atomic_write_json
 
         now = self.clock()
         if self.first_step is None:  # start the clock at the first batch: data loading is not training time
@@ -98,10 +98,10 @@ def _progress_bar(quiet: bool, epochs: int, progress: "_ProgressWriter | None"):
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from core import rundir
-    from core.config import config_from_args
+    from core.training import rundir
+    from core.training.config import config_from_args
     from core.data import load_data
-    from core.runs import resolve_run_dir, run_training
+    from core.training.runs import resolve_run_dir, run_training
 
     cfg = config_from_args(a)
     # A fresh CLI run loads its data before any folder is made, so a bad --data leaves nothing behind; background
@@ -140,7 +140,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from core.runs import export_run, find_run
+    from core.training.runs import export_run, find_run
 
     run_dir = find_run(a.run_dir)
     info = export_run(run_dir)
@@ -152,9 +152,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from core.classes import CLASSES
+    from core.util.classes import CLASSES
     from core.data import load_data
-    from core.runs import evaluate_path
+    from core.training.runs import evaluate_path
 
     data = load_data(a.data)
     splits = a.split or [s for s in data.splits if s != "train"] or list(data.splits)
@@ -169,10 +169,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from core.classes import CLASSES
-    from core.photo import analyze_photo
+    from core.util.classes import CLASSES
+    from core.inference.photo import analyze_photo
 
-    from core.onnx_io import OnnxClassifier
+    from core.inference.onnx_io import OnnxClassifier
 
     OnnxClassifier.get(a.model)  # a missing or broken model is the first thing to say, before any photo
     out, failed = [], 0
@@ -207,7 +207,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_study(a: argparse.Namespace) -> int:
-    from core.study import write_study
+    from core.views.study import write_study
 
     path = write_study(a.out)
     print(f"wrote {path}")
@@ -218,7 +218,7 @@ JSON_HELP = "print one JSON object (the last line printed)"
 
 
 def _add_summary(sub: argparse._SubParsersAction) -> None:
-    from core.archs import WIDTH_MAX, WIDTH_MIN, list_archs
+    from core.models.archs import WIDTH_MAX, WIDTH_MIN, list_archs
 
     s = sub.add_parser("summary", help="parameters, MACs, size and layer table of an architecture",
                        description="Parameters, MACs, fp32 size and the layer table of an architecture, computed "
@@ -231,11 +231,11 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from core.config import add_train_arguments
+    from core.training.config import add_train_arguments
 
     t = sub.add_parser("train", help="train a model, save a checkpoint folder and export ONNX",
                        description="Train a model into a run folder (weights, ONNX export, run.json). Every training "
-                                   "setting below comes from core.config.TrainConfig.")
+                                   "setting below comes from core.training.config.TrainConfig.")
     add_train_arguments(t)
     t.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS_DIR, else ./runs)")
     t.add_argument("--name", default=None, help="run folder name (default: arch-width-timestamp)")
@@ -280,9 +280,9 @@ def _add_docs(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.compress import add_compress_parser  # imports nothing heavy; the command's own imports run only when used
-    from core.campaign import add_parser as _add_campaign
-    from core.sweep import add_parser as _add_sweep  # the sweep command lives in its own module (Ray optional)
+    from core.compression.compress import add_compress_parser  # imports nothing heavy; the command's own imports run only when used
+    from core.service.campaign import add_parser as _add_campaign
+    from core.service.sweep import add_parser as _add_sweep  # the sweep command lives in its own module (Ray optional)
 
     p = argparse.ArgumentParser(prog="python -m core", description="FER Compact-CNN Explorer: how small can an expression classifier get?")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -311,8 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; finished epochs are saved and the run can be resumed with --run-dir", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - only the trainer's own early-stop reason is turned into one line
-        from core.runs import OOM_MESSAGES, failure_reason
-        from core.train import StopRun
+        from core.training.runs import OOM_MESSAGES, failure_reason
+        from core.training.train import StopRun
 
         if isinstance(exc, StopRun):  # NaN loss, stop before the first epoch: recorded in run.json too
             print(f"error: training stopped: {exc}", file=sys.stderr)

@@ -6,14 +6,14 @@ import altair as alt
 import numpy as np
 import streamlit as st
 
-from core import inside, runviews
-from core.dataviews import upscale
-from core.photoviews import photo_rows, probabilities_frame
-from core.rundir import list_runs
-from core.text import md_escape
-from core.classes import CLASSES
-from core.fsutil import PROJECT_ROOT, runs_dir
-from core.photo import (MAX_FILE_BYTES, PhotoResult, analyze_photo, classify_box, draw_boxes, face_grid, face_label,
+from core.views import inside, runviews
+from core.views.dataviews import upscale
+from core.views.photoviews import photo_rows, probabilities_frame
+from core.training.rundir import list_runs
+from core.views.text import md_escape
+from core.util.classes import CLASSES
+from core.util.fsutil import PROJECT_ROOT, runs_dir
+from core.inference.photo import (MAX_FILE_BYTES, PhotoResult, analyze_photo, classify_box, draw_boxes, face_grid, face_label,
                         label_summary, manual_box, occlusion_map, overlay_heatmap, parse_label)
 
 SAMPLE = PROJECT_ROOT / "assets" / "astronaut.jpg"
@@ -26,7 +26,7 @@ st.caption("Faces are found with MTCNN (OpenCV's Haar detector where it finds no
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def analyze(data: bytes, name: str, model_path: str, stamp: float):  # noqa: ANN201 - core.photo.PhotoResult
+def analyze(data: bytes, name: str, model_path: str, stamp: float):  # noqa: ANN201 - core.inference.photo.PhotoResult
     # `stamp` (the model file's mtime) keys the cache so a re-exported model is used at once.
     return analyze_photo(data, name, model_path)
 
@@ -135,7 +135,7 @@ def hand_box(k: int, r: PhotoResult) -> PhotoResult:
     return classify_box(r, manual_box(r.size, cx, cy, side), onnx_file)
 
 
-def show_face(k: int, r: PhotoResult, i: int, face) -> None:  # noqa: ANN001 - core.photo.Face
+def show_face(k: int, r: PhotoResult, i: int, face) -> None:  # noqa: ANN001 - core.inference.photo.Face
     crop_col, chart_col = st.columns([1, 2], vertical_alignment="center")
     crop_col.image(upscale(face.crop, 3), caption=f"face {i}: 48x48, as the model sees it")
     heat, _ = occlusion(face.crop.tobytes(), str(onnx_file), stamp)

@@ -5,15 +5,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import cam, featuremaps, gallery, inside, runviews
-from core.checkpoint import load_model
-from core.classes import CLASSES
+from core.explain import cam, featuremaps, gallery
+from core.views import inside, runviews
+from core.training.checkpoint import load_model
+from core.util.classes import CLASSES
 from core.data import SPLIT_TITLES
-from core.dataviews import upscale
-from core.fsutil import runs_dir
-from core.rundir import list_runs
-from core.text import md_escape
-from core.photo import occlusion_map, overlay_heatmap
+from core.views.dataviews import upscale
+from core.util.fsutil import runs_dir
+from core.training.rundir import list_runs
+from core.views.text import md_escape
+from core.inference.photo import occlusion_map, overlay_heatmap
 
 ROLE_COLOURS = {"depthwise": "blue", "pointwise": "orange", "standard conv": "gray", "grouped conv": "violet",
                 "block": "violet", "fully connected": "gray", "pooling": "gray", "logits": "green", "input": "gray"}
@@ -34,7 +35,7 @@ def dataset(source: str):  # noqa: ANN201 - core.data.FERData (FER2013 is cached
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def photo(data: bytes, name: str, onnx_path: str, stamp: float):  # noqa: ANN201 - core.photo.PhotoResult
+def photo(data: bytes, name: str, onnx_path: str, stamp: float):  # noqa: ANN201 - core.inference.photo.PhotoResult
     return cam.photo_faces(data, name, onnx_path)
 
 

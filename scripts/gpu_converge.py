@@ -52,9 +52,9 @@ def probe(seconds_left: float) -> list[dict]:
 
 def train_one(name: str, overrides: dict, data, data_path: str, out: Path, device: str, seconds_left) -> dict:  # noqa: ANN001
     """One recipe into out/name (data loaded once for all), stopping after the current batch when the deadline comes."""
-    from core import rundir
-    from core.config import TrainConfig
-    from core.runs import run_training
+    from core.training import rundir
+    from core.training.config import TrainConfig
+    from core.training.runs import run_training
 
     cfg = TrainConfig(data=data_path, device=device, **overrides)
     t0 = time.monotonic()

@@ -57,8 +57,8 @@ def fer_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run of a small model on synthetic data: a real checkpoint folder for the ONNX/photo/CLI tests."""
-    from core.config import TrainConfig
-    from core.runs import run_training
+    from core.training.config import TrainConfig
+    from core.training.runs import run_training
 
     run_dir = tmp_path_factory.mktemp("tiny") / "tiny-run"
     cfg = TrainConfig(arch="plain_cnn", width=0.125, synthetic_size=600, epochs=2, batch_size=64, lr=3e-3)
@@ -67,11 +67,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def wait_for_status(run_dir: Path, statuses: tuple[str, ...], timeout: float = 240):  # noqa: ANN201
-    """Poll a background run (core.jobs) until it reaches one of `statuses`; fail with its log otherwise."""
+    """Poll a background run (core.service.jobs) until it reaches one of `statuses`; fail with its log otherwise."""
     import time
 
-    from core import rundir
-    from core.rundir import LOG
+    from core.training import rundir
+    from core.training.rundir import LOG
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,11 +10,11 @@ import pytest
 
 from conftest import FER_DATA_ENV, find_fer2013
 
-from core import csv_reader
-from core.classes import CLASSES
+from core.data import csv_reader
+from core.util.classes import CLASSES
 from core.data import find_local_fer, load_data, load_fer, parse_pixel_rows
-from core.data_cache import cache_files, fingerprint
-from core.synthetic import generate, synthetic_dataset
+from core.data.data_cache import cache_files, fingerprint
+from core.data.synthetic import generate, synthetic_dataset
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, (21, 48, 48), dtype=np.uint8)

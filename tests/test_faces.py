@@ -1,4 +1,4 @@
-"""Face detection and alignment (core.faces): MTCNN from the shipped wheel with Haar as fallback, measured on the real
+"""Face detection and alignment (core.inference.faces): MTCNN from the shipped wheel with Haar as fallback, measured on the real
 photos in ../shared/photos (skipped when absent), and FER2013-style aligned crops."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from core import faces, facescore
-from core.photo import decode_image
+from core.inference import faces, facescore
+from core.inference.photo import decode_image
 
 from conftest import ROOT, SAMPLE_PHOTO
 

@@ -18,14 +18,14 @@ from torch import nn
 
 from conftest import ROOT, SAMPLE_PHOTO
 
-from core import rundir
-from core import checkpoint as ck
-from core.classes import CLASSES
-from core.config import TrainConfig
-from core.fsutil import atomic_write_json
-from core.onnx_io import OnnxClassifier, check_onnx_file
-from core.photo import analyze_photo
-from core.runs import run_training
+from core.training import rundir
+from core.training import checkpoint as ck
+from core.util.classes import CLASSES
+from core.training.config import TrainConfig
+from core.util.fsutil import atomic_write_json
+from core.inference.onnx_io import OnnxClassifier, check_onnx_file
+from core.inference.photo import analyze_photo
+from core.training.runs import run_training
 
 
 class Payload:

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, SAMPLE_PHOTO
 
-from core.classes import CLASSES
+from core.util.classes import CLASSES
 from core.data import load_fer
 
 RNG = np.random.default_rng(5)

@@ -1,4 +1,4 @@
-"""The job queue under load: 30 real tiny trainings through the Train page's code path (core.jobs.start_run),
+"""The job queue under load: 30 real tiny trainings through the Train page's code path (core.service.jobs.start_run),
 never more than N alive, none lost, none run twice, FIFO order; an app process killed mid-queue; pages render."""
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs, queue, rundir, settings
-from core.procs import pid_alive
-from core.config import TrainConfig
+from core.service import jobs
+from core.training import queue, rundir
+from core.util import settings
+from core.util.procs import pid_alive
+from core.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tiny on purpose: the cost of each run is the trainer process starting (imports), not the training.
@@ -182,8 +184,9 @@ def test_many_runs_at_once_never_exceed_n(tmp_path: Path, monkeypatch: pytest.Mo
 SCHEDULER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from core import jobs, queue
-from core.config import TrainConfig
+from core.service import jobs
+from core.training import queue
+from core.training.config import TrainConfig
 cfg = TrainConfig(**{tiny!r})
 if {submit!r}:
     for i in range({k}):

@@ -10,13 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core import rundir
-from core import checkpoint as ck
-from core.config import TrainConfig
-from core.fsutil import PROJECT_ROOT, SHIPPED_DIR
-from core.onnx_io import check_onnx_file
+from core.training import rundir
+from core.training import checkpoint as ck
+from core.training.config import TrainConfig
+from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR
+from core.inference.onnx_io import check_onnx_file
 
-# compression variants (`<parent>--<technique>`, core.compress) have their own tests in test_compress.py
+# compression variants (`<parent>--<technique>`, core.compression.compress) have their own tests in test_compress.py
 FOLDERS = sorted(p for p in SHIPPED_DIR.iterdir() if p.is_dir() and "--" not in p.name) if SHIPPED_DIR.is_dir() else []
 needs_shipped = pytest.mark.skipif(not FOLDERS, reason="no shipped checkpoints in checkpoints/")
 
@@ -80,7 +80,7 @@ def test_retrain_script_reproduces_each_shipped_recipe() -> None:
 def test_recorded_public_accuracy_reproduces_with_onnx_runtime(fer_dir: Path) -> None:
     """Each record's public accuracy (measured in PyTorch where it trained) holds for the shipped ONNX here."""
     from core.data import load_fer
-    from core.runs import evaluate_path
+    from core.training.runs import evaluate_path
 
     data = load_fer(fer_dir)
     for folder in FOLDERS:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core import rundir, sweep
+from core.training import rundir
+from core.service import sweep
 from core.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent

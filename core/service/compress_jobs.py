@@ -1,0 +1,118 @@
+"""Background compression jobs for the app: a `python -m core compress` subprocess per job, whose state (command,
+progress, log, result) lives in a hidden job folder under the runs folder, so a page rerun or reload loses nothing."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.compression.compress import CompressConfig
+from core.util.fsutil import PROJECT_ROOT, atomic_write_json, runs_dir
+
+JOBS_DIR = ".compress-jobs"  # hidden: list_runs skips dot-folders
+_CHILDREN: dict[int, subprocess.Popen] = {}  # polling reaps finished children
+
+
+def cli_args(run_dir: Path, cfg: CompressConfig, out: Path | None) -> list[str]:
+    """The `core compress` command line that does what cfg says."""
+    args = [sys.executable, "-m", "core", "compress", str(run_dir), "--calibration", str(cfg.calibration),
+            "--int8-method", cfg.int8_method, "--finetune-epochs", str(cfg.finetune_epochs), "--repeats", str(cfg.repeats)]
+    args += [flag for flag, on in (("--int8", cfg.int8), ("--fp16", cfg.fp16), ("--structured", cfg.structured),
+                                   ("--quantize-stem", not cfg.keep_stem_fp32),
+                                   ("--exclude-depthwise", cfg.exclude_depthwise)) if on]
+    if cfg.prune is not None:
+        args += ["--prune", repr(cfg.prune)]
+    if cfg.finetune_steps is not None:
+        args += ["--finetune-steps", str(cfg.finetune_steps)]
+    if cfg.data:
+        args += ["--data", cfg.data]
+    if out is not None:
+        args += ["--out", str(out)]
+    return args
+
+
+def start_job(run_dir: str | os.PathLike, cfg: CompressConfig, out: str | os.PathLike | None = None,
+              root: str | os.PathLike | None = None) -> Path:
+    """Launch a compression in the background; returns its job folder. The run is checked first, so bad input
+    is a ValueError here rather than a failed job."""
+    from core.compression.compress import load_parent
+
+    load_parent(run_dir, cfg.techniques())
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    job = runs_dir(root) / JOBS_DIR / f"{stamp}-{secrets.token_hex(3)}"
+    job.mkdir(parents=True)
+    cmd = cli_args(Path(run_dir), cfg, Path(out) if out else None) + [
+        "--progress", str(job / "progress.json"), "--json", "--quiet"]
+    with open(job / "stdout.txt", "wb") as so, open(job / "log.txt", "wb") as se:
+        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=so, stderr=se, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    atomic_write_json(job / "job.json", {"pid": proc.pid, "command": cmd, "run": str(run_dir),
+                                         "techniques": cfg.techniques(), "started": stamp})
+    return job
+
+
+@dataclass
+class JobState:
+    path: Path
+    status: str  # running | done | failed
+    run: str
+    techniques: list[str]
+    progress: dict[str, Any] | None
+    variants: list[dict[str, Any]]
+    error: str | None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _exit_code(pid: int) -> int | None:
+    """None while running; the exit code once done (our own child), or 0/1 from the result file otherwise."""
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        return proc.poll()
+    try:
+        os.kill(pid, 0)
+        return None
+    except (ProcessLookupError, PermissionError, OverflowError):
+        return -1
+
+
+def job_state(job: Path) -> JobState:
+    meta = _read_json(job / "job.json") or {}
+    code = _exit_code(int(meta.get("pid", 0))) if isinstance(meta.get("pid"), int) and meta["pid"] > 0 else -1
+    lines = (job / "stdout.txt").read_text(errors="replace").strip().splitlines() if (job / "stdout.txt").exists() else []
+    result = None
+    if lines:
+        try:
+            result = json.loads(lines[-1])
+        except ValueError:
+            result = None
+    log = (job / "log.txt").read_text(errors="replace") if (job / "log.txt").exists() else ""
+    errors = [ln for ln in log.splitlines() if ln.startswith("error:")]
+    if code is None:
+        status, error = "running", None
+    elif result is not None:
+        status, error = "done", None
+    else:
+        status = "failed"
+        error = errors[-1].removeprefix("error: ") if errors else (log.strip().splitlines() or ["the job ended without a result"])[-1]
+    return JobState(job, status, str(meta.get("run", "")), list(meta.get("techniques", [])),
+                    _read_json(job / "progress.json"), (result or {}).get("variants", []), error)
+
+
+def list_jobs(root: str | os.PathLike | None = None) -> list[JobState]:
+    """Every compression job, newest first."""
+    base = runs_dir(root) / JOBS_DIR
+    if not base.is_dir():
+        return []
+    return [job_state(j) for j in sorted(base.iterdir(), reverse=True) if j.is_dir()]
