@@ -6,17 +6,19 @@ import datetime as _dt
 import json
 import os
 import secrets
-import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.compression.compress import CompressConfig
-from core.util.fsutil import PROJECT_ROOT, atomic_write_json, runs_dir
+from core.util.fsutil import atomic_write_json, runs_dir
+from core.util.procs import pid_alive, spawn_detached
 
 JOBS_DIR = ".compress-jobs"  # hidden: list_runs skips dot-folders
-_CHILDREN: dict[int, subprocess.Popen] = {}  # polling reaps finished children
+# a job folder's files: what was launched, its progress, its stdout (the JSON result on the last line), its stderr
+JOB_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "job.json", "progress.json", "stdout.txt", "log.txt"
 
 
 def cli_args(run_dir: Path, cfg: CompressConfig, out: Path | None) -> list[str]:
@@ -48,12 +50,10 @@ def start_job(run_dir: str | os.PathLike, cfg: CompressConfig, out: str | os.Pat
     job = runs_dir(root) / JOBS_DIR / f"{stamp}-{secrets.token_hex(3)}"
     job.mkdir(parents=True)
     cmd = cli_args(Path(run_dir), cfg, Path(out) if out else None) + [
-        "--progress", str(job / "progress.json"), "--json", "--quiet"]
-    with open(job / "stdout.txt", "wb") as so, open(job / "log.txt", "wb") as se:
-        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=so, stderr=se, start_new_session=True)
-    _CHILDREN[proc.pid] = proc
-    atomic_write_json(job / "job.json", {"pid": proc.pid, "command": cmd, "run": str(run_dir),
-                                         "techniques": cfg.techniques(), "started": stamp})
+        "--progress", str(job / PROGRESS_FILE), "--json", "--quiet"]
+    pid = spawn_detached(cmd, job / LOG_FILE, stdout_path=job / RESULT_FILE)
+    atomic_write_json(job / JOB_FILE, {"pid": pid, "command": cmd, "run": str(run_dir),
+                                         "techniques": cfg.techniques(), "started": stamp, "started_unix": time.time()})
     return job
 
 
@@ -75,31 +75,20 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _exit_code(pid: int) -> int | None:
-    """None while running; the exit code once done (our own child), or 0/1 from the result file otherwise."""
-    proc = _CHILDREN.get(pid)
-    if proc is not None:
-        return proc.poll()
-    try:
-        os.kill(pid, 0)
-        return None
-    except (ProcessLookupError, PermissionError, OverflowError):
-        return -1
-
-
 def job_state(job: Path) -> JobState:
-    meta = _read_json(job / "job.json") or {}
-    code = _exit_code(int(meta.get("pid", 0))) if isinstance(meta.get("pid"), int) and meta["pid"] > 0 else -1
-    lines = (job / "stdout.txt").read_text(errors="replace").strip().splitlines() if (job / "stdout.txt").exists() else []
+    meta = _read_json(job / JOB_FILE) or {}
+    started = meta.get("started_unix")
+    alive = pid_alive(meta.get("pid"), started if isinstance(started, (int, float)) else None)
+    lines = (job / RESULT_FILE).read_text(errors="replace").strip().splitlines() if (job / RESULT_FILE).exists() else []
     result = None
     if lines:
         try:
             result = json.loads(lines[-1])
         except ValueError:
             result = None
-    log = (job / "log.txt").read_text(errors="replace") if (job / "log.txt").exists() else ""
+    log = (job / LOG_FILE).read_text(errors="replace") if (job / LOG_FILE).exists() else ""
     errors = [ln for ln in log.splitlines() if ln.startswith("error:")]
-    if code is None:
+    if alive:  # whether it succeeded is read from its result, not its exit code
         status, error = "running", None
     elif result is not None:
         status, error = "done", None
@@ -107,7 +96,7 @@ def job_state(job: Path) -> JobState:
         status = "failed"
         error = errors[-1].removeprefix("error: ") if errors else (log.strip().splitlines() or ["the job ended without a result"])[-1]
     return JobState(job, status, str(meta.get("run", "")), list(meta.get("techniques", [])),
-                    _read_json(job / "progress.json"), (result or {}).get("variants", []), error)
+                    _read_json(job / PROGRESS_FILE), (result or {}).get("variants", []), error)
 
 
 def list_jobs(root: str | os.PathLike | None = None) -> list[JobState]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,8 +12,8 @@ from pathlib import Path
 from core.training import queue, rundir
 from core.util import settings
 from core.training.config import TrainConfig, to_cli_args, with_defaults
-from core.util.fsutil import PROJECT_ROOT, atomic_write_json, runs_dir
-from core.util.procs import CHILDREN, pid_alive
+from core.util.fsutil import atomic_write_json, runs_dir
+from core.util.procs import pid_alive, spawn_detached
 from core.training.record import now_iso
 
 
@@ -106,11 +105,8 @@ def launch(cfg: TrainConfig | dict, run_dir: Path) -> Path:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir / rundir.LOG, "ab") as log:
         log.write(f"\n=== {now_iso()} {' '.join(cmd[1:])}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)  # own session: survives the app, not killed by ^C
-    CHILDREN[proc.pid] = proc
-    atomic_write_json(run_dir / rundir.JOB_FILE, {"pid": proc.pid, "started": now_iso(), "started_unix": time.time(),
+    pid = spawn_detached(cmd, run_dir / rundir.LOG, env=env)
+    atomic_write_json(run_dir / rundir.JOB_FILE, {"pid": pid, "started": now_iso(), "started_unix": time.time(),
                                                   "command": cmd, "config": cfg.to_dict()})
     return run_dir
 

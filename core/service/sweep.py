@@ -26,6 +26,7 @@ INSTALL_HINT = 'sweeps need Ray, which is not installed: pip install "ray[tune]=
 MAX_TRIALS_WITHOUT_YES = 200  # a typo such as --width 0.1 0.2 ... x 10 seeds should not start hours of work
 SWEEPS_DIR = ".sweeps"  # inside the runs folder; hidden, so run listings skip it
 SWEEP_FILE = "sweep.json"
+LAUNCH_FILE = "launch.json"  # pid and start time of a sweep the app started in the background
 ADDRESS_TIMEOUT_S = 3.0
 FINAL_STATES = ("done", "failed")
 
@@ -532,10 +533,12 @@ def ray_available() -> bool:
 
 def start_sweep(spec: SweepSpec, runs_root: str | os.PathLike | None = None, *, cpus_per_trial: float = 1.0) -> Path:
     """Check the grid (ValueError as the CLI would give it), then run `python -m core sweep --file ...` in the
-    background: Ray runs in that process, never in the app's. Returns the sweep folder."""
-    import subprocess
+    background: Ray runs in that process, never in the app's. Returns the sweep folder, which also holds the
+    process's pid (LAUNCH_FILE) for pid_alive."""
+    import time
 
-    from core.util.fsutil import PROJECT_ROOT, atomic_write_bytes
+    from core.util.fsutil import atomic_write_bytes, atomic_write_json
+    from core.util.procs import spawn_detached
 
     if not ray_available():
         raise ValueError(INSTALL_HINT)
@@ -547,9 +550,8 @@ def start_sweep(spec: SweepSpec, runs_root: str | os.PathLike | None = None, *, 
     atomic_write_bytes(folder / "sweep.toml", _to_toml(spec).encode())
     cmd = [sys.executable, "-m", "core", "sweep", "--file", str(folder / "sweep.toml"), "--out", str(folder.parent.parent),
            "--cpus-per-trial", repr(float(cpus_per_trial)), "--quiet"]
-    with open(folder / "sweep.log", "ab") as log:
-        subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True)  # outlives the page; the record and the log tell its state
+    pid = spawn_detached(cmd, folder / "sweep.log")  # outlives the page; the record and the log tell its state
+    atomic_write_json(folder / LAUNCH_FILE, {"pid": pid, "started_unix": time.time(), "command": cmd})
     return folder
 
 

@@ -1,4 +1,5 @@
-"""Process liveness for background runs: is a recorded pid still the process that was launched?"""
+"""Background processes: the one way to start one (spawn_detached) and the one way to ask whether a recorded pid is
+still the process that was launched (pid_alive). Trainings, compressions, sweeps and campaigns all start here."""
 from __future__ import annotations
 
 import os
@@ -68,14 +69,16 @@ def pid_alive(pid: int | None, started_by: float | None = None) -> bool:
     return True
 
 
-def spawn_detached(cmd: list[str], log_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> int:
-    """Start `cmd` in its own session (it outlives the caller: a page rerun, the app, a terminal), stdin closed and
-    stdout+stderr appended to `log_path`; the Popen is kept so that polling it later reaps the child. Returns the pid."""
+def spawn_detached(cmd: list[str], log_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None, *,
+                   stdout_path: Path | None = None) -> int:
+    """Start `cmd` in its own session (it outlives the caller: a page rerun, the app, a terminal, and ^C does not
+    reach it), stdin closed, stderr appended to `log_path` and stdout too unless `stdout_path` gives it a file of its
+    own; the Popen is kept so that polling it later (pid_alive) reaps the child. Returns the pid."""
     from core.util.fsutil import PROJECT_ROOT
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd or PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    with open(log_path, "ab") as log, open(stdout_path or os.devnull, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd or PROJECT_ROOT, stdin=subprocess.DEVNULL,
+                                stdout=out if stdout_path else log, stderr=log, start_new_session=True, env=env)
     CHILDREN[proc.pid] = proc
     return proc.pid
