@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.models import archs
+from core.training import rundir
 from core.training.config import TrainConfig
 from core.data import FERData, Split, load_data, load_fer
 from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR
@@ -235,7 +236,7 @@ def int8_rows(paths: dict[str, Path], data: FERData, tmp: Path, repeats: int) ->
 
     rows = []
     for arch, path in paths.items():
-        shipped = SHIPPED_DIR / f"{arch}-w1" / "model.onnx"
+        shipped = SHIPPED_DIR / f"{arch}-w1" / rundir.ONNX
         trained = shipped.is_file() and not data.synthetic
         path = shipped if trained else path  # accuracy only means something with trained weights on real faces
         q = tmp / f"{arch}.int8.onnx"

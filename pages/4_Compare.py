@@ -162,7 +162,7 @@ g_names = list(gallery_runs)
 g_default = st.session_state.get("compare_detail_run")
 g_info = gallery_runs[st.selectbox("Run", g_names, key="gallery_run",
                                    index=g_names.index(g_default) if g_default in g_names else 0)]
-g_onnx = g_info.path / "model.onnx"
+g_onnx = g_info.path / rundir.ONNX
 try:
     with st.spinner("Classifying the evaluation split with ONNX Runtime (once per model; cached on disk)..."):
         g_pred = gallery_predictions(str(g_onnx), g_onnx.stat().st_mtime,

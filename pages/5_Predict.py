@@ -9,7 +9,7 @@ import streamlit as st
 from core.views import inside, runviews
 from core.views.dataviews import upscale
 from core.views.photoviews import photo_rows, probabilities_frame
-from core.training.rundir import list_runs
+from core.training.rundir import ONNX, list_runs
 from core.views.text import md_escape
 from core.util.classes import CLASSES
 from core.util.fsutil import PROJECT_ROOT, runs_dir
@@ -57,7 +57,7 @@ model = by_path[model_path]
 if model.record.synthetic:
     st.warning("This model was trained on the synthetic cartoon faces, so its guesses on real photos only "
                "demonstrate the pipeline. Pick a model trained on FER2013 for meaningful predictions.")
-onnx_file = model.path / "model.onnx"
+onnx_file = model.path / ONNX
 
 uploads = st.file_uploader("Photos (JPEG, PNG, WebP, BMP, GIF, TIFF; several at once)", type=TYPES,
                            accept_multiple_files=True, key="predict_upload",

@@ -12,7 +12,7 @@ from core.util.classes import CLASSES
 from core.data import SPLIT_TITLES
 from core.views.dataviews import upscale
 from core.util.fsutil import runs_dir
-from core.training.rundir import list_runs
+from core.training.rundir import ONNX, WEIGHTS, list_runs
 from core.views.text import md_escape
 from core.inference.photo import occlusion_map, overlay_heatmap
 
@@ -69,10 +69,10 @@ if st.session_state.get("inside_model_pick") not in by_path:  # first visit, or 
 run_path = st.selectbox("Model", list(by_path), key="inside_model_pick",
                         format_func=lambda p: runviews.model_label(by_path[p]))
 info = by_path[run_path]
-onnx_file = info.path / "model.onnx"
+onnx_file = info.path / ONNX
 try:
     with st.spinner("Loading the model..."):
-        model, record = model_for(run_path, mtime(info.path / "model.pt"))
+        model, record = model_for(run_path, mtime(info.path / WEIGHTS))
 except ValueError as exc:  # weights that do not fit the record, a damaged file...
     st.error(f"This checkpoint cannot be opened: {exc}. Pick another model.")
     st.stop()

@@ -309,6 +309,7 @@ def stamp_metadata(path: Path, parent: Parent, name: str, compression: str, para
 def variant_record(parent: Parent, name: str, technique: str, built: Built, measured: dict[str, Any],
                    metrics: dict[str, Any], split: str) -> dict[str, Any]:
     """A deep copy of the parent's record with the variant's name, its measured accuracy as `final`, and `variant`."""
+    from core.training import rundir
     from core.training.record import now_iso
 
     rec = copy.deepcopy(parent.record)
@@ -320,7 +321,7 @@ def variant_record(parent: Parent, name: str, technique: str, built: Built, meas
         rec["macs"] = built.macs
     rec["final"] = {"accuracy": {split: metrics["accuracy"]}, "per_class": {split: metrics["per_class"]},
                     "confusion": {split: metrics["confusion"]}, "n": {split: metrics["n"]}}
-    rec["onnx"] = {"file": "model.onnx", "compression": built.compression}
+    rec["onnx"] = {"file": rundir.ONNX, "compression": built.compression}
     rec["variant"] = {"parent": parent.name, "technique": technique, "settings": built.settings,
                       "measured": {**measured, **built.extra}}
     return rec

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from core.training.rundir import WEIGHTS, RunStatus
+from core.training.rundir import ONNX, WEIGHTS, RunStatus
 from core.data import FERData
 from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR
 
@@ -73,7 +73,7 @@ def benchmark(fer_dir: str | Path | None = None, repeats: int = 5) -> dict[str, 
         [featuremaps.channel_grid(r, 16) for r in rows]
         cam.grad_cam(model, face, cam.default_cam_layer(rows))
 
-    onnx = SHIPPED_DIR / "mobilenet-w1" / "model.onnx"
+    onnx = SHIPPED_DIR / "mobilenet-w1" / ONNX
     pred = gallery.predict_split(onnx, data)
     t, p = gallery.biggest_mistake(pred)
 

@@ -11,7 +11,7 @@ import pandas as pd
 from core.models import archs
 from core.util.classes import CLASSES
 from core.training.record import EPOCH_NUMBERS, Final, ModelSpec, RunRecord
-from core.training.rundir import RunStatus
+from core.training.rundir import ONNX, RunStatus
 
 if TYPE_CHECKING:
     from core.explain.gallery import Predictions
@@ -35,7 +35,7 @@ def run_row(run: RunStatus) -> dict:
     """One table row for a run whose record is usable."""
     r: RunRecord = run.record  # type: ignore[assignment] - callers pass ok runs only
     split, headline = r.headline()
-    onnx = run.path / "model.onnx"
+    onnx = run.path / ONNX
     return {
         "name": run.name, "shipped": run.shipped, "arch": r.model.arch,
         "family": family_title(r.model.arch, r.model.family), "width": r.model.width,
