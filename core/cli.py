@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -279,14 +280,266 @@ def _add_docs(sub: argparse._SubParsersAction) -> None:
     st.set_defaults(func=cmd_study)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from core.compression.compress import add_compress_parser  # imports nothing heavy; the command's own imports run only when used
-    from core.service.campaign import add_parser as _add_campaign
-    from core.service.sweep import add_parser as _add_sweep  # the sweep command lives in its own module (Ray optional)
+# ---------------------------------------------------------------------------------------------------------
+# `python -m core compress RUN ...`: imports stay inside the handler, so `python -m core --help` loads neither
+# torch nor onnxruntime.
+# ---------------------------------------------------------------------------------------------------------
+class ProgressReporter:
+    """One tqdm bar per stage on stderr, and optionally a small JSON progress file (the app's background job reads
+    it), written at most every `interval` seconds and at each stage's end."""
 
+    def __init__(self, path: Path | None, quiet: bool, interval: float = 0.5) -> None:
+        self.path, self.quiet, self.interval = path, quiet, interval
+        self.bar: Any = None
+        self.stage: str | None = None
+        self.last = float("-inf")
+        self.variant = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            if self.bar is not None:
+                self.bar.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=f"{self.variant} {stage}".strip(), unit="img" if stage in
+                            ("calibration", "evaluation") else "step", disable=self.quiet, file=sys.stderr, leave=False)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+        now = time.monotonic()
+        if self.path is not None and (now - self.last >= self.interval or done >= total):
+            from core.util.fsutil import atomic_write_json
+
+            self.last = now
+            atomic_write_json(self.path, {"stage": stage, "done": done, "total": total, "variant": self.variant,
+                                          "time": time.time()})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_compress(a: argparse.Namespace) -> int:
+    from core.compression.compress import CompressConfig, compress_run
+    from core.util.fsutil import _json_default
+
+    prune = a.prune
+    cfg = CompressConfig(int8=a.int8, fp16=a.fp16, prune=prune, structured=a.structured, calibration=a.calibration,
+                         int8_method=a.int8_method, keep_stem_fp32=not a.quantize_stem,
+                         exclude_depthwise=a.exclude_depthwise, data=a.data, finetune_epochs=a.finetune_epochs,
+                         finetune_steps=a.finetune_steps, repeats=a.repeats)
+    reporter = ProgressReporter(Path(a.progress) if a.progress else None, a.quiet)
+
+    def log(msg: str) -> None:
+        if not a.json:
+            print(msg, file=sys.stderr)
+
+    try:
+        rows = compress_run(a.run, cfg, out=a.out, progress=reporter, log=log)
+    finally:
+        reporter.close()
+    if a.json:
+        print(json.dumps({"run": a.run, "variants": rows}, default=_json_default, allow_nan=True))
+    else:
+        for r in rows:
+            print(f"wrote {r['path']}")
+    return 0
+
+
+def _add_compress(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("compress", help="int8, fp16 and pruned variants of a run, each measured against it")
+    c.add_argument("run", help="run folder (e.g. checkpoints/mobilenet-w1)")
+    c.add_argument("--int8", action="store_true", help="int8 ONNX (static QDQ quantisation, per-channel weights)")
+    c.add_argument("--fp16", action="store_true", help="fp16 ONNX weights (input and output stay fp32)")
+    c.add_argument("--prune", type=float, default=None, metavar="AMOUNT",
+                   help="remove this fraction (0-1) of weights, then fine-tune")
+    c.add_argument("--structured", action="store_true", help="with --prune: remove whole channels (narrower layers)")
+    c.add_argument("--calibration", type=int, default=256, metavar="N", help="training images for int8 calibration")
+    c.add_argument("--int8-method", default="static-qdq", choices=("static-qdq", "static-qoperator", "dynamic"))
+    c.add_argument("--quantize-stem", action="store_true", help="quantise the first conv too (costs accuracy)")
+    c.add_argument("--exclude-depthwise", action="store_true", help="keep depthwise convs in fp32")
+    c.add_argument("--data", default=None, help="PATH or 'synthetic' (default: the data the run was trained on)")
+    c.add_argument("--finetune-epochs", type=int, default=2, help="epochs of fine-tuning after pruning")
+    c.add_argument("--finetune-steps", type=int, default=None, help="cap on fine-tuning steps")
+    c.add_argument("--repeats", type=int, default=60, help="latency runs per batch size (medians)")
+    c.add_argument("--out", default=None, help="folder for the variants (default: beside the run)")
+    c.add_argument("--progress", default=None, help="also write progress as JSON to this file (for the app)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    c.set_defaults(func=cmd_compress)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `python -m core sweep`: nothing here imports Ray or torch until the command runs.
+# ---------------------------------------------------------------------------------------------------------
+SWEEP_OPTIONS = ("file", "name", "seeds", "address", "cpus_per_trial", "gpus_per_trial", "max_failures", "yes", "out",
+               "quiet", "json")
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    """The `sweep` subcommand: one flag per TrainConfig knob, each taking one or more values."""
+    from dataclasses import fields
+
+    from core.service.sweep import MAX_TRIALS_WITHOUT_YES
+    from core.training.config import TrainConfig
+
+    s = sub.add_parser("sweep", help="a grid of trainings over any training settings, run by Ray Tune",
+                       description="Every combination of the values given, times --seeds, each trained into its "
+                       "own run folder by Ray Tune (embedded here, or an existing cluster with --address). "
+                       "Example: --arch mobilenet plain_cnn --width 0.25 0.5 1 --seeds 3 --epochs 30 --data PATH")
+    for f in fields(TrainConfig):
+        if f.name != "seed":
+            s.add_argument("--" + f.name.replace("_", "-"), dest=f.name, nargs="+", default=None, metavar="V",
+                           help=f"values of {f.name} ({f.type})")
+    s.add_argument("--file", default=None, help="a TOML sweep file ([grid], [fixed], seeds, name); flags add to it")
+    s.add_argument("--name", default=None, help="sweep name (default sweep-DATE); the same name resumes a sweep")
+    s.add_argument("--seeds", default=None, help="number of seeds per grid point (0..N-1), default 1")
+    s.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: $RAY_ADDRESS, "
+                   "else Ray starts on this machine)")
+    s.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial holds (fractions allowed)")
+    s.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each trial holds (fractions allowed)")
+    s.add_argument("--max-failures", type=int, default=2, help="restarts of a failed trial (it resumes its epochs)")
+    s.add_argument("--yes", action="store_true", help=f"run grids of more than {MAX_TRIALS_WITHOUT_YES} trials")
+    s.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS_DIR or ./runs)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print the sweep record as one JSON object")
+    s.set_defaults(func=cmd_sweep)
+
+
+def spec_from_args(a: argparse.Namespace) -> Any:
+    """The SweepSpec the flags ask for: flags with one value are fixed settings, flags with several are grid
+    dimensions; --file adds to them."""
+    from core.service.sweep import SweepSpec, convert, default_name, seed_list, spec_from_toml
+
+    spec = spec_from_toml(a.file, a.name) if a.file else SweepSpec(a.name or default_name(), {}, {}, [0])
+    for knob, values in vars(a).items():
+        if knob in SWEEP_OPTIONS or knob in ("command", "func") or values is None:
+            continue
+        converted = [convert(knob, v) for v in values]
+        if len(converted) == 1:
+            spec.fixed[knob] = converted[0]
+            spec.grid.pop(knob, None)
+        else:
+            spec.grid[knob] = converted
+            spec.fixed.pop(knob, None)
+    if a.seeds is not None:
+        if not a.seeds.isdigit():
+            raise ValueError(f"--seeds must be a count (0..N-1 are used), got {a.seeds!r}")
+        spec.seeds = seed_list(int(a.seeds))
+    return spec
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from core.service.sweep import SWEEP_FILE, check_size, count, expand, run_sweep, sweep_dir
+    from core.util.fsutil import _json_default
+
+    spec = spec_from_args(a)
+    check_size(count(spec), a.yes)  # before building 10,000 configs
+    trials = expand(spec)
+    state = run_sweep(trials, spec.name, spec_doc=spec.describe(), runs_root=a.out, address=a.address,
+                      cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
+                      max_failures=a.max_failures, yes=a.yes, quiet=a.quiet)
+    if a.json:
+        print(json.dumps(state, default=_json_default))
+    else:
+        for t in state["trials"]:
+            acc = t.get("val_acc")
+            print(f"{t['state']:8} {t['run']}  epoch {t['epoch']}/{t['epochs']}"
+                  + (f"  val acc {acc:.4f}" if isinstance(acc, float) else "")
+                  + (f"  ({t['failures']} failures)" if t["failures"] else "")
+                  + (f"  {t['error']}" if t["state"] != "done" and t.get("error") else ""))
+        print(f"sweep {spec.name}: {state['state']}; record in {sweep_dir(a.out, spec.name) / SWEEP_FILE}")
+    return 0 if state["state"] == "done" else 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `python -m core campaign`
+# ---------------------------------------------------------------------------------------------------------
+def _add_campaign(sub: argparse._SubParsersAction) -> None:
+    from core.service import campaign
+    from core.service.campaign import DEFAULT_FILE, DEFAULT_OUT, LOG_FILE
+
+    c = sub.add_parser("campaign", help="run the committed training campaign until a deadline (resumable)",
+                       description=campaign.__doc__.split("\n\n")[1])
+    c.add_argument("file", nargs="?", default=str(DEFAULT_FILE), help="campaign file (default campaign/campaign.toml)")
+    c.add_argument("--deadline", default=None, help="stop by HH:MM, an ISO date-time, or +N[s|m|h]; default: none")
+    c.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the trials' run folders (default campaign/trials)")
+    c.add_argument("--only", default=None, help="run only trials whose name contains this text")
+    c.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    c.add_argument("--nice", type=int, default=19, help="scheduling niceness, 0-19 (default 19: yields to all else)")
+    c.add_argument("--background", action="store_true", help=f"detach, logging to OUT/{LOG_FILE}; prints the pid")
+    c.add_argument("--status", action="store_true", help="list the trials and where each stands; trains nothing")
+    c.set_defaults(func=cmd_campaign)
+
+
+def _selected(a: argparse.Namespace) -> list[Any]:
+    from core.service.campaign import load_campaign
+
+    trials = load_campaign(a.file)
+    if a.only:
+        trials = [t for t in trials if a.only in t.name]
+        if not trials:
+            raise ValueError(f"--only {a.only!r}: no trial name contains it")
+    return trials
+
+
+def cmd_campaign(a: argparse.Namespace) -> int:
+    import datetime as _dt
+
+    from core.service.campaign import Deadline, lock, parse_deadline, progress_lines, run_campaign, states
+    from core.util.fsutil import PROJECT_ROOT
+
+    trials, out = _selected(a), Path(a.out).resolve()
+    at = parse_deadline(a.deadline)
+    if a.threads is not None and not 1 <= a.threads <= 1024:
+        raise ValueError(f"--threads must be from 1 to 1024, got {a.threads}")
+    if not 0 <= a.nice <= 19:
+        raise ValueError(f"--nice must be from 0 to 19, got {a.nice}")
+    if a.status:
+        print("\n".join(progress_lines(states(trials, out))))
+        return 0
+    if a.background:
+        return _detach(a, out)
+    handle = lock(out)
+    os.chdir(PROJECT_ROOT)  # relative data paths in the campaign file are the project's
+    os.nice(a.nice)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+
+    def log(line: str) -> None:
+        print(f"{_dt.datetime.now():%H:%M:%S} {line}", flush=True)
+
+    try:
+        rows = run_campaign(trials, out, Deadline(at), log)
+    finally:
+        handle.close()
+    for line in progress_lines(rows):
+        log(line)
+    return 0
+
+
+def _detach(a: argparse.Namespace, out: Path) -> int:
+    from core.service.campaign import LOG_FILE
+    from core.util.procs import spawn_detached
+
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "core", "campaign", str(Path(a.file).resolve()), "--out", str(out.resolve()),
+           "--nice", str(a.nice)]
+    for flag, value in (("--deadline", a.deadline), ("--only", a.only), ("--threads", a.threads)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    pid = spawn_detached(cmd, out / LOG_FILE)
+    print(f"campaign running in the background: pid {pid}, log {out / LOG_FILE}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core", description="FER Compact-CNN Explorer: how small can an expression classifier get?")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_summary, _add_train, _add_model_io, _add_docs, add_compress_parser, _add_sweep, _add_campaign):
+    for add in (_add_summary, _add_train, _add_model_io, _add_docs, _add_compress, _add_sweep, _add_campaign):
         add(sub)
     return p
 

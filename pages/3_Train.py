@@ -9,7 +9,7 @@ import streamlit as st
 from core.models import archs
 from core.service import jobs
 from core.training import rundir
-from core.views import runviews
+from core.views import runviews, sweepviews
 from core.util import settings
 from core.training.config import FormField, config_from_form, form_fields
 from core.data import find_local_fer
@@ -241,7 +241,7 @@ def sweep_trials() -> None:
 
     for record in sweep.list_sweeps(root)[:3]:
         st.markdown(f"**{record.get('name')}** · {record.get('state')} · {len(record['trials'])} trials")
-        st.dataframe(sweep.trials_table(record), hide_index=True, key=f"sweep_table_{record.get('name')}")
+        st.dataframe(sweepviews.trials_table(record), hide_index=True, key=f"sweep_table_{record.get('name')}")
 
 
 def sweep_panel() -> None:

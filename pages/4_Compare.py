@@ -9,7 +9,7 @@ from core.training import rundir
 from core.util.classes import CLASSES
 from core.views.dataviews import upscale
 from core.util.fsutil import runs_dir
-from core.service.sweep import sweep_groups
+from core.views.sweepviews import sweep_groups
 
 st.title("Compare")
 st.caption("Every checkpoint in one place: the shipped ones in `checkpoints/` and the runs you trained.")

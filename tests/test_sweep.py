@@ -12,7 +12,9 @@ import pytest
 
 from core.training import rundir
 from core.service import sweep
+from core import cli
 from core.cli import build_parser, main
+from core.views import sweepviews
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(synthetic_size=200, max_steps=None, batch_size=32, width=0.125, threads=1, augment=False, subset=None)
@@ -65,7 +67,7 @@ def test_sweep_file_and_flags_make_the_grid(tmp_path: Path) -> None:
     f.write_text('name = "widths"\nseeds = 3\n[grid]\narch = ["mobilenet", "plain_cnn"]\nwidth = [0.25, 0.5, 1.0]\n'
                  '[fixed]\nepochs = 30\n')
     args = build_parser().parse_args(["sweep", "--file", str(f), "--lr", "0.01", "--epochs", "5"])
-    spec = sweep.spec_from_args(args)
+    spec = cli.spec_from_args(args)
     trials = sweep.expand(spec)
     assert len(trials) == sweep.count(spec) == 2 * 3 * 3
     assert trials[0].name == "widths-000-mobilenet-width0.25-s0" and trials[-1].name.endswith("-plain_cnn-width1-s2")
@@ -160,7 +162,7 @@ def test_compare_groups_sweep_runs_over_seeds(four_trials: tuple[Path, dict]) ->
     import math
 
     runs, state = four_trials
-    df = sweep.sweep_groups(runs)
+    df = sweepviews.sweep_groups(runs)
     assert list(df["arch"]) == ["plain_cnn", "mobilenet"] and set(df["sweep"]) == {"four"}
     assert list(df["seeds"]) == [2, 2] and list(df["done"]) == [2, 2]
     for _, row in df.iterrows():
@@ -168,7 +170,7 @@ def test_compare_groups_sweep_runs_over_seeds(four_trials: tuple[Path, dict]) ->
                 if t["config"]["arch"] == row["arch"]]
         assert math.isclose(row["accuracy_mean"], sum(accs) / 2)
         assert math.isclose(row["accuracy_std"], abs(accs[0] - accs[1]) / math.sqrt(2), abs_tol=1e-12)
-    table = sweep.trials_table(state)
+    table = sweepviews.trials_table(state)
     assert list(table["state"]) == ["done"] * 4 and list(table["epoch"]) == ["1/1"] * 4
 
 

@@ -1,5 +1,6 @@
 """Compression variants of a run (int8, fp16, pruned): each written whole into its own folder beside its parent
-(`<parent>--<technique>`), measured side by side with the fp32 parent, and listed as one table."""
+(`<parent>--<technique>`) and measured side by side with the fp32 parent. Their table is core.views.compressviews,
+their chart core.views.charts.size_accuracy_chart and their command `python -m core compress` (core.cli)."""
 from __future__ import annotations
 
 import copy
@@ -418,98 +419,3 @@ def variant_row(path: Path, record: "RunRecord") -> dict[str, Any]:
            "width": record.model.knobs.get("width"), "params": record.params, "macs": record.macs, "path": str(path)}
     row.update({k: v.measured.get(k) for k in VARIANT_COLUMNS if k not in row})
     return row
-
-
-# ---------------------------------------------------------------------------------------------------------
-# CLI: `python -m core compress RUN ...` (registered from core/cli.py; imports stay inside the handler so that
-# `python -m core --help` loads neither torch nor onnxruntime).
-# ---------------------------------------------------------------------------------------------------------
-class ProgressReporter:
-    """One tqdm bar per stage on stderr, and optionally a small JSON progress file (the app's background job reads
-    it), written at most every `interval` seconds and at each stage's end."""
-
-    def __init__(self, path: Path | None, quiet: bool, interval: float = 0.5) -> None:
-        self.path, self.quiet, self.interval = path, quiet, interval
-        self.bar: Any = None
-        self.stage: str | None = None
-        self.last = float("-inf")
-        self.variant = ""
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        import sys
-
-        from tqdm import tqdm
-
-        if stage != self.stage:
-            if self.bar is not None:
-                self.bar.close()
-            self.stage = stage
-            self.bar = tqdm(total=total, desc=f"{self.variant} {stage}".strip(), unit="img" if stage in
-                            ("calibration", "evaluation") else "step", disable=self.quiet, file=sys.stderr, leave=False)
-        self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
-        now = time.monotonic()
-        if self.path is not None and (now - self.last >= self.interval or done >= total):
-            from core.util.fsutil import atomic_write_json
-
-            self.last = now
-            atomic_write_json(self.path, {"stage": stage, "done": done, "total": total, "variant": self.variant,
-                                          "time": time.time()})
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def cmd_compress(a: Any) -> int:
-    import json
-    import sys
-
-    from core.util.fsutil import _json_default  # not core.cli's printer: cli imports this module (no import cycle)
-
-    prune = a.prune
-    cfg = CompressConfig(int8=a.int8, fp16=a.fp16, prune=prune, structured=a.structured, calibration=a.calibration,
-                         int8_method=a.int8_method, keep_stem_fp32=not a.quantize_stem,
-                         exclude_depthwise=a.exclude_depthwise, data=a.data, finetune_epochs=a.finetune_epochs,
-                         finetune_steps=a.finetune_steps, repeats=a.repeats)
-    reporter = ProgressReporter(Path(a.progress) if a.progress else None, a.quiet)
-
-    def log(msg: str) -> None:
-        if not a.json:
-            print(msg, file=sys.stderr)
-
-    try:
-        rows = compress_run(a.run, cfg, out=a.out, progress=reporter, log=log)
-    finally:
-        reporter.close()
-    if a.json:
-        print(json.dumps({"run": a.run, "variants": rows}, default=_json_default, allow_nan=True))
-    else:
-        for r in rows:
-            print(f"wrote {r['path']}")
-    return 0
-
-
-def add_compress_parser(sub: Any) -> None:
-    """Register `compress` on the CLI's subparsers."""
-    c = sub.add_parser("compress", help="int8, fp16 and pruned variants of a run, each measured against it")
-    c.add_argument("run", help="run folder (e.g. checkpoints/mobilenet-w1)")
-    c.add_argument("--int8", action="store_true", help="int8 ONNX (static QDQ quantisation, per-channel weights)")
-    c.add_argument("--fp16", action="store_true", help="fp16 ONNX weights (input and output stay fp32)")
-    c.add_argument("--prune", type=float, default=None, metavar="AMOUNT",
-                   help="remove this fraction (0-1) of weights, then fine-tune")
-    c.add_argument("--structured", action="store_true", help="with --prune: remove whole channels (narrower layers)")
-    c.add_argument("--calibration", type=int, default=256, metavar="N", help="training images for int8 calibration")
-    c.add_argument("--int8-method", default="static-qdq", choices=("static-qdq", "static-qoperator", "dynamic"))
-    c.add_argument("--quantize-stem", action="store_true", help="quantise the first conv too (costs accuracy)")
-    c.add_argument("--exclude-depthwise", action="store_true", help="keep depthwise convs in fp32")
-    c.add_argument("--data", default=None, help="PATH or 'synthetic' (default: the data the run was trained on)")
-    c.add_argument("--finetune-epochs", type=int, default=2, help="epochs of fine-tuning after pruning")
-    c.add_argument("--finetune-steps", type=int, default=None, help="cap on fine-tuning steps")
-    c.add_argument("--repeats", type=int, default=60, help="latency runs per batch size (medians)")
-    c.add_argument("--out", default=None, help="folder for the variants (default: beside the run)")
-    c.add_argument("--progress", default=None, help="also write progress as JSON to this file (for the app)")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
-    c.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    c.set_defaults(func=cmd_compress)

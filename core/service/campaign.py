@@ -12,10 +12,8 @@ its resume state), so the folder can be committed and continued on the next mach
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import os
-import sys
 import time
 import tomllib
 from dataclasses import dataclass
@@ -239,7 +237,7 @@ def run_campaign(trials: list[CampaignTrial], out: Path, deadline: Deadline,
     return states(trials, out)
 
 
-def _lock(out: Path) -> Any:
+def lock(out: Path) -> Any:
     """One campaign at a time per trials folder: an flock held for the life of the process."""
     import fcntl
 
@@ -265,75 +263,3 @@ def progress_lines(rows: list[TrialState]) -> Iterator[str]:
     for r in rows:
         acc = f"  {r.accuracy:.4f}" if r.accuracy is not None else ""
         yield f"  {r.label():34} {r.trial.name}{acc}" + (f"  ({r.error})" if r.state == "failed" and r.error else "")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# `python -m core campaign`
-# ---------------------------------------------------------------------------------------------------------
-def add_parser(sub: Any) -> None:
-    c = sub.add_parser("campaign", help="run the committed training campaign until a deadline (resumable)",
-                       description=__doc__.split("\n\n")[1])
-    c.add_argument("file", nargs="?", default=str(DEFAULT_FILE), help="campaign file (default campaign/campaign.toml)")
-    c.add_argument("--deadline", default=None, help="stop by HH:MM, an ISO date-time, or +N[s|m|h]; default: none")
-    c.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the trials' run folders (default campaign/trials)")
-    c.add_argument("--only", default=None, help="run only trials whose name contains this text")
-    c.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
-    c.add_argument("--nice", type=int, default=19, help="scheduling niceness, 0-19 (default 19: yields to all else)")
-    c.add_argument("--background", action="store_true", help=f"detach, logging to OUT/{LOG_FILE}; prints the pid")
-    c.add_argument("--status", action="store_true", help="list the trials and where each stands; trains nothing")
-    c.set_defaults(func=cmd_campaign)
-
-
-def _selected(a: argparse.Namespace) -> list[CampaignTrial]:
-    trials = load_campaign(a.file)
-    if a.only:
-        trials = [t for t in trials if a.only in t.name]
-        if not trials:
-            raise ValueError(f"--only {a.only!r}: no trial name contains it")
-    return trials
-
-
-def cmd_campaign(a: argparse.Namespace) -> int:
-    trials, out = _selected(a), Path(a.out).resolve()
-    at = parse_deadline(a.deadline)
-    if a.threads is not None and not 1 <= a.threads <= 1024:
-        raise ValueError(f"--threads must be from 1 to 1024, got {a.threads}")
-    if not 0 <= a.nice <= 19:
-        raise ValueError(f"--nice must be from 0 to 19, got {a.nice}")
-    if a.status:
-        print("\n".join(progress_lines(states(trials, out))))
-        return 0
-    if a.background:
-        return _detach(a, out)
-    handle = _lock(out)
-    os.chdir(PROJECT_ROOT)  # relative data paths in the campaign file are the project's
-    os.nice(a.nice)
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
-
-    def log(line: str) -> None:
-        print(f"{_dt.datetime.now():%H:%M:%S} {line}", flush=True)
-
-    try:
-        rows = run_campaign(trials, out, Deadline(at), log)
-    finally:
-        handle.close()
-    for line in progress_lines(rows):
-        log(line)
-    return 0
-
-
-def _detach(a: argparse.Namespace, out: Path) -> int:
-    from core.util.procs import spawn_detached
-
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "core", "campaign", str(Path(a.file).resolve()), "--out", str(out.resolve()),
-           "--nice", str(a.nice)]
-    for flag, value in (("--deadline", a.deadline), ("--only", a.only), ("--threads", a.threads)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    pid = spawn_detached(cmd, out / LOG_FILE)
-    print(f"campaign running in the background: pid {pid}, log {out / LOG_FILE}")
-    return 0

@@ -7,7 +7,6 @@ Ray is optional: only run_sweep imports it.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import itertools
 import os
@@ -17,10 +16,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
-
-if TYPE_CHECKING:
-    import pandas as pd
+from typing import Any, Iterable, Sequence
 
 INSTALL_HINT = 'sweeps need Ray, which is not installed: pip install "ray[tune]==2.60.0"'
 MAX_TRIALS_WITHOUT_YES = 200  # a typo such as --width 0.1 0.2 ... x 10 seeds should not start hours of work
@@ -445,84 +441,6 @@ def _trial_by_index(config: dict[str, Any], trials: list[dict[str, Any]]) -> Non
 
 
 # ---------------------------------------------------------------------------------------------------------
-# `python -m core sweep`: registered by core.cli with add_parser(sub); nothing here imports Ray or torch at import.
-# ---------------------------------------------------------------------------------------------------------
-CLI_OPTIONS = ("file", "name", "seeds", "address", "cpus_per_trial", "gpus_per_trial", "max_failures", "yes", "out",
-               "quiet", "json")
-
-
-def add_parser(sub: Any) -> None:
-    """The `sweep` subcommand: one flag per TrainConfig knob, each taking one or more values."""
-    from core.training.config import TrainConfig
-
-    s = sub.add_parser("sweep", help="a grid of trainings over any training settings, run by Ray Tune",
-                       description="Every combination of the values given, times --seeds, each trained into its "
-                       "own run folder by Ray Tune (embedded here, or an existing cluster with --address). "
-                       "Example: --arch mobilenet plain_cnn --width 0.25 0.5 1 --seeds 3 --epochs 30 --data PATH")
-    for f in fields(TrainConfig):
-        if f.name != "seed":
-            s.add_argument("--" + f.name.replace("_", "-"), dest=f.name, nargs="+", default=None, metavar="V",
-                           help=f"values of {f.name} ({f.type})")
-    s.add_argument("--file", default=None, help="a TOML sweep file ([grid], [fixed], seeds, name); flags add to it")
-    s.add_argument("--name", default=None, help="sweep name (default sweep-DATE); the same name resumes a sweep")
-    s.add_argument("--seeds", default=None, help="number of seeds per grid point (0..N-1), default 1")
-    s.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: $RAY_ADDRESS, "
-                   "else Ray starts on this machine)")
-    s.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial holds (fractions allowed)")
-    s.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each trial holds (fractions allowed)")
-    s.add_argument("--max-failures", type=int, default=2, help="restarts of a failed trial (it resumes its epochs)")
-    s.add_argument("--yes", action="store_true", help=f"run grids of more than {MAX_TRIALS_WITHOUT_YES} trials")
-    s.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS_DIR or ./runs)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.add_argument("--json", action="store_true", help="print the sweep record as one JSON object")
-    s.set_defaults(func=cmd_sweep)
-
-
-def spec_from_args(a: argparse.Namespace) -> SweepSpec:
-    """Flags with one value are fixed settings, flags with several are grid dimensions; --file adds to them."""
-    spec = spec_from_toml(a.file, a.name) if a.file else SweepSpec(a.name or default_name(), {}, {}, [0])
-    for knob, values in vars(a).items():
-        if knob in CLI_OPTIONS or knob in ("command", "func") or values is None:
-            continue
-        converted = [convert(knob, v) for v in values]
-        if len(converted) == 1:
-            spec.fixed[knob] = converted[0]
-            spec.grid.pop(knob, None)
-        else:
-            spec.grid[knob] = converted
-            spec.fixed.pop(knob, None)
-    if a.seeds is not None:
-        if not a.seeds.isdigit():
-            raise ValueError(f"--seeds must be a count (0..N-1 are used), got {a.seeds!r}")
-        spec.seeds = seed_list(int(a.seeds))
-    return spec
-
-
-def cmd_sweep(a: argparse.Namespace) -> int:
-    from core.util.fsutil import _json_default
-
-    spec = spec_from_args(a)
-    check_size(count(spec), a.yes)  # before building 10,000 configs
-    trials = expand(spec)
-    state = run_sweep(trials, spec.name, spec_doc=spec.describe(), runs_root=a.out, address=a.address,
-                      cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
-                      max_failures=a.max_failures, yes=a.yes, quiet=a.quiet)
-    if a.json:
-        import json
-
-        print(json.dumps(state, default=_json_default))
-    else:
-        for t in state["trials"]:
-            acc = t.get("val_acc")
-            print(f"{t['state']:8} {t['run']}  epoch {t['epoch']}/{t['epochs']}"
-                  + (f"  val acc {acc:.4f}" if isinstance(acc, float) else "")
-                  + (f"  ({t['failures']} failures)" if t["failures"] else "")
-                  + (f"  {t['error']}" if t["state"] != "done" and t.get("error") else ""))
-        print(f"sweep {spec.name}: {state['state']}; record in {sweep_dir(a.out, spec.name) / SWEEP_FILE}")
-    return 0 if state["state"] == "done" else 1
-
-
-# ---------------------------------------------------------------------------------------------------------
 # For the app: start a sweep in the background, its trials as a table, and runs grouped by sweep for Compare.
 # ---------------------------------------------------------------------------------------------------------
 def ray_available() -> bool:
@@ -565,48 +483,3 @@ def _to_toml(spec: SweepSpec) -> str:
     lines += [f"{k} = [{', '.join(value(v) for v in vs)}]" for k, vs in spec.grid.items()]
     lines += ["[fixed]"] + [f"{k} = {value(v)}" for k, v in spec.fixed.items() if v is not None]
     return "\n".join(lines) + "\n"
-
-
-def trials_table(state: dict[str, Any]) -> pd.DataFrame:
-    """One row per trial of a sweep record: what the Train page shows."""
-    import pandas as pd
-
-    grid = list((state.get("grid") or {}))
-    rows = [{"trial": t["run"], **{k: t["config"].get(k) for k in grid}, "seed": t["config"].get("seed"),
-             "state": t["state"], "epoch": f"{t['epoch']}/{t['epochs']}", "val acc": t.get("val_acc"),
-             "failures": t.get("failures", 0)} for t in state.get("trials", [])]
-    return pd.DataFrame(rows)
-
-
-def sweep_groups(runs_root: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Runs grouped by sweep and grid point, seeds pooled: mean ± spread (sample std) of the headline accuracy.
-    Columns: sweep, the grid's knobs, params, seeds, done, accuracy_mean, accuracy_std, accuracy_min,
-    accuracy_max, split. For Compare."""
-    import pandas as pd
-
-    from core.training import rundir
-    from core.util.fsutil import runs_dir
-
-    rows = []
-    for state in list_sweeps(runs_root):
-        knobs = list(state.get("grid") or {}) or ["arch", "width"]
-        for t in state["trials"]:
-            try:
-                record = rundir.read_record(runs_dir(runs_root) / t["run"])
-            except ValueError:
-                continue  # not started yet, or deleted
-            split, acc = record.headline()
-            rows.append({"sweep": state.get("name"), **{k: str(t["config"].get(k)) for k in knobs},
-                         "params": record.params, "accuracy": acc, "split": split,
-                         "done": record.status == "done", "_knobs": tuple(knobs)})
-    if not rows:
-        return pd.DataFrame(columns=["sweep", "params", "seeds", "done", "accuracy_mean", "accuracy_std",
-                                     "accuracy_min", "accuracy_max", "split"])
-    frames = []
-    for (_, knobs), df in pd.DataFrame(rows).groupby(["sweep", "_knobs"], sort=False):
-        g = df.groupby(["sweep", *knobs], sort=False, dropna=False).agg(
-            params=("params", "first"), seeds=("accuracy", "size"), done=("done", "sum"),
-            accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"), accuracy_min=("accuracy", "min"),
-            accuracy_max=("accuracy", "max"), split=("split", "first"))
-        frames.append(g.reset_index())
-    return pd.concat(frames, ignore_index=True)
