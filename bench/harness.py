@@ -21,16 +21,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from bench.memory import MICRO_BATCH, fixed_costs, train_peak_mib
+from core.data import FERData, Split, load_data, load_fer
+from core.inference.onnx_io import OnnxClassifier, export_onnx
 from core.models import archs
+from core.models.summary import _summarize_cached, summarize
 from core.training import rundir
 from core.training.config import TrainConfig
-from core.data import FERData, Split, load_data, load_fer
-from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR
-from core.inference.onnx_io import OnnxClassifier, export_onnx
-from core.models.summary import _summarize_cached, summarize
 from core.training.train import TrainState, autocast_dtype, fit, make_optimizer, resolve_device
-
-from bench.memory import MICRO_BATCH, fixed_costs, train_peak_mib
+from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR
 
 REFERENCE = ("plain_cnn", "mobilenet")
 
@@ -131,7 +130,8 @@ def plain_loop_throughput(arch: str, data: FERData, image_root: Path | None, ste
     """The yardstick: torchvision ImageFolder (or an in-memory dataset) with per-item transforms, a DataLoader with
     the 2 workers a student would use, default memory format and fp32 - how the course notebooks do it.
     Median images/s over `windows` windows."""
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     tf = T.Compose([T.Grayscale(), T.RandomHorizontalFlip(), T.RandomAffine(10, translate=(0.1, 0.1), scale=(0.9, 1.1)), T.ToTensor()])
     if image_root is not None and (image_root / "train").is_dir():
@@ -231,7 +231,7 @@ def int8_rows(paths: dict[str, Path], data: FERData, tmp: Path, repeats: int) ->
         def __init__(self) -> None:
             self.batches = iter([{"image": calib[i:i + 32]} for i in range(0, len(calib), 32)])
 
-        def get_next(self):  # noqa: ANN201
+        def get_next(self):  # noqa: ANN202
             return next(self.batches, None)
 
     rows = []

@@ -99,9 +99,9 @@ def _progress_bar(quiet: bool, epochs: int, progress: "_ProgressWriter | None"):
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from core.data import load_data
     from core.training import rundir
     from core.training.config import config_from_args
-    from core.data import load_data
     from core.training.runs import resolve_run_dir, run_training
 
     cfg = config_from_args(a)
@@ -153,9 +153,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from core.util.classes import CLASSES
     from core.data import load_data
     from core.training.runs import evaluate_path
+    from core.util.classes import CLASSES
 
     data = load_data(a.data)
     splits = a.split or [s for s in data.splits if s != "train"] or list(data.splits)
@@ -170,10 +170,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from core.util.classes import CLASSES
-    from core.inference.photo import analyze_photo
-
     from core.inference.onnx_io import OnnxClassifier
+    from core.inference.photo import analyze_photo
+    from core.util.classes import CLASSES
 
     OnnxClassifier.get(a.model)  # a missing or broken model is the first thing to say, before any photo
     out, failed = [], 0

@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from core.models import archs
-from core.views import archviews
 from core.models.summary import summarize
+from core.views import archviews
 
 st.title("Architectures")
 st.caption("How many parameters does an expression classifier need? Move the sliders and watch the cost change. "

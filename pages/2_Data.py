@@ -5,9 +5,9 @@ from pathlib import Path
 import altair as alt
 import streamlit as st
 
-from core.views.dataviews import class_balance, gallery
-from core.util.classes import CLASSES
 from core.data import SPLIT_TITLES, find_local_fer, load_data
+from core.util.classes import CLASSES
+from core.views.dataviews import class_balance, gallery
 
 SYNTHETIC_SIZE = 3000  # the Train page's default for quick demos
 

@@ -6,18 +6,18 @@ import uuid
 import altair as alt
 import streamlit as st
 
+from core.data import find_local_fer
 from core.models import archs
+from core.models.summary import summarize
 from core.service import jobs
 from core.training import rundir
-from core.views import runviews, sweepviews
-from core.util import settings
 from core.training.config import FormField, config_from_form, form_fields
-from core.data import find_local_fer
-from core.views.dataviews import dataset_choices
-from core.util.fsutil import runs_dir
-from core.models.summary import summarize
-from core.views.text import format_eta
 from core.training.train import available_devices
+from core.util import settings
+from core.util.fsutil import runs_dir
+from core.views import runviews, sweepviews
+from core.views.dataviews import dataset_choices
+from core.views.text import format_eta
 
 MAX_SHOWN = 8  # most recent runs shown here in full; every run is on Compare
 STATUS_BADGE = {"queued": ":violet-badge[queued]", "starting": ":blue-badge[starting]", "running": ":blue-badge[running]",
@@ -161,7 +161,7 @@ def progress_text(run: rundir.RunStatus) -> str:
     return text
 
 
-def run_button(where, label: str, key: str, action, toast: str | None, **kw) -> None:  # noqa: ANN001
+def run_button(where, label: str, key: str, action, toast: str | None, **kw: object) -> None:  # noqa: ANN001
     """A button that calls into core.service.jobs: a toast on success, the ValueError's message as st.error otherwise."""
     if where.button(label, key=key, **kw):
         try:

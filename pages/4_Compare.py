@@ -3,12 +3,12 @@ front and the study's reference points; learning curves; confusion matrix and pe
 import altair as alt
 import streamlit as st
 
-from core.views import charts, runviews
 from core.explain import gallery
 from core.training import rundir
 from core.util.classes import CLASSES
-from core.views.dataviews import upscale
 from core.util.fsutil import runs_dir
+from core.views import charts, runviews
+from core.views.dataviews import upscale
 from core.views.sweepviews import sweep_groups
 
 st.title("Compare")

@@ -6,15 +6,27 @@ import altair as alt
 import numpy as np
 import streamlit as st
 
+from core.inference.photo import (
+    MAX_FILE_BYTES,
+    PhotoResult,
+    analyze_photo,
+    classify_box,
+    draw_boxes,
+    face_grid,
+    face_label,
+    label_summary,
+    manual_box,
+    occlusion_map,
+    overlay_heatmap,
+    parse_label,
+)
+from core.training.rundir import ONNX, list_runs
+from core.util.classes import CLASSES
+from core.util.fsutil import PROJECT_ROOT, runs_dir
 from core.views import inside, runviews
 from core.views.dataviews import upscale
 from core.views.photoviews import photo_rows, probabilities_frame
-from core.training.rundir import ONNX, list_runs
 from core.views.text import md_escape
-from core.util.classes import CLASSES
-from core.util.fsutil import PROJECT_ROOT, runs_dir
-from core.inference.photo import (MAX_FILE_BYTES, PhotoResult, analyze_photo, classify_box, draw_boxes, face_grid, face_label,
-                        label_summary, manual_box, occlusion_map, overlay_heatmap, parse_label)
 
 SAMPLE = PROJECT_ROOT / "assets" / "astronaut.jpg"
 TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]

@@ -5,16 +5,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.explain import cam, featuremaps, gallery
-from core.views import inside, runviews
-from core.training.checkpoint import load_model
-from core.util.classes import CLASSES
 from core.data import SPLIT_TITLES
-from core.views.dataviews import upscale
-from core.util.fsutil import runs_dir
-from core.training.rundir import ONNX, WEIGHTS, list_runs
-from core.views.text import md_escape
+from core.explain import cam, featuremaps, gallery
 from core.inference.photo import occlusion_map, overlay_heatmap
+from core.training.checkpoint import load_model
+from core.training.rundir import ONNX, WEIGHTS, list_runs
+from core.util.classes import CLASSES
+from core.util.fsutil import runs_dir
+from core.views import inside, runviews
+from core.views.dataviews import upscale
+from core.views.text import md_escape
 
 ROLE_COLOURS = {"depthwise": "blue", "pointwise": "orange", "standard conv": "gray", "grouped conv": "violet",
                 "block": "violet", "fully connected": "gray", "pooling": "gray", "logits": "green", "input": "gray"}

@@ -4,9 +4,9 @@ import streamlit as st
 
 from core.compression import compress
 from core.service import compress_jobs
-from core.views import charts, compressviews
 from core.training.rundir import list_runs
 from core.util.fsutil import runs_dir
+from core.views import charts, compressviews
 
 st.title("Compress")
 st.caption("Beyond width: store the same model in fewer bytes (int8, fp16) or with fewer weights (pruning), and "

@@ -11,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+try:  # the project installed (pip install -e .), or run as `python -m scripts.gpu_converge` from the project root
+    import core  # noqa: F401
+except ModuleNotFoundError:  # `python scripts/gpu_converge.py` in a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # Recipes, in the order they run: what the targets need first (the two reference models on the long recipe), then
 # the study's own recipe with its element-wise dropout, three seeds each. The long recipe follows Khaireddin & Chen

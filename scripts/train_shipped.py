@@ -26,7 +26,10 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+try:  # the project installed (pip install -e .), or run as `python -m scripts.train_shipped` from the project root
+    import core  # noqa: F401
+except ModuleNotFoundError:  # `python scripts/train_shipped.py` in a checkout that is not installed
+    sys.path.insert(0, str(ROOT))
 
 from core.training import rundir as ck  # noqa: E402 - run-folder file names and records
 from core.training.config import TrainConfig  # noqa: E402
@@ -83,8 +86,8 @@ def epochs_for_budget(cfg: TrainConfig, budget_s: float) -> tuple[int, dict]:
     """Time a few real training steps and one validation pass, and return the epochs that fit in budget_s."""
     import torch
 
-    from core.models import archs
     from core.data import load_data
+    from core.models import archs
     from core.training.train import TrainState, fit, make_optimizer, resolve_device
 
     t_start = time.perf_counter()
@@ -128,8 +131,8 @@ def trials_for(names: list[str], a: argparse.Namespace) -> list:
 
 def run_phase(names: list[str], phase: str, a: argparse.Namespace) -> None:
     """One sweep of these recipes; ships each finished run."""
-    from core.training.runs import ship_run
     from core.service.sweep import run_sweep
+    from core.training.runs import ship_run
 
     if not names:
         return

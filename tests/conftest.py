@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent  # on sys.path through pyproject.toml's pytest pythonpath
 # Where the FER2013 tests look for the real data set, first match wins: $FER_DATA (any format core.data reads),
 # the project's data/ folder (core.data.find_local_fer, as the app does), then the shared copy beside the project.
 FER_DATA_ENV = "FER_DATA"

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import SAMPLE_PHOTO, wait_for_status
 from streamlit.testing.v1 import AppTest
 
-from conftest import wait_for_status, SAMPLE_PHOTO
-
-from core.views import archviews, runviews
 from core.service import jobs
 from core.training import rundir
-from core.util.classes import CLASSES
 from core.training.config import TrainConfig, to_cli_args
+from core.util.classes import CLASSES
 from core.util.fsutil import runs_dir
+from core.views import archviews, runviews
 from core.views.text import format_eta
 
 PAGES = ["pages/1_Architectures.py", "pages/2_Data.py", "pages/3_Train.py", "pages/4_Compare.py", "pages/5_Predict.py",

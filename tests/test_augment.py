@@ -7,8 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from core.data.augment import (ERASE_FILL, MAX_SCALE, MAX_SHIFT, MIX_PARAMS, TTA_CROP, TTAModel, affine, augment_batch, mix_batch, mix_plan,
-                          mix_weights, random_erase, with_tta)
+from core.data.augment import (
+    ERASE_FILL,
+    MAX_SCALE,
+    MAX_SHIFT,
+    MIX_PARAMS,
+    TTA_CROP,
+    TTAModel,
+    affine,
+    augment_batch,
+    mix_batch,
+    mix_plan,
+    mix_weights,
+    random_erase,
+    with_tta,
+)
 
 
 def _faces(n: int, seed: int = 0) -> torch.Tensor:

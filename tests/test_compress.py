@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.compression.compress import CompressConfig, compress_run
+from core.inference.onnx_io import OnnxClassifier, check_onnx_file
 from core.models import archs
 from core.training import rundir
-from core.compression.compress import CompressConfig, compress_run
 from core.views.compressviews import variants_table
-from core.inference.onnx_io import OnnxClassifier, check_onnx_file
 
 QUICK = dict(data="synthetic", repeats=3, finetune_steps=1, calibration=32)
 

@@ -7,11 +7,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import ROOT, SAMPLE_PHOTO
 
 from core.inference import faces, facescore
 from core.inference.photo import decode_image
-
-from conftest import ROOT, SAMPLE_PHOTO
 
 PHOTOS = ROOT.parent / "shared" / "photos"
 # Measured on the 40 photos (74 faces) when MTCNN was chosen: 73 found, 0 extra; Haar alone finds 44. The floor leaves

@@ -14,17 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, wait_for_status
 from streamlit.testing.v1 import AppTest
 
-from conftest import wait_for_status, ROOT
-
-from core.training import rundir
-from core.training import checkpoint as ck
-from core.service import jobs
-from core.training.config import TrainConfig
-from core.util.fsutil import SHIPPED_DIR, atomic_write_json
 from core.inference.onnx_io import check_onnx_file
+from core.service import jobs
+from core.training import checkpoint as ck
+from core.training import rundir
+from core.training.config import TrainConfig
 from core.training.runs import run_training
+from core.util.fsutil import SHIPPED_DIR, atomic_write_json
 
 TINY = dict(arch="plain_cnn", width=0.125, synthetic_size=300, epochs=1, max_steps=4, batch_size=32, lr=3e-3,
             augment=False, threads=1)

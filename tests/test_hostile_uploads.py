@@ -17,17 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, SAMPLE_PHOTO
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, SAMPLE_PHOTO
-
+from core.inference.photo import MAX_FILE_BYTES, MAX_PIXELS, analyze_photo, decode_image
 from core.training import rundir
 from core.util.classes import CLASSES
-from core.inference.photo import MAX_FILE_BYTES, MAX_PIXELS, analyze_photo, decode_image
 
 
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()

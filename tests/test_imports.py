@@ -5,7 +5,6 @@ import ast
 import graphlib
 from pathlib import Path
 
-
 from conftest import ROOT
 
 CORE = ROOT / "core"

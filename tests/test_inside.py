@@ -11,20 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SAMPLE_PHOTO
 from streamlit.testing.v1 import AppTest
 
-from conftest import SAMPLE_PHOTO
-
-from core.models import archs
-from core.explain import cam, featuremaps, gallery
-from core.views import inside
-from core.training.checkpoint import load_model
-from core.util.classes import CLASSES, NUM_CLASSES
 from core.data import FERData, Split
-from core.util.fsutil import SHIPPED_DIR, cache_dir
-from core.inference.onnx_io import OnnxClassifier
-from core.training.rundir import read_record
 from core.data.synthetic import generate
+from core.explain import cam, featuremaps, gallery
+from core.inference.onnx_io import OnnxClassifier
+from core.models import archs
+from core.training.checkpoint import load_model
+from core.training.rundir import read_record
+from core.util.classes import CLASSES, NUM_CLASSES
+from core.util.fsutil import SHIPPED_DIR, cache_dir
+from core.views import inside
 
 SMALL = SHIPPED_DIR / "mobilenet-w0.25"  # the smallest shipped model: quick to load and to run
 needs_shipped = pytest.mark.skipif(not (SMALL / "model.pt").is_file() or not (SHIPPED_DIR / "mobilenet-w1").is_dir(),

@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core.training import rundir
+from core.inference.onnx_io import OnnxClassifier, export_onnx, parity
 from core.models import archs
 from core.training import checkpoint as ck
+from core.training import rundir
 from core.util.classes import CLASSES
-from core.inference.onnx_io import OnnxClassifier, export_onnx, parity
 
 
 @pytest.mark.parametrize("name", archs.list_archs())

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE_PHOTO
 from PIL import Image
 
 from core.inference import faces
-from core.training import rundir
 from core.inference.photo import analyze_photo, decode_image, draw_boxes
+from core.training import rundir
 
-from conftest import SAMPLE_PHOTO
 
-
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()
@@ -75,8 +74,8 @@ def test_crop_near_border_is_padded() -> None:
 
 def test_best_shipped_model_reads_the_smile_in_the_sample() -> None:
     """End to end with a real FER2013-trained model: Eileen Collins smiles in the sample portrait."""
-    from core.views import runviews
     from core.training.rundir import list_runs
+    from core.views import runviews
 
     best = runviews.best_model([i for i in list_runs(None) if i.shipped])
     if best is None:

@@ -15,9 +15,9 @@ import pytest
 
 from core.service import jobs
 from core.training import queue, rundir
+from core.training.config import TrainConfig
 from core.util import settings
 from core.util.procs import pid_alive
-from core.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tiny on purpose: the cost of each run is the trainer process starting (imports), not the training.
@@ -150,6 +150,7 @@ def test_queued_run_shows_place_and_can_be_cancelled(tmp_path: Path, monkeypatch
 LOAD = int(os.environ.get("FER_QUEUE_LOAD", "8"))
 
 
+@pytest.mark.slow
 def test_many_runs_at_once_never_exceed_n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from streamlit.testing.v1 import AppTest
 

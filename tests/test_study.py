@@ -5,14 +5,20 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from core.training import rundir
 from core.training.config import TrainConfig
 from core.training.runs import run_training
-import pandas as pd
-
-from core.views.study import equal_budget_gaps, equal_budget_section, seed_spread, interpolate_accuracy, study_table, write_study
+from core.views.study import (
+    equal_budget_gaps,
+    equal_budget_section,
+    interpolate_accuracy,
+    seed_spread,
+    study_table,
+    write_study,
+)
 
 
 @pytest.fixture(scope="module")

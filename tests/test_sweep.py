@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from core.training import rundir
-from core.service import sweep
 from core import cli
 from core.cli import build_parser, main
+from core.service import sweep
+from core.training import rundir
 from core.views import sweepviews
 
 ROOT = Path(__file__).resolve().parent.parent

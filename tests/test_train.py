@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.training import rundir
+from core.data import Split
+from core.data.synthetic import synthetic_dataset
 from core.training import checkpoint as ck
+from core.training import rundir
 from core.training.config import TrainConfig
 from core.training.record import RunRecord
-from core.data import Split
 from core.training.runs import run_training
-from core.data.synthetic import synthetic_dataset
 from core.training.train import lr_at, resolve_device, stratified_subset
 
 # Measured: dropout 0.1 and batch 32 learn visibly in 3 epochs of 1,600 synthetic faces (the default 0.5 does not).
@@ -166,8 +166,8 @@ def test_stratified_subset_keeps_balance() -> None:
 
 
 def test_ship_run_copies_contract_files_with_relative_paths(tiny_run: Path, tmp_path: Path) -> None:
-    from core.util.fsutil import PROJECT_ROOT
     from core.training.runs import ship_run
+    from core.util.fsutil import PROJECT_ROOT
 
     dest = ship_run(tiny_run, tmp_path / "shipped" / "tiny")
     assert sorted(p.name for p in dest.iterdir()) == sorted([rundir.WEIGHTS, rundir.ONNX, rundir.RECORD])

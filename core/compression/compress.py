@@ -41,9 +41,9 @@ class CompressConfig:
     repeats: int = 60  # latency runs per batch size (medians are reported)
 
     def __post_init__(self) -> None:
-        from core.training.config import _int_in
         from core.compression.prune import check_amount
         from core.compression.quantize import INT8_METHODS
+        from core.training.config import _int_in
 
         if not (self.int8 or self.fp16 or self.prune is not None):
             raise ValueError("no technique chosen: give at least one of --int8, --fp16, --prune AMOUNT")
@@ -91,8 +91,8 @@ def load_parent(run_dir: str | os.PathLike, techniques: list[str]) -> Parent:
     that the techniques make no sense on."""
     import onnx
 
-    from core.training import rundir
     from core.inference.onnx_io import check_onnx_file
+    from core.training import rundir
 
     path = Path(run_dir)
     if not path.is_dir():
@@ -209,9 +209,16 @@ class Built:
 
 def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
     """BN-folded fp32 export -> ONNX Runtime pre-processing -> static (or dynamic) int8 with per-channel weights."""
-    from core.training import checkpoint, rundir
+    from core.compression.quantize import (
+        Calibration,
+        compact_names,
+        fold_batchnorm,
+        preprocess,
+        quantize_int8,
+        stem_nodes,
+    )
     from core.inference.onnx_io import export_onnx
-    from core.compression.quantize import Calibration, compact_names, fold_batchnorm, preprocess, quantize_int8, stem_nodes
+    from core.training import checkpoint, rundir
     from core.training.train import stratified_subset
 
     folded, pre = tmp / "folded.onnx", tmp / "preprocessed.onnx"
@@ -248,8 +255,8 @@ def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progre
 
 
 def build_fp16(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
-    from core.training import rundir
     from core.compression.quantize import to_fp16
+    from core.training import rundir
 
     to_fp16(parent.path / rundir.ONNX, tmp / rundir.ONNX)
     return Built("fp16", {"weights": "fp16", "io": "fp32 (casts inside the graph)"})
@@ -257,10 +264,10 @@ def build_fp16(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progre
 
 def build_pruned(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
     """Prune, fine-tune a few epochs with the parent's recipe (a tenth of its learning rate), save weights and ONNX."""
-    from core.training import checkpoint, rundir
     from core.compression import prune
     from core.inference.onnx_io import export_onnx, parity
     from core.models.summary import summarize_model
+    from core.training import checkpoint, rundir
 
     model, _ = checkpoint.load_model(parent.path)
     record = parent.record
@@ -350,10 +357,10 @@ def write_variant(parent: Parent, technique: str, out_root: Path, cfg: CompressC
                   parent_eval: dict, progress: Progress | None = None) -> Path:
     """Build, stamp, check and measure one variant in a hidden temp folder, then rename it into place (replacing
     an older variant of the same name only at that last step). On any error the temp folder is removed."""
-    from core.training import rundir
-    from core.util.fsutil import _UMASK
     from core.inference.onnx_io import check_onnx_file
+    from core.training import rundir
     from core.training.record import RunRecord
+    from core.util.fsutil import _UMASK
 
     name = rundir.check_run_name(f"{parent.name}{SEP}{technique}")
     final = out_root / name

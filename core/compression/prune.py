@@ -8,8 +8,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from core.training.config import TrainConfig
 from core.data import FERData
+from core.training.config import TrainConfig
 from core.training.train import BatchHook, TrainState, fit, make_optimizer, resolve_device
 
 

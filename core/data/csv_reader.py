@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.util.classes import CLASSES, NUM_CLASSES
 from core.data.dataset import IMAGE_SIDE, N_PIXELS, Split
+from core.util.classes import CLASSES, NUM_CLASSES
 
 # FER2013's Usage column -> our split names. The image-folder release's test/ is PublicTest.
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "public", "PrivateTest": "private"}

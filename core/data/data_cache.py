@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from core.data.dataset import FERData, Split
-from core.util.fsutil import atomic_write_bytes, cache_dir
 from core.data.image_folder import image_folder_files
+from core.util.fsutil import atomic_write_bytes, cache_dir
 
 # Bump when parsing changes, so stale cache entries are never reused.
 CACHE_VERSION = 1

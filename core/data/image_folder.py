@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.util.classes import CLASSES
 from core.data.dataset import IMAGE_SIDE, Split
+from core.util.classes import CLASSES
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".pgm"}
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core.util.classes import NUM_CLASSES
-from core.util.fsutil import PROJECT_ROOT
 from core.data.csv_reader import CSV_LAYOUTS, USAGE_TO_SPLIT, parse_pixel_rows, read_csv_file, read_csv_pair
 from core.data.data_cache import CACHE_VERSION, fingerprint, read_cached, write_cached
 from core.data.dataset import IMAGE_SIDE, N_PIXELS, SPLIT_TITLES, FERData, Split
 from core.data.image_folder import IMAGE_EXTS, IMAGE_FOLDER_SPLITS, read_image_folder
 from core.data.synthetic import synthetic_dataset
+from core.util.classes import NUM_CLASSES
+from core.util.fsutil import PROJECT_ROOT
 
 __all__ = [
     "CACHE_VERSION", "CSV_LAYOUTS", "IMAGE_EXTS", "IMAGE_FOLDER_SPLITS", "IMAGE_SIDE", "N_PIXELS", "SPLIT_TITLES",

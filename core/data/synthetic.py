@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.util.classes import NUM_CLASSES
 from core.data.dataset import IMAGE_SIDE, FERData, Split
+from core.util.classes import NUM_CLASSES
 
 DEFAULT_DIFFICULTY = 0.5
 

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.util.classes import CLASSES
 from core.explain.featuremaps import Row, as_input, find_layer
 from core.inference.faces import FACE_MARGIN, face_square
 from core.inference.photo import PhotoResult, analyze_photo
+from core.util.classes import CLASSES
 
 MIN_FACE_PX = 24  # a face under 24 px in the photo is upscaled 2x or more into the 48x48 crop: mostly blur
 

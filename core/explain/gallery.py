@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.util.classes import CLASSES, NUM_CLASSES
 from core.data import FERData, find_local_fer, load_data
-from core.util.fsutil import PROJECT_ROOT, atomic_write_bytes, cache_dir
 from core.inference.onnx_io import OnnxClassifier
 from core.training.record import RunRecord
+from core.util.classes import CLASSES, NUM_CLASSES
+from core.util.fsutil import PROJECT_ROOT, atomic_write_bytes, cache_dir
 
 SYNTHETIC_SIZE = 3000  # the Data page's synthetic set, so the gallery shows the faces that page shows
 BATCH = 512  # ONNX Runtime batch: big enough to amortise the call, small enough to keep memory flat

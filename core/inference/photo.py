@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.inference import faces
-from core.util.classes import CLASSES
 from core.inference.onnx_io import OnnxClassifier
+from core.util.classes import CLASSES
 
 if TYPE_CHECKING:
     import pandas as pd

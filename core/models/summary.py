@@ -58,7 +58,7 @@ def summarize_model(model: nn.Module, arch: str = "", knobs: dict[str, float] | 
     rows: list[dict] = []
     handles = []
     for name, module in _leaf_modules(model):
-        def hook(mod: nn.Module, _inp, out, name: str = name) -> None:
+        def hook(mod: nn.Module, _inp: object, out: object, name: str = name) -> None:
             shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
             rows.append({
                 "layer": name, "type": type(mod).__name__, "output": "x".join(map(str, shape)),
@@ -95,7 +95,7 @@ _SHAPE_KEEPING = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.LeakyRe
                   nn.SiLU, nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
-def _identity(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+def _identity(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
     return x
 
 

@@ -90,8 +90,8 @@ def _block_trials(block: dict[str, Any], defaults: dict[str, Any], where: str) -
 
 
 def _cost(config: dict[str, Any]) -> float:
-    from core.training.config import TrainConfig
     from core.models.summary import summarize
+    from core.training.config import TrainConfig
 
     cfg = TrainConfig.from_dict(config)
     images = cfg.subset or 28_709  # FER2013's training split; only the order of trials depends on it

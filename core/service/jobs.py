@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 from core.training import queue, rundir
-from core.util import settings
 from core.training.config import TrainConfig, to_cli_args, with_defaults
+from core.training.record import now_iso
+from core.util import settings
 from core.util.fsutil import atomic_write_json, runs_dir
 from core.util.procs import pid_alive, spawn_detached
-from core.training.record import now_iso
-
 
 REPEAT_WINDOW_S = 5.0  # a second click on Start within this time, with the same settings, is the same click
 

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from core.models import archs
-from core.util.fsutil import atomic_write_bytes
 from core.training.record import ModelSpec, RunRecord
 from core.training.rundir import WEIGHTS, load_state_dict, read_record
+from core.util.fsutil import atomic_write_bytes
 
 
 def save_state_dict(path: Path, state: dict[str, Any]) -> None:

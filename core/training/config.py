@@ -9,8 +9,8 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable
 
-from core.models import archs
 from core.data.augment import TTA_MODES
+from core.models import archs
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant", "plateau")

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.training.record import RunRecord, is_num
 from core.util.fsutil import SHIPPED_DIR, atomic_write_json, runs_dir
 from core.util.procs import pid_alive
-from core.training.record import RunRecord, is_num
 
 if TYPE_CHECKING:
     from core.training.config import TrainConfig
@@ -347,7 +347,9 @@ def run_status(run_dir: str | os.PathLike, shipped: bool = False) -> RunStatus:
 
 
 def _queued(run_dir: Path) -> Any:
-    from core.training.queue import find  # core.training.queue launches through core.service.jobs, which uses this module
+    from core.training.queue import (
+        find,  # core.training.queue launches through core.service.jobs, which uses this module
+    )
 
     return find(run_dir)
 

@@ -11,17 +11,28 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from core.models import archs
-from core.training import checkpoint as ck, rundir
-from core.training.config import TrainConfig, with_defaults
 from core.data import FERData, load_data
-from core.training.memory import release_free_memory
-from core.inference.onnx_io import OnnxClassifier, export_onnx, parity
-from core.training.record import Epoch, Final, ModelSpec, RunRecord, now_iso
-from core.models.summary import summarize
 from core.data.augment import with_tta
-from core.training.train import (BatchHook, StopRun, TrainState, evaluate, fit, load_teacher, make_optimizer, metrics_from_logits,
-                        resolve_device, stratified_subset)
+from core.inference.onnx_io import OnnxClassifier, export_onnx, parity
+from core.models import archs
+from core.models.summary import summarize
+from core.training import checkpoint as ck
+from core.training import rundir
+from core.training.config import TrainConfig, with_defaults
+from core.training.memory import release_free_memory
+from core.training.record import Epoch, Final, ModelSpec, RunRecord, now_iso
+from core.training.train import (
+    BatchHook,
+    StopRun,
+    TrainState,
+    evaluate,
+    fit,
+    load_teacher,
+    make_optimizer,
+    metrics_from_logits,
+    resolve_device,
+    stratified_subset,
+)
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA's and PyTorch CPU allocator's wording
 TRAIN_EVAL_SAMPLE = 5000  # final train-split accuracy on a stratified sample: the full split costs minutes on CPU

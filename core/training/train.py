@@ -5,8 +5,8 @@ import functools
 import math
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -15,13 +15,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from core.models import archs
-from core.data.augment import (AFFINE_COLS, ERASE_COLS, MIX_PARAMS, RANDOMS_PER_IMAGE, affine, mix_batch, mix_plan, mix_weights,
-                          random_erase)
-from core.util.classes import NUM_CLASSES
-from core.training.config import TrainConfig
 from core.data import FERData, Split
+from core.data.augment import (
+    AFFINE_COLS,
+    ERASE_COLS,
+    MIX_PARAMS,
+    RANDOMS_PER_IMAGE,
+    affine,
+    mix_batch,
+    mix_plan,
+    mix_weights,
+    random_erase,
+)
+from core.models import archs
+from core.training.config import TrainConfig
 from core.training.memory import release_free_memory
+from core.util.classes import NUM_CLASSES
 
 BatchHook = Callable[[dict], None]
 
@@ -244,7 +253,7 @@ def metrics_from_logits(logits: torch.Tensor | np.ndarray, labels: torch.Tensor 
     }
 
 
-def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int | None = None, **kw) -> dict:
+def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int | None = None, **kw: object) -> dict:
     """Metrics of a PyTorch model on a split (see metrics_from_logits)."""
     return metrics_from_logits(predict_logits(model, split.images, device, batch_size, **kw), split.labels)
 

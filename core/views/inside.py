@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from core.training.rundir import WEIGHTS, RunStatus
 from core.data import FERData
+from core.training.rundir import WEIGHTS, RunStatus
 from core.util.fsutil import PROJECT_ROOT
 
 # Predict hands a face over by setting these two session keys and switching to the Inside page.

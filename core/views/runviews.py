@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from core.models import archs
-from core.util.classes import CLASSES
 from core.training.record import EPOCH_NUMBERS, Final, ModelSpec, RunRecord
 from core.training.rundir import ONNX, RunStatus
+from core.util.classes import CLASSES
 
 if TYPE_CHECKING:
     from core.explain.gallery import Predictions

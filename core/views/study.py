@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 
 from core.models import archs
+from core.models.summary import summarize
+from core.training.rundir import list_runs
 from core.views import charts
 from core.views.archviews import conv_breakdown
-from core.training.rundir import list_runs
 from core.views.runviews import runs_table
-from core.models.summary import summarize
 
 STUDY_FAMILIES = ("mobilenet", "plain_cnn")
 
