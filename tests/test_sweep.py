@@ -30,7 +30,7 @@ def tiny_spec(name: str, **grid) -> sweep.SweepSpec:  # noqa: ANN003
     (["--arch", "plain_cnn", "--width", "0.125", "0.25", "--lr", *[f"1e-{i}" for i in range(1, 6)],
       "--batch-size", *map(str, range(1, 11)), "--epochs", *map(str, range(1, 11)), "--seeds", "10"],
      "10,000 trials, more than 200 without --yes"),
-    (["--arch", "plain_cnn", "--width", "0.125", "9"], "width must be a number from 0.125 to 3, got 9.0 (trial 1: width=9.0, seed 0)"),
+    (["--arch", "plain_cnn", "--width", "0.125", "9"], "width must be a number from 0.0625 to 3, got 9.0 (trial 1: width=9.0, seed 0)"),
     (["--arch", "plain_cnn", "--lr", "fast"], "lr: 'fast' is not a float"),
     (["--arch", "plain_cnn", "--address", "127.0.0.1:9"], "'127.0.0.1:9': no Ray head answers there"),
     (["--arch", "plain_cnn", "--address", "nowhere"], "give auto or HOST:PORT"),
