@@ -93,12 +93,13 @@ def load_parent(run_dir: str | os.PathLike, techniques: list[str]) -> Parent:
 
     from core.inference.onnx_io import check_onnx_file
     from core.training import rundir
+    from core.training.record import FINISHED, RecordStatus
 
     path = Path(run_dir)
     if not path.is_dir():
         raise ValueError(f"{run_dir}: no such run folder")
     record = rundir.read_record(path).to_json()  # a plain copy: the variant's record is a deep copy of it
-    if record.get("status", "done") not in ("done", "stopped"):
+    if record.get("status", RecordStatus.DONE) not in FINISHED:
         raise ValueError(f"{path}: run status is {record.get('status')!r}; only finished runs (done or stopped) can be compressed")
     parent = Parent(path, record)
     tech = parent.technique or ""

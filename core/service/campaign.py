@@ -17,9 +17,11 @@ import os
 import time
 import tomllib
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from core.training.record import RecordStatus
 from core.util.fsutil import PROJECT_ROOT
 
 DEFAULT_FILE = PROJECT_ROOT / "campaign" / "campaign.toml"
@@ -29,6 +31,15 @@ LOG_FILE = "campaign.log"
 MIN_START_S = 120.0  # a trial is not started with less time left than this: its first epoch could not finish
 BLOCK_KEYS = {"name", "priority", "seeds", "grid", "fixed"}
 SHORT = {"width": "w"}  # grid knobs abbreviated in trial names, as the shipped folders write them (mobilenet-w0.5)
+
+
+class CampaignStatus(StrEnum):
+    """Where a campaign trial stands, read from its run folder."""
+
+    PENDING = "pending"  # no run folder yet
+    IN_PROGRESS = "in progress"  # finished epochs to resume from (stopped, killed or running)
+    DONE = "done"
+    FAILED = "failed"  # failed with nothing to resume
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,7 @@ class TrialState:
     error: str | None = None
 
     def label(self) -> str:
-        if self.state == "in progress":
+        if self.state == CampaignStatus.IN_PROGRESS:
             return f"in progress (epoch {self.epoch} of {self.epochs})"
         return self.state
 
@@ -126,12 +137,12 @@ def trial_state(trial: CampaignTrial, out: Path) -> TrialState:
     try:
         record = rundir.read_record(folder)
     except ValueError:
-        return TrialState(trial, "pending", 0, epochs, None)
-    if record.status == "done":
-        return TrialState(trial, "done", len(record.epochs), epochs, record.headline()[1])
-    if record.status == "failed" and not (folder / rundir.RESUME).exists():
-        return TrialState(trial, "failed", len(record.epochs), epochs, None, record.error)
-    return TrialState(trial, "in progress", len(record.epochs), epochs, None, record.error)
+        return TrialState(trial, CampaignStatus.PENDING, 0, epochs, None)
+    if record.status == RecordStatus.DONE:
+        return TrialState(trial, CampaignStatus.DONE, len(record.epochs), epochs, record.headline()[1])
+    if record.status == RecordStatus.FAILED and not (folder / rundir.RESUME).exists():
+        return TrialState(trial, CampaignStatus.FAILED, len(record.epochs), epochs, None, record.error)
+    return TrialState(trial, CampaignStatus.IN_PROGRESS, len(record.epochs), epochs, None, record.error)
 
 
 def states(trials: list[CampaignTrial], out: Path) -> list[TrialState]:
@@ -228,7 +239,7 @@ def run_campaign(trials: list[CampaignTrial], out: Path, deadline: Deadline,
     cache: dict = {}
     for trial in trials:
         current = trial_state(trial, out)
-        if current.state == "done":
+        if current.state == CampaignStatus.DONE:
             continue
         if deadline.left() < max(MIN_START_S, deadline.epoch_s or 0.0):
             log(f"deadline: {trial.name} and the trials after it wait for the next run")
@@ -257,9 +268,9 @@ def lock(out: Path) -> Any:
 
 
 def progress_lines(rows: list[TrialState]) -> Iterator[str]:
-    done = sum(r.state == "done" for r in rows)
+    done = sum(r.state == CampaignStatus.DONE for r in rows)
     epochs = sum(r.epoch for r in rows), sum(r.epochs for r in rows)
     yield f"{done} of {len(rows)} trials done; {epochs[0]} of {epochs[1]} epochs"
     for r in rows:
         acc = f"  {r.accuracy:.4f}" if r.accuracy is not None else ""
-        yield f"  {r.label():34} {r.trial.name}{acc}" + (f"  ({r.error})" if r.state == "failed" and r.error else "")
+        yield f"  {r.label():34} {r.trial.name}{acc}" + (f"  ({r.error})" if r.state == CampaignStatus.FAILED and r.error else "")

@@ -9,6 +9,7 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,16 @@ def start_job(run_dir: str | os.PathLike, cfg: CompressConfig, out: str | os.Pat
     return job
 
 
+class JobStatus(StrEnum):
+    RUNNING = "running"
+    DONE = "done"  # its result (the last line of its stdout) lists the variants
+    FAILED = "failed"  # ended without a result; the last error line of its log says why
+
+
 @dataclass
 class JobState:
     path: Path
-    status: str  # running | done | failed
+    status: str  # a JobStatus
     run: str
     techniques: list[str]
     progress: dict[str, Any] | None
@@ -89,11 +96,11 @@ def job_state(job: Path) -> JobState:
     log = (job / LOG_FILE).read_text(errors="replace") if (job / LOG_FILE).exists() else ""
     errors = [ln for ln in log.splitlines() if ln.startswith("error:")]
     if alive:  # whether it succeeded is read from its result, not its exit code
-        status, error = "running", None
+        status, error = JobStatus.RUNNING, None
     elif result is not None:
-        status, error = "done", None
+        status, error = JobStatus.DONE, None
     else:
-        status = "failed"
+        status = JobStatus.FAILED
         error = errors[-1].removeprefix("error: ") if errors else (log.strip().splitlines() or ["the job ended without a result"])[-1]
     return JobState(job, status, str(meta.get("run", "")), list(meta.get("techniques", [])),
                     _read_json(job / PROGRESS_FILE), (result or {}).get("variants", []), error)

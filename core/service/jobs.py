@@ -11,7 +11,7 @@ from pathlib import Path
 
 from core.training import queue, rundir
 from core.training.config import TrainConfig, to_cli_args, with_defaults
-from core.training.record import now_iso
+from core.training.record import FINISHED, now_iso
 from core.util import settings
 from core.util.fsutil import atomic_write_json, runs_dir
 from core.util.procs import pid_alive, spawn_detached
@@ -39,7 +39,7 @@ def _check_can_start(run_dir: Path, cfg: TrainConfig) -> None:
     if current.active:
         raise ValueError(f"run {run_dir.name!r} is already {current.status}; stop it first or choose another name")
     can_continue = current.status == "stopped" and (run_dir / rundir.RESUME).exists()
-    if current.status in ("done", "stopped") and current.record is not None and not can_continue:
+    if current.status in FINISHED and current.record is not None and not can_continue:
         raise ValueError(f"a finished run named {run_dir.name!r} already exists; choose another name")
     if current.record and current.record.config and with_defaults(current.record.config) != cfg.to_dict() \
             and (run_dir / rundir.RESUME).exists():

@@ -15,8 +15,11 @@ import sys
 import time
 import tomllib
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from core.training.record import RecordStatus
 
 INSTALL_HINT = 'sweeps need Ray, which is not installed: pip install "ray[tune]==2.60.0"'
 MAX_TRIALS_WITHOUT_YES = 200  # a typo such as --width 0.1 0.2 ... x 10 seeds should not start hours of work
@@ -24,7 +27,19 @@ SWEEPS_DIR = ".sweeps"  # inside the runs folder; hidden, so run listings skip i
 SWEEP_FILE = "sweep.json"
 LAUNCH_FILE = "launch.json"  # pid and start time of a sweep the app started in the background
 ADDRESS_TIMEOUT_S = 3.0
-FINAL_STATES = ("done", "failed")
+
+
+class TrialStatus(StrEnum):
+    """A sweep trial's state in sweep.json (and the sweep's own: running, done or failed)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"  # failed, and Ray Tune restarts it from its last finished epoch
+    DONE = "done"
+    FAILED = "failed"
+
+
+FINAL_STATES = (TrialStatus.DONE, TrialStatus.FAILED)
 
 
 @dataclass(frozen=True)
@@ -250,7 +265,7 @@ def _trial(config: dict[str, Any]) -> None:
         old = rundir.read_record(run_dir)
     except ValueError:  # not started yet (or unreadable: run_training rewrites it)
         old = None
-    if old is not None and old.status == "done":  # a re-run sweep: this trial finished before
+    if old is not None and old.status == RecordStatus.DONE:  # a re-run sweep: this trial finished before
         tune.report({**info, "epoch": len(old.epochs), "finished": 1, **_final(old)})
         return
     info["resumed_from"] = len(old.epochs) if old is not None else 0
@@ -268,8 +283,8 @@ def _final(record: Any) -> dict[str, Any]:
 def _initial_state(spec_doc: dict[str, Any], trials: list[Trial], runs: Path, resources: dict[str, float],
                    address: str | None) -> dict[str, Any]:
     return {"format": 1, **spec_doc, "created": _now(), "updated": _now(), "address": address or "embedded",
-            "resources_per_trial": resources, "runs_dir": str(runs), "state": "running",
-            "trials": [{"index": i, "run": t.name, "config": t.config, "state": "pending", "epoch": 0,
+            "resources_per_trial": resources, "runs_dir": str(runs), "state": TrialStatus.RUNNING,
+            "trials": [{"index": i, "run": t.name, "config": t.config, "state": TrialStatus.PENDING, "epoch": 0,
                         "epochs": t.config["epochs"], "val_acc": None, "node": None, "nodes": [], "failures": 0,
                         "error": None} for i, t in enumerate(trials)]}
 
@@ -293,7 +308,7 @@ def _make_callback(state: dict[str, Any], folder: Path, bar: Any) -> Any:
 
     class SweepRecorder(tune.Callback):
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            row(trial)["state"] = "running"
+            row(trial)["state"] = TrialStatus.RUNNING
             save()
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -313,16 +328,16 @@ def _make_callback(state: dict[str, Any], folder: Path, bar: Any) -> Any:
 
         def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             r = row(trial)
-            r.update(failures=r["failures"] + 1, state="retrying", error=_error_line(trial))
+            r.update(failures=r["failures"] + 1, state=TrialStatus.RETRYING, error=_error_line(trial))
             save()
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             r = row(trial)
-            r.update(failures=r["failures"] + 1, state="failed", error=_error_line(trial))
+            r.update(failures=r["failures"] + 1, state=TrialStatus.FAILED, error=_error_line(trial))
             save()
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            row(trial)["state"] = "done"  # `error` keeps the reason of any failure it recovered from
+            row(trial)["state"] = TrialStatus.DONE  # `error` keeps the reason of any failure it recovered from
             save()
 
     return SweepRecorder()
@@ -401,7 +416,7 @@ def run_sweep(trials: Sequence[Trial], name: str, *, spec_doc: dict[str, Any] | 
         bar.close()
         if started:
             ray.shutdown()
-    state["state"] = "failed" if any(t["state"] != "done" for t in state["trials"]) else "done"
+    state["state"] = TrialStatus.FAILED if any(t["state"] != TrialStatus.DONE for t in state["trials"]) else TrialStatus.DONE
     atomic_write_json(folder / SWEEP_FILE, {**state, "updated": _now()})
     return state
 

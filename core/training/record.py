@@ -4,12 +4,25 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from core.util.classes import NUM_CLASSES
 
 RECORD_FORMAT = 1
-STATUSES = ("running", "done", "stopped", "failed")
+
+
+class RecordStatus(StrEnum):
+    """A run record's status, as run.json stores it (a StrEnum: it compares and serialises as the plain string)."""
+
+    RUNNING = "running"
+    DONE = "done"
+    STOPPED = "stopped"  # asked to stop (or out of time): evaluated and exported from its last finished epoch
+    FAILED = "failed"
+
+
+STATUSES = tuple(RecordStatus)
+FINISHED = (RecordStatus.DONE, RecordStatus.STOPPED)  # a run with final results, weights and an export
 # Headline accuracy: FER2013's PublicTest where the run has it, else the held-out validation split.
 HEADLINE_ORDER: tuple[str, ...] = ("public", "val", "private")
 
@@ -170,7 +183,7 @@ class RunRecord:
 
     name: str
     model: ModelSpec
-    status: str = "done"
+    status: str = RecordStatus.DONE
     error: str | None = None
     created: str = ""
     updated: str = ""

@@ -10,10 +10,11 @@ import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.training.record import RunRecord, is_num
+from core.training.record import FINISHED, RecordStatus, RunRecord, is_num
 from core.util.fsutil import SHIPPED_DIR, atomic_write_json, runs_dir
 from core.util.procs import pid_alive
 
@@ -28,7 +29,22 @@ STOP_FILE = "STOP"  # the app asks a background run to stop by creating this fil
 LOG = "train.log"
 JOB_FILE = "job.json"  # written by core.service.jobs at launch: pid, start time, command
 PROGRESS_FILE = "progress.json"  # written by `core train --run-dir` about twice a second: step, loss, elapsed
-ACTIVE = ("queued", "starting", "running", "stopping")  # waiting in core.training.queue, or a live process behind them
+
+
+class RunState(StrEnum):
+    """What the app shows for a run folder: its record's status, or what its process and the queue say."""
+
+    QUEUED = "queued"  # waiting in core.training.queue
+    STARTING = "starting"  # launched, no record written yet
+    RUNNING = RecordStatus.RUNNING.value
+    STOPPING = "stopping"  # asked to stop, the process still alive
+    DONE = RecordStatus.DONE.value
+    STOPPED = RecordStatus.STOPPED.value
+    FAILED = RecordStatus.FAILED.value
+    INTERRUPTED = "interrupted"  # the record says running, no process is behind it
+
+
+ACTIVE = (RunState.QUEUED, RunState.STARTING, RunState.RUNNING, RunState.STOPPING)  # waiting, or a live process
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 
 
@@ -207,7 +223,7 @@ class RunStatus:
 
     path: Path
     shipped: bool = False
-    status: str = "failed"  # starting | running | stopping | done | stopped | failed | interrupted
+    status: str = RunState.FAILED  # a RunState
     record: RunRecord | None = None  # None until the trainer writes it, or when it cannot be read
     problem: str | None = None  # why the folder cannot be used at all (unreadable record, broken weights)
     onnx_problem: str | None = None  # why its ONNX export cannot be used for predictions (the record still can)
@@ -242,7 +258,7 @@ class RunStatus:
         kept its resume state (it continues after its last finished epoch)."""
         if self.shipped or not self.config:
             return False
-        return self.status in ("interrupted", "failed") or (self.status == "stopped" and (self.path / RESUME).exists())
+        return self.status in (RunState.INTERRUPTED, RunState.FAILED) or (self.status == RunState.STOPPED and (self.path / RESUME).exists())
 
     @property
     def fraction(self) -> float:
@@ -277,30 +293,30 @@ def _live_status(st: RunStatus, alive: bool, stop_requested: bool, fresh_launch:
     record = st.record
     if record is None or fresh_launch:
         if alive:
-            st.status = "stopping" if stop_requested else "starting"
+            st.status = RunState.STOPPING if stop_requested else RunState.STARTING
         else:
-            st.status = "failed"
+            st.status = RunState.FAILED
             st.error = st.problem or log_tail(st.path) or "the training process exited before writing its record"
         return
-    if record.status == "running":
+    if record.status == RecordStatus.RUNNING:
         if alive:
-            st.status = "stopping" if stop_requested else "running"
+            st.status = RunState.STOPPING if stop_requested else RunState.RUNNING
         else:
-            st.status = "interrupted"
+            st.status = RunState.INTERRUPTED
             tail = log_tail(st.path)
             st.error = (f"the training process (pid {st.pid}) ended without finishing; finished epochs are saved, "
                         "so it can be resumed" + (f". Last log line: {tail}" if tail else ""))
         return
-    if record.status == "failed" and stop_requested and "stopped before" in str(record.error):
-        st.status, st.error = "stopped", record.error  # a stop during the first epoch: nothing to keep
+    if record.status == RecordStatus.FAILED and stop_requested and "stopped before" in str(record.error):
+        st.status, st.error = RunState.STOPPED, record.error  # a stop during the first epoch: nothing to keep
         return
-    st.status = record.status
-    st.error = record.error if record.status == "failed" else None
+    st.status = RunState(record.status)
+    st.error = record.error if record.status == RecordStatus.FAILED else None
 
 
 def _check_files(st: RunStatus) -> None:
     """A finished run must have loadable weights; its ONNX export decides whether Predict can use it."""
-    if st.record is None or st.record.status not in ("done", "stopped"):
+    if st.record is None or st.record.status not in FINISHED:
         return  # running or failed: the weights are not final, nor expected
     if st.record.variant is None or (st.path / WEIGHTS).exists():  # int8/fp16 variants are ONNX only
         st.problem = weights_problem(st.path / WEIGHTS)
@@ -314,7 +330,7 @@ def run_status(run_dir: str | os.PathLike, shipped: bool = False) -> RunStatus:
     st = RunStatus(run_dir, shipped)
     queued = None if shipped else _queued(run_dir)
     if queued is not None:  # waiting for a free slot; a resumed run shows its finished epochs meanwhile
-        st.status, st.position, st.config = "queued", queued[0], queued[1].config
+        st.status, st.position, st.config = RunState.QUEUED, queued[0], queued[1].config
         try:
             st.record = read_record(run_dir) if (run_dir / RECORD).exists() else None
         except ValueError as exc:
@@ -364,7 +380,7 @@ def list_runs(runs_root: str | os.PathLike | None = None, include_shipped: bool 
     if runs_root is not None or not include_shipped:
         root = runs_dir(runs_root)
         user = [run_status(d) for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
-        rank = {s: 0 for s in ACTIVE} | {"interrupted": 1}
+        rank = {s: 0 for s in ACTIVE} | {RunState.INTERRUPTED: 1}
         user.sort(key=lambda s: (rank.get(s.status, 2), -s.started_unix))
         out += user
     return out

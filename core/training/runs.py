@@ -20,7 +20,7 @@ from core.training import checkpoint as ck
 from core.training import rundir
 from core.training.config import TrainConfig, with_defaults
 from core.training.memory import release_free_memory
-from core.training.record import Epoch, Final, ModelSpec, RunRecord, now_iso
+from core.training.record import FINISHED, Epoch, Final, ModelSpec, RecordStatus, RunRecord, now_iso
 from core.training.train import (
     BatchHook,
     StopRun,
@@ -75,7 +75,7 @@ def device_name(device: torch.device) -> str:
 def new_record(name: str, cfg: TrainConfig, knobs: dict[str, float], data: FERData, device: torch.device) -> RunRecord:
     s = summarize(cfg.arch, **knobs)
     return RunRecord(
-        name=name, model=ModelSpec(cfg.arch, knobs, archs.get_family(cfg.arch).title), status="running",
+        name=name, model=ModelSpec(cfg.arch, knobs, archs.get_family(cfg.arch).title), status=RecordStatus.RUNNING,
         created=now_iso(), updated=now_iso(), pid=os.getpid(),
         params=s.params, trainable=s.trainable, macs=s.macs, size_bytes=s.size_bytes,
         data={**data.describe(), "warnings": data.warnings}, config=cfg.to_dict(), recipe=recipe_text(cfg),
@@ -178,7 +178,7 @@ def _finish(run: _Run, stopped: bool, seconds: float) -> None:
     export_onnx(cpu_model, onnx_path, arch=run.cfg.arch, knobs=run.knobs, params=run.record.params or 0,
                 extra={"run": run.dir.name, "val_accuracy": run.record.accuracy(run.data.val_split)}, tta=run.cfg.tta)
     run.record.onnx = {"file": rundir.ONNX, "parity_max_abs": parity(with_tta(cpu_model, run.cfg.tta), onnx_path)}
-    run.record.status, run.record.updated, run.record.wall_time_s = ("stopped" if stopped else "done"), now_iso(), seconds
+    run.record.status, run.record.updated, run.record.wall_time_s = (RecordStatus.STOPPED if stopped else RecordStatus.DONE), now_iso(), seconds
     rundir.write_record(run.dir, run.record)
     if not stopped:  # a stopped run keeps its resume state, so it can be continued later
         (run.dir / rundir.RESUME).unlink(missing_ok=True)
@@ -189,7 +189,7 @@ def _record_failure(cfg: TrainConfig, run_dir: Path, record: RunRecord | None, e
     """The reason goes into the record for the app and CLI; finished epochs stay on disk and resumable."""
     if record is None:
         record = RunRecord(name=run_dir.name, model=ModelSpec(cfg.arch, {}), config=cfg.to_dict(), created=now_iso())
-    record.status, record.error, record.updated = "failed", failure_reason(exc), now_iso()
+    record.status, record.error, record.updated = RecordStatus.FAILED, failure_reason(exc), now_iso()
     rundir.write_record(run_dir, record)
 
 
@@ -285,7 +285,7 @@ def ship_run(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
     run_dir, dest = Path(run_dir), Path(dest)
     record = rundir.read_record(run_dir)
     # 'stopped' runs were evaluated and exported from their last finished epoch; the record says how many ran
-    if record.status not in ("done", "stopped") or not (run_dir / rundir.ONNX).is_file():
+    if record.status not in FINISHED or not (run_dir / rundir.ONNX).is_file():
         raise ValueError(f"{run_dir}: only finished or stopped runs with an ONNX export can be shipped "
                          f"(status {record.status!r})")
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from core.data import FERData
+from core.training.record import FINISHED
 from core.training.rundir import WEIGHTS, RunStatus
 from core.util.fsutil import PROJECT_ROOT
 
@@ -20,7 +21,7 @@ SAMPLE_PHOTO = PROJECT_ROOT / "assets" / "astronaut.jpg"
 def openable(runs: list[RunStatus]) -> list[RunStatus]:
     """Checkpoints whose weights can be looked into: finished (or stopped) runs with a weights file (an int8 or fp16
     variant is ONNX only, so it has none)."""
-    return [r for r in runs if r.ok and r.status in ("done", "stopped") and (r.path / WEIGHTS).is_file()]
+    return [r for r in runs if r.ok and r.status in FINISHED and (r.path / WEIGHTS).is_file()]
 
 
 def dataset_face(data: FERData, split: str, index: int) -> tuple[np.ndarray, int]:
