@@ -25,7 +25,7 @@ from bench.memory import MICRO_BATCH, fixed_costs, train_peak_mib
 from core.data import FERData, Split, load_data, load_fer
 from core.inference.onnx_io import OnnxClassifier, export_onnx
 from core.models import archs
-from core.models.summary import _summarize_cached, summarize
+from core.models.summary import summarize, summarize_cached
 from core.training import rundir
 from core.training.config import TrainConfig
 from core.training.train import TrainState, autocast_dtype, fit, make_optimizer, resolve_device
@@ -378,7 +378,7 @@ def memory_rows(data: str, tmp: Path, steps: int) -> tuple[list[Row], list[str]]
 def summary_row(repeats: int) -> Row:
     worst, worst_arch = 0.0, ""
     for arch in archs.list_archs():
-        t = median_time(lambda: _summarize_cached.__wrapped__(arch, (("width", archs.WIDTH_MAX),)), repeats, warmup=1)
+        t = median_time(lambda: summarize_cached.__wrapped__(arch, (("width", archs.WIDTH_MAX),)), repeats, warmup=1)
         if t > worst:
             worst, worst_arch = t, arch
     big = max(archs.list_archs(), key=lambda a: summarize(a, width=archs.WIDTH_MAX).params)

@@ -1,4 +1,4 @@
-"""Memory rows (issue #15): the peak resident memory of one real `python -m core train` process for plain_cnn-w1,
+"""Memory rows: the peak resident memory of one real `python -m core train` process for plain_cnn-w1,
 with the whole batch at once (the yardstick) against micro-batches, and where the fixed part of it goes.
 
 Each figure is the process's own high-water mark (VmHWM), written by the process itself as it exits. The kernel's

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 
 def _print_json(obj: Any) -> None:
-    from core.util.fsutil import _json_default
+    from core.util.fsutil import json_default
 
-    print(json.dumps(obj, default=_json_default, allow_nan=True))
+    print(json.dumps(obj, default=json_default, allow_nan=True))
 
 
 def _fmt_int(n: int) -> str:
@@ -321,7 +321,7 @@ class ProgressReporter:
 
 def cmd_compress(a: argparse.Namespace) -> int:
     from core.compression.compress import CompressConfig, compress_run
-    from core.util.fsutil import _json_default
+    from core.util.fsutil import json_default
 
     prune = a.prune
     cfg = CompressConfig(int8=a.int8, fp16=a.fp16, prune=prune, structured=a.structured, calibration=a.calibration,
@@ -339,7 +339,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
     finally:
         reporter.close()
     if a.json:
-        print(json.dumps({"run": a.run, "variants": rows}, default=_json_default, allow_nan=True))
+        print(json.dumps({"run": a.run, "variants": rows}, default=json_default, allow_nan=True))
     else:
         for r in rows:
             print(f"wrote {r['path']}")
@@ -431,7 +431,7 @@ def spec_from_args(a: argparse.Namespace) -> Any:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     from core.service.sweep import SWEEP_FILE, check_size, count, expand, run_sweep, sweep_dir
-    from core.util.fsutil import _json_default
+    from core.util.fsutil import json_default
 
     spec = spec_from_args(a)
     check_size(count(spec), a.yes)  # before building 10,000 configs
@@ -440,7 +440,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                       cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
                       max_failures=a.max_failures, yes=a.yes, quiet=a.quiet)
     if a.json:
-        print(json.dumps(state, default=_json_default))
+        print(json.dumps(state, default=json_default))
     else:
         for t in state["trials"]:
             acc = t.get("val_acc")

@@ -1,7 +1,6 @@
 """Inside page: one face through one model, layer by layer (feature maps, first-layer filters, where depthwise convs
 filter and pointwise convs mix), and Grad-CAM beside the occlusion map for any class."""
 import math
-from pathlib import Path
 
 import streamlit as st
 
@@ -11,7 +10,7 @@ from core.inference.photo import occlusion_map, overlay_heatmap
 from core.training.checkpoint import load_model
 from core.training.rundir import ONNX, WEIGHTS, list_runs
 from core.util.classes import CLASSES
-from core.util.fsutil import runs_dir
+from core.util.fsutil import mtime, runs_dir
 from core.views import inside, runviews
 from core.views.dataviews import upscale
 from core.views.text import md_escape
@@ -44,13 +43,6 @@ def occlusion(crop_bytes: bytes, onnx_path: str, stamp: float):  # noqa: ANN201 
     import numpy as np
 
     return occlusion_map(np.frombuffer(crop_bytes, np.uint8).reshape(48, 48), onnx_path)
-
-
-def mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 # --- model ------------------------------------------------------------------------------------------------------

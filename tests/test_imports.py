@@ -116,7 +116,6 @@ def test_length_checker_counts_nested_functions(tmp_path: Path) -> None:
     assert long_functions(tmp_path) == ["m.long (61 lines)"]
 
 
-# train.fit is being split in another branch of issue #11; remove the mark once that lands.
 def test_no_function_in_core_over_60_lines() -> None:
     found = long_functions(CORE)
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines in core: {', '.join(found)}"

@@ -43,7 +43,7 @@ class CompressConfig:
     def __post_init__(self) -> None:
         from core.compression.prune import check_amount
         from core.compression.quantize import INT8_METHODS
-        from core.training.config import _int_in
+        from core.training.config import int_in
 
         if not (self.int8 or self.fp16 or self.prune is not None):
             raise ValueError("no technique chosen: give at least one of --int8, --fp16, --prune AMOUNT")
@@ -51,11 +51,11 @@ class CompressConfig:
             check_amount(self.prune)
         elif self.structured:
             raise ValueError("--structured needs --prune AMOUNT (the fraction of channels to remove)")
-        _int_in("calibration", self.calibration, 1, 100_000)
-        _int_in("finetune_epochs", self.finetune_epochs, 1, 100)
-        _int_in("repeats", self.repeats, 3, 10_000)
+        int_in("calibration", self.calibration, 1, 100_000)
+        int_in("finetune_epochs", self.finetune_epochs, 1, 100)
+        int_in("repeats", self.repeats, 3, 10_000)
         if self.finetune_steps is not None:
-            _int_in("finetune_steps", self.finetune_steps, 1, 10**9)
+            int_in("finetune_steps", self.finetune_steps, 1, 10**9)
         if self.int8_method not in INT8_METHODS:
             raise ValueError(f"int8 method {self.int8_method!r} is not known; allowed: {', '.join(INT8_METHODS)}")
 
@@ -361,7 +361,7 @@ def write_variant(parent: Parent, technique: str, out_root: Path, cfg: CompressC
     from core.inference.onnx_io import check_onnx_file
     from core.training import rundir
     from core.training.record import RunRecord
-    from core.util.fsutil import _UMASK
+    from core.util.fsutil import UMASK
 
     name = rundir.check_run_name(f"{parent.name}{SEP}{technique}")
     final = out_root / name
@@ -373,7 +373,7 @@ def write_variant(parent: Parent, technique: str, out_root: Path, cfg: CompressC
         measured, metrics = _measure(parent, tmp / rundir.ONNX, data, split, parent_eval, cfg, progress)
         record = RunRecord.from_json(variant_record(parent, name, technique, built, measured, metrics, split))
         rundir.write_record(tmp, record)
-        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; a run folder gets normal permissions
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private; a run folder gets normal permissions
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=out_root))

@@ -258,7 +258,7 @@ def _gray_stem(conv: nn.Conv2d) -> nn.Conv2d:
 
 
 # torchvision is imported inside each builder: it (with PIL) adds ~170 MB to every process that imports it, and a
-# training of the study's own families never needs it (issue #15's memory budget).
+# training of the study's own families never needs it (a shared server's memory budget).
 def mobilenet_v2(*, width: float = 1.0, dropout: float = 0.2) -> nn.Module:
     from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 

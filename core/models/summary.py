@@ -35,7 +35,7 @@ class ModelSummary:
     @cached_property
     def layers(self) -> "pd.DataFrame":
         """The rows as a table. pandas is imported here, not at module level: a training process records its
-        model's summary but never shows the table, and pandas would add ~65 MB to it (issue #15)."""
+        model's summary but never shows the table, and pandas would add ~65 MB to it."""
         import pandas as pd
 
         return pd.DataFrame(list(self.rows), columns=["layer", "type", "output", "params", "macs"])
@@ -115,7 +115,7 @@ def _no_init() -> Iterator[None]:
 
 
 @lru_cache(maxsize=512)
-def _summarize_cached(arch: str, knob_items: tuple[tuple[str, float], ...]) -> ModelSummary:
+def summarize_cached(arch: str, knob_items: tuple[tuple[str, float], ...]) -> ModelSummary:
     knobs = dict(knob_items)
     with _summary_lock, _no_init(), torch.device("meta"):  # shapes only: no memory, no init
         model = archs.build(arch, **knobs)
@@ -128,8 +128,4 @@ def _summarize_cached(arch: str, knob_items: tuple[tuple[str, float], ...]) -> M
 def summarize(arch: str, **knobs: float) -> ModelSummary:
     """Summary for a registry architecture; validated knobs, cached so slider moves back and forth are free."""
     resolved = archs.get_family(arch).resolve(**knobs)
-    return _summarize_cached(arch, tuple(sorted(resolved.items())))
-
-
-def count_params(arch: str, **knobs: float) -> int:
-    return summarize(arch, **knobs).params
+    return summarize_cached(arch, tuple(sorted(resolved.items())))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.compression.compress import CompressConfig
-from core.util.fsutil import atomic_write_json, runs_dir
+from core.util.fsutil import atomic_write_json, read_json_object, runs_dir
 from core.util.procs import pid_alive, spawn_detached
 
 JOBS_DIR = ".compress-jobs"  # hidden: list_runs skips dot-folders
@@ -75,15 +75,8 @@ class JobState:
     error: str | None
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def job_state(job: Path) -> JobState:
-    meta = _read_json(job / JOB_FILE) or {}
+    meta = read_json_object(job / JOB_FILE) or {}
     started = meta.get("started_unix")
     alive = pid_alive(meta.get("pid"), started if isinstance(started, (int, float)) else None)
     lines = (job / RESULT_FILE).read_text(errors="replace").strip().splitlines() if (job / RESULT_FILE).exists() else []
@@ -103,7 +96,7 @@ def job_state(job: Path) -> JobState:
         status = JobStatus.FAILED
         error = errors[-1].removeprefix("error: ") if errors else (log.strip().splitlines() or ["the job ended without a result"])[-1]
     return JobState(job, status, str(meta.get("run", "")), list(meta.get("techniques", [])),
-                    _read_json(job / PROGRESS_FILE), (result or {}).get("variants", []), error)
+                    read_json_object(job / PROGRESS_FILE), (result or {}).get("variants", []), error)
 
 
 def list_jobs(root: str | os.PathLike | None = None) -> list[JobState]:

@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from core.training.record import RecordStatus
+from core.training.record import RecordStatus, now_iso
 
 INSTALL_HINT = 'sweeps need Ray, which is not installed: pip install "ray[tune]==2.60.0"'
 MAX_TRIALS_WITHOUT_YES = 200  # a typo such as --width 0.1 0.2 ... x 10 seeds should not start hours of work
@@ -282,15 +282,11 @@ def _final(record: Any) -> dict[str, Any]:
 
 def _initial_state(spec_doc: dict[str, Any], trials: list[Trial], runs: Path, resources: dict[str, float],
                    address: str | None) -> dict[str, Any]:
-    return {"format": 1, **spec_doc, "created": _now(), "updated": _now(), "address": address or "embedded",
+    return {"format": 1, **spec_doc, "created": now_iso(), "updated": now_iso(), "address": address or "embedded",
             "resources_per_trial": resources, "runs_dir": str(runs), "state": TrialStatus.RUNNING,
             "trials": [{"index": i, "run": t.name, "config": t.config, "state": TrialStatus.PENDING, "epoch": 0,
                         "epochs": t.config["epochs"], "val_acc": None, "node": None, "nodes": [], "failures": 0,
                         "error": None} for i, t in enumerate(trials)]}
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _make_callback(state: dict[str, Any], folder: Path, bar: Any) -> Any:
@@ -300,7 +296,7 @@ def _make_callback(state: dict[str, Any], folder: Path, bar: Any) -> Any:
     from core.util.fsutil import atomic_write_json
 
     def save() -> None:
-        state["updated"] = _now()
+        state["updated"] = now_iso()
         atomic_write_json(folder / SWEEP_FILE, state)
 
     def row(trial: Any) -> dict[str, Any]:
@@ -417,7 +413,7 @@ def run_sweep(trials: Sequence[Trial], name: str, *, spec_doc: dict[str, Any] | 
         if started:
             ray.shutdown()
     state["state"] = TrialStatus.FAILED if any(t["state"] != TrialStatus.DONE for t in state["trials"]) else TrialStatus.DONE
-    atomic_write_json(folder / SWEEP_FILE, {**state, "updated": _now()})
+    atomic_write_json(folder / SWEEP_FILE, {**state, "updated": now_iso()})
     return state
 
 

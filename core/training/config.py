@@ -55,7 +55,7 @@ class TrainConfig:
     batch_size: int = knob(256, "images per optimiser step (the study: 256)", low=1, high=8192, label="Batch size",
                            group="main", form_default=64, options=(16, 32, 64, 128, 256, 512))
     # Activations grow with the batch (plain_cnn-w1 at 256: ~1.2 GB on CPU); micro-batches keep the optimiser step
-    # and cap that memory, for a shared server (issue #15). BatchNorm then sees each micro-batch alone.
+    # and cap that memory, for a shared server. BatchNorm then sees each micro-batch alone.
     micro_batch: int = knob(0, "split each batch into micro-batches of this many images and add up their gradients: "
                                "the same optimiser step in less memory; BatchNorm normalises each micro-batch on "
                                "its own (ghost batch norm); 0 = the whole batch at once", low=0, high="batch_size",
@@ -87,7 +87,7 @@ class TrainConfig:
     distill_alpha: float = knob(0.7, "weight of the distillation term; 1 - alpha weighs the label loss", low=0.0,
                                 high=1.0, label="Distillation alpha", step=0.05)
     threads: int | None = knob(None, "torch CPU threads (torch's default if omitted)", low=1, high=512, group=None)
-    # --- the CUDA path and the recipe levers (issue #10) ---
+    # --- the CUDA path and the recipe levers ---
     cuda_graph: str = knob("auto", "capture the training step in a CUDA graph (auto: on CUDA unless fp16); a 48x48 "
                                    "convnet's step is bound by kernel launches", choices=CUDA_GRAPH, label="CUDA graph")
     plateau_factor: float = knob(0.75, "schedule plateau: lr multiplier when val accuracy stalls (Khaireddin & Chen "
@@ -179,15 +179,15 @@ def _check_field(cfg: TrainConfig, f: Any) -> None:
         raise ValueError(f"{f.name} must be non-empty text, got {value!r}")
     if base in (int, float):
         high = getattr(cfg, meta["high"]) if isinstance(meta["high"], str) else meta["high"]
-        (_int_in if base is int else _num_in)(f.name, value, meta["low"], high)
+        (int_in if base is int else num_in)(f.name, value, meta["low"], high)
 
 
-def _int_in(name: str, value: Any, lo: int, hi: int) -> None:
+def int_in(name: str, value: Any, lo: int, hi: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not (lo <= value <= hi):
         raise ValueError(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
 
 
-def _num_in(name: str, value: Any, lo: float, hi: float) -> None:
+def num_in(name: str, value: Any, lo: float, hi: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (lo <= value <= hi):
         raise ValueError(f"{name} must be a number from {lo:g} to {hi:g}, got {value!r}")
 

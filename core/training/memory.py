@@ -3,7 +3,7 @@
 A CPU training allocates its activations afresh every step. glibc keeps what is freed in its heap for reuse, so after
 the steps of an epoch the process stays at its training peak while it evaluates and, at the end, exports to ONNX,
 and those phases' own allocations stack on top. On a shared server that resident memory is what decides how many
-runs fit (issue #15). malloc_trim(0) returns every whole free page of every arena at once; calling it at the phase
+runs fit. malloc_trim(0) returns every whole free page of every arena at once; calling it at the phase
 boundaries costs a few milliseconds per epoch, where a low mmap threshold (the other glibc lever) would page-fault
 every step's activations afresh (measured 20-30% slower on this CPU)."""
 from __future__ import annotations

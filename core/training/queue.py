@@ -104,13 +104,6 @@ def _state(entry: Entry, runner: Runner) -> str:
     return "alive" if time.time() - (entry.claimed or 0) < LAUNCH_GRACE_S else "lost"
 
 
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
 def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runner, *, session: str | None = None,
            max_alive: int | None = None) -> Path:
     """Queue a run (ValueError when this session already has its maximum waiting or running), then run a pass."""

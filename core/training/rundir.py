@@ -14,8 +14,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.training import queue
 from core.training.record import FINISHED, RecordStatus, RunRecord, is_num
-from core.util.fsutil import SHIPPED_DIR, atomic_write_json, runs_dir
+from core.util.fsutil import SHIPPED_DIR, atomic_write_json, mtime, read_json_object, runs_dir
 from core.util.procs import pid_alive
 
 if TYPE_CHECKING:
@@ -95,14 +96,6 @@ def write_record(run_dir: str | os.PathLike, record: RunRecord) -> None:
     atomic_write_json(Path(run_dir) / RECORD, record.to_json())
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 JOB_TYPES = {"pid": int, "started": str, "started_unix": (int, float), "command": list, "config": dict}
 PROGRESS_NUMBERS = ("epoch", "epochs", "step", "steps", "global_step", "total_steps", "loss")
 
@@ -110,14 +103,14 @@ PROGRESS_NUMBERS = ("epoch", "epochs", "step", "steps", "global_step", "total_st
 def read_job(run_dir: Path) -> dict[str, Any]:
     """job.json with wrongly typed fields dropped: the app writes it, but a hand-edited or damaged one must not
     crash the pages that compare its times."""
-    job = _read_json(run_dir / JOB_FILE) or {}
+    job = read_json_object(run_dir / JOB_FILE) or {}
     return {k: v for k, v in job.items()
             if k in JOB_TYPES and isinstance(v, JOB_TYPES[k]) and not isinstance(v, bool)}
 
 
 def read_progress(run_dir: Path) -> dict[str, Any] | None:
     """progress.json, or None unless it holds the numbers the progress bar and ETA use."""
-    p = _read_json(run_dir / PROGRESS_FILE)
+    p = read_json_object(run_dir / PROGRESS_FILE)
     if p is None or not all(is_num(p.get(k)) for k in PROGRESS_NUMBERS) or not p.get("total_steps"):
         return None
     if not all(is_num(p.get(k, 0)) for k in ("first_step", "elapsed", "time", "seconds")):
@@ -208,13 +201,6 @@ def _iso_to_unix(value: Any) -> float | None:
         return _dt.datetime.fromisoformat(str(value)).timestamp()
     except ValueError:
         return None
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:  # deleted while listing
-        return 0.0
 
 
 @dataclass
@@ -351,9 +337,9 @@ def run_status(run_dir: str | os.PathLike, shipped: bool = False) -> RunStatus:
         st.pid = st.record.pid if st.record else None
         started_by = _iso_to_unix(st.record.updated) if st.record else None
     st.started = job.get("started") or (st.record.created if st.record else None)
-    st.started_unix = float(job.get("started_unix") or _mtime(run_dir))
+    st.started_unix = float(job.get("started_unix") or mtime(run_dir))
     st.config = _valid_config(st.record.config if st.record else None) or _valid_config(job.get("config"))
-    fresh = bool(job) and st.record is not None and job.get("started_unix", 0) > _mtime(run_dir / RECORD)
+    fresh = bool(job) and st.record is not None and job.get("started_unix", 0) > mtime(run_dir / RECORD)
     if not shipped:
         _live_status(st, pid_alive(st.pid, started_by), (run_dir / STOP_FILE).exists(), fresh)
     elif st.record is not None:
@@ -363,11 +349,7 @@ def run_status(run_dir: str | os.PathLike, shipped: bool = False) -> RunStatus:
 
 
 def _queued(run_dir: Path) -> Any:
-    from core.training.queue import (
-        find,  # core.training.queue launches through core.service.jobs, which uses this module
-    )
-
-    return find(run_dir)
+    return queue.find(run_dir)
 
 
 def list_runs(runs_root: str | os.PathLike | None = None, include_shipped: bool = True) -> list[RunStatus]:

@@ -9,8 +9,8 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # core/util/fsutil.py -> the project
 SHIPPED_DIR = PROJECT_ROOT / "checkpoints"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -23,7 +23,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -31,10 +31,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=json_default).encode())
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
     import numpy as np
 
     if isinstance(o, np.generic):
@@ -59,3 +59,20 @@ def runs_dir(override: str | os.PathLike | None = None) -> Path:
     d = Path(override or os.environ.get("FER_RUNS_DIR") or PROJECT_ROOT / "runs").expanduser()
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def mtime(path: str | os.PathLike) -> float:
+    """The file's modification time, or 0.0 when it is missing (deleted while listing, never written)."""
+    try:
+        return Path(path).expanduser().stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when the file is missing, unreadable, not JSON or not an object."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
