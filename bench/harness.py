@@ -21,15 +21,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core import archs
-from core.config import TrainConfig
-from core.data import FERData, Split, load_data, load_fer
-from core.fsutil import PROJECT_ROOT, SHIPPED_DIR
-from core.onnx_io import OnnxClassifier, export_onnx
-from core.summary import _summarize_cached, summarize
-from core.train import TrainState, autocast_dtype, fit, make_optimizer, resolve_device
-
 from bench.memory import MICRO_BATCH, fixed_costs, train_peak_mib
+from core.data import FERData, Split, load_data, load_fer
+from core.inference.onnx_io import OnnxClassifier, export_onnx
+from core.models import archs
+from core.models.summary import summarize, summarize_cached
+from core.training import rundir
+from core.training.config import TrainConfig
+from core.training.train import TrainState, autocast_dtype, fit, make_optimizer, resolve_device
+from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR
 
 REFERENCE = ("plain_cnn", "mobilenet")
 
@@ -111,7 +111,7 @@ def window_rates(stamps: list[float], warm: int, steps: int, batch: int) -> list
 
 def engine_throughput(arch: str, data: FERData, steps: int, warm: int, windows: int, batch: int = 256,
                       precision: str = "auto") -> float:
-    """Median images/s over `windows` windows of core.train.fit, as the app and CLI run it (TrainConfig defaults;
+    """Median images/s over `windows` windows of core.training.train.fit, as the app and CLI run it (TrainConfig defaults;
     `precision='fp32'` for the like-for-like row against the fp32 yardstick)."""
     cfg = TrainConfig(arch=arch, width=1.0, data="bench", batch_size=batch, max_steps=warm + steps * windows, epochs=1,
                       augment=True, precision=precision)
@@ -130,7 +130,8 @@ def plain_loop_throughput(arch: str, data: FERData, image_root: Path | None, ste
     """The yardstick: torchvision ImageFolder (or an in-memory dataset) with per-item transforms, a DataLoader with
     the 2 workers a student would use, default memory format and fp32 - how the course notebooks do it.
     Median images/s over `windows` windows."""
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     tf = T.Compose([T.Grayscale(), T.RandomHorizontalFlip(), T.RandomAffine(10, translate=(0.1, 0.1), scale=(0.9, 1.1)), T.ToTensor()])
     if image_root is not None and (image_root / "train").is_dir():
@@ -221,7 +222,7 @@ def int8_rows(paths: dict[str, Path], data: FERData, tmp: Path, repeats: int) ->
     change vs the fp32 model. Measured, not adopted: the app keeps fp32 unless this table says otherwise."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from core.train import metrics_from_logits
+    from core.training.train import metrics_from_logits
 
     calib = data.splits["train"].images[:256].astype(np.float32)[:, None]
     val = data.splits[data.val_split]
@@ -230,12 +231,12 @@ def int8_rows(paths: dict[str, Path], data: FERData, tmp: Path, repeats: int) ->
         def __init__(self) -> None:
             self.batches = iter([{"image": calib[i:i + 32]} for i in range(0, len(calib), 32)])
 
-        def get_next(self):  # noqa: ANN201
+        def get_next(self):  # noqa: ANN202
             return next(self.batches, None)
 
     rows = []
     for arch, path in paths.items():
-        shipped = SHIPPED_DIR / f"{arch}-w1" / "model.onnx"
+        shipped = SHIPPED_DIR / f"{arch}-w1" / rundir.ONNX
         trained = shipped.is_file() and not data.synthetic
         path = shipped if trained else path  # accuracy only means something with trained weights on real faces
         q = tmp / f"{arch}.int8.onnx"
@@ -256,7 +257,7 @@ def int8_rows(paths: dict[str, Path], data: FERData, tmp: Path, repeats: int) ->
 def photo_row(onnx_path: Path, repeats: int) -> Row:
     import cv2
 
-    from core.photo import analyze_photo
+    from core.inference.photo import analyze_photo
 
     img = cv2.imread(str(PROJECT_ROOT / "assets" / "astronaut.jpg"))
     big = cv2.resize(img, (1024, 1024), interpolation=cv2.INTER_CUBIC)  # about 1 megapixel, one face
@@ -279,11 +280,11 @@ def photo_row(onnx_path: Path, repeats: int) -> Row:
 def detector_rows(photos_dir: Path, onnx_path: Path, repeats: int) -> list[Row]:
     """The face detector (MTCNN, Haar as its fallback) against Haar alone, side by side in this run: recall and false
     faces on a folder of real photos with a manifest.csv of face counts, the median detection time per photo, and a
-    1 MP photo end to end. Self-contained: it needs only Row, median_time and core.faces/core.photo."""
+    1 MP photo end to end. Self-contained: it needs only Row, median_time and core.inference.faces/core.inference.photo."""
     import cv2
 
-    from core.facescore import score_on_manifest
-    from core.photo import analyze_photo
+    from core.inference.facescore import score_on_manifest
+    from core.inference.photo import analyze_photo
 
     new, old = score_on_manifest(photos_dir, "auto"), score_on_manifest(photos_dir, "haar")
     where = f"{new.photos} photos, {new.faces} faces in {photos_dir.name}/manifest.csv"
@@ -377,7 +378,7 @@ def memory_rows(data: str, tmp: Path, steps: int) -> tuple[list[Row], list[str]]
 def summary_row(repeats: int) -> Row:
     worst, worst_arch = 0.0, ""
     for arch in archs.list_archs():
-        t = median_time(lambda: _summarize_cached.__wrapped__(arch, (("width", archs.WIDTH_MAX),)), repeats, warmup=1)
+        t = median_time(lambda: summarize_cached.__wrapped__(arch, (("width", archs.WIDTH_MAX),)), repeats, warmup=1)
         if t > worst:
             worst, worst_arch = t, arch
     big = max(archs.list_archs(), key=lambda a: summarize(a, width=archs.WIDTH_MAX).params)
@@ -430,7 +431,7 @@ def tta_rows(model_path: Path, tmp: Path, repeats: int) -> list[Row]:
 def cuda_throughput(arch: str, graph: bool, batch: int = 128, steps: int = 50, windows: int = 5) -> tuple[float, float]:
     """Images/s (median over windows) of the training step on random 48x48 data already on the card, bf16, AdamW,
     eager or replayed from a CUDA graph; and the seconds spent on warm-up and capture (0 for eager)."""
-    from core.train import Accum, Stepper, epoch_plan, make_step, set_lr, setup_training
+    from core.training.train import Accum, Stepper, epoch_plan, make_step, set_lr, setup_training
 
     device = torch.device("cuda")
     n = batch * (steps + 8)

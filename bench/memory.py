@@ -1,4 +1,4 @@
-"""Memory rows (issue #15): the peak resident memory of one real `python -m core train` process for plain_cnn-w1,
+"""Memory rows: the peak resident memory of one real `python -m core train` process for plain_cnn-w1,
 with the whole batch at once (the yardstick) against micro-batches, and where the fixed part of it goes.
 
 Each figure is the process's own high-water mark (VmHWM), written by the process itself as it exits. The kernel's
@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core.fsutil import PROJECT_ROOT
+from core.util.fsutil import PROJECT_ROOT
 
 MICRO_BATCH = 16  # the micro-batch that keeps plain_cnn-w1 on FER2013 at or under 1 GiB on a 2-core CPU
 MIB = 2**20
@@ -49,10 +49,10 @@ def python_peak_mib(args: list[str]) -> float:
 # Resident memory after each import or object a training process needs, in one fresh interpreter.
 _STAGES = r"""
 import json, sys
-from core.memory import current_rss_bytes as rss
+from core.training.memory import current_rss_bytes as rss
 out = {"python": rss()}
 import torch; out["import torch"] = rss()
-import core.runs; out["import core.runs (the trainer)"] = rss()
+import core.training.runs; out["import core.training.runs (the trainer)"] = rss()
 opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]); out["first optimiser (imports torch._dynamo)"] = rss()
 from core.data import load_data
 data = load_data(sys.argv[1]); out["data loaded"] = rss()

@@ -2,7 +2,7 @@
 
 Kept import-light (no torch here) so `python -m core --help` and the app's first paint stay fast.
 """
-from core.classes import CLASSES, NUM_CLASSES
+from core.util.classes import CLASSES, NUM_CLASSES
 
 __all__ = ["CLASSES", "NUM_CLASSES"]
 __version__ = "0.1.0"

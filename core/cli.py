@@ -5,14 +5,15 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 
 def _print_json(obj: Any) -> None:
-    from core.fsutil import _json_default
+    from core.util.fsutil import json_default
 
-    print(json.dumps(obj, default=_json_default, allow_nan=True))
+    print(json.dumps(obj, default=json_default, allow_nan=True))
 
 
 def _fmt_int(n: int) -> str:
@@ -20,7 +21,7 @@ def _fmt_int(n: int) -> str:
 
 
 def cmd_summary(a: argparse.Namespace) -> int:
-    from core.summary import summarize
+    from core.models.summary import summarize
 
     knobs = {"width": a.width}
     if a.dropout is not None:
@@ -52,7 +53,7 @@ class _ProgressWriter:
     def __call__(self, b: dict) -> None:
         import time
 
-        from core.fsutil import atomic_write_json
+        from core.util.fsutil import atomic_write_json
 
         now = self.clock()
         if self.first_step is None:  # start the clock at the first batch: data loading is not training time
@@ -98,10 +99,10 @@ def _progress_bar(quiet: bool, epochs: int, progress: "_ProgressWriter | None"):
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from core import rundir
-    from core.config import config_from_args
     from core.data import load_data
-    from core.runs import resolve_run_dir, run_training
+    from core.training import rundir
+    from core.training.config import config_from_args
+    from core.training.runs import resolve_run_dir, run_training
 
     cfg = config_from_args(a)
     # A fresh CLI run loads its data before any folder is made, so a bad --data leaves nothing behind; background
@@ -140,7 +141,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from core.runs import export_run, find_run
+    from core.training.runs import export_run, find_run
 
     run_dir = find_run(a.run_dir)
     info = export_run(run_dir)
@@ -152,9 +153,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from core.classes import CLASSES
     from core.data import load_data
-    from core.runs import evaluate_path
+    from core.training.runs import evaluate_path
+    from core.util.classes import CLASSES
 
     data = load_data(a.data)
     splits = a.split or [s for s in data.splits if s != "train"] or list(data.splits)
@@ -169,10 +170,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from core.classes import CLASSES
-    from core.photo import analyze_photo
-
-    from core.onnx_io import OnnxClassifier
+    from core.inference.onnx_io import OnnxClassifier
+    from core.inference.photo import analyze_photo
+    from core.util.classes import CLASSES
 
     OnnxClassifier.get(a.model)  # a missing or broken model is the first thing to say, before any photo
     out, failed = [], 0
@@ -207,7 +207,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_study(a: argparse.Namespace) -> int:
-    from core.study import write_study
+    from core.views.study import write_study
 
     path = write_study(a.out)
     print(f"wrote {path}")
@@ -218,7 +218,7 @@ JSON_HELP = "print one JSON object (the last line printed)"
 
 
 def _add_summary(sub: argparse._SubParsersAction) -> None:
-    from core.archs import WIDTH_MAX, WIDTH_MIN, list_archs
+    from core.models.archs import WIDTH_MAX, WIDTH_MIN, list_archs
 
     s = sub.add_parser("summary", help="parameters, MACs, size and layer table of an architecture",
                        description="Parameters, MACs, fp32 size and the layer table of an architecture, computed "
@@ -231,11 +231,11 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from core.config import add_train_arguments
+    from core.training.config import add_train_arguments
 
     t = sub.add_parser("train", help="train a model, save a checkpoint folder and export ONNX",
                        description="Train a model into a run folder (weights, ONNX export, run.json). Every training "
-                                   "setting below comes from core.config.TrainConfig.")
+                                   "setting below comes from core.training.config.TrainConfig.")
     add_train_arguments(t)
     t.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS_DIR, else ./runs)")
     t.add_argument("--name", default=None, help="run folder name (default: arch-width-timestamp)")
@@ -279,14 +279,266 @@ def _add_docs(sub: argparse._SubParsersAction) -> None:
     st.set_defaults(func=cmd_study)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from core.compress import add_compress_parser  # imports nothing heavy; the command's own imports run only when used
-    from core.campaign import add_parser as _add_campaign
-    from core.sweep import add_parser as _add_sweep  # the sweep command lives in its own module (Ray optional)
+# ---------------------------------------------------------------------------------------------------------
+# `python -m core compress RUN ...`: imports stay inside the handler, so `python -m core --help` loads neither
+# torch nor onnxruntime.
+# ---------------------------------------------------------------------------------------------------------
+class ProgressReporter:
+    """One tqdm bar per stage on stderr, and optionally a small JSON progress file (the app's background job reads
+    it), written at most every `interval` seconds and at each stage's end."""
 
+    def __init__(self, path: Path | None, quiet: bool, interval: float = 0.5) -> None:
+        self.path, self.quiet, self.interval = path, quiet, interval
+        self.bar: Any = None
+        self.stage: str | None = None
+        self.last = float("-inf")
+        self.variant = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            if self.bar is not None:
+                self.bar.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=f"{self.variant} {stage}".strip(), unit="img" if stage in
+                            ("calibration", "evaluation") else "step", disable=self.quiet, file=sys.stderr, leave=False)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+        now = time.monotonic()
+        if self.path is not None and (now - self.last >= self.interval or done >= total):
+            from core.util.fsutil import atomic_write_json
+
+            self.last = now
+            atomic_write_json(self.path, {"stage": stage, "done": done, "total": total, "variant": self.variant,
+                                          "time": time.time()})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_compress(a: argparse.Namespace) -> int:
+    from core.compression.compress import CompressConfig, compress_run
+    from core.util.fsutil import json_default
+
+    prune = a.prune
+    cfg = CompressConfig(int8=a.int8, fp16=a.fp16, prune=prune, structured=a.structured, calibration=a.calibration,
+                         int8_method=a.int8_method, keep_stem_fp32=not a.quantize_stem,
+                         exclude_depthwise=a.exclude_depthwise, data=a.data, finetune_epochs=a.finetune_epochs,
+                         finetune_steps=a.finetune_steps, repeats=a.repeats)
+    reporter = ProgressReporter(Path(a.progress) if a.progress else None, a.quiet)
+
+    def log(msg: str) -> None:
+        if not a.json:
+            print(msg, file=sys.stderr)
+
+    try:
+        rows = compress_run(a.run, cfg, out=a.out, progress=reporter, log=log)
+    finally:
+        reporter.close()
+    if a.json:
+        print(json.dumps({"run": a.run, "variants": rows}, default=json_default, allow_nan=True))
+    else:
+        for r in rows:
+            print(f"wrote {r['path']}")
+    return 0
+
+
+def _add_compress(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("compress", help="int8, fp16 and pruned variants of a run, each measured against it")
+    c.add_argument("run", help="run folder (e.g. checkpoints/mobilenet-w1)")
+    c.add_argument("--int8", action="store_true", help="int8 ONNX (static QDQ quantisation, per-channel weights)")
+    c.add_argument("--fp16", action="store_true", help="fp16 ONNX weights (input and output stay fp32)")
+    c.add_argument("--prune", type=float, default=None, metavar="AMOUNT",
+                   help="remove this fraction (0-1) of weights, then fine-tune")
+    c.add_argument("--structured", action="store_true", help="with --prune: remove whole channels (narrower layers)")
+    c.add_argument("--calibration", type=int, default=256, metavar="N", help="training images for int8 calibration")
+    c.add_argument("--int8-method", default="static-qdq", choices=("static-qdq", "static-qoperator", "dynamic"))
+    c.add_argument("--quantize-stem", action="store_true", help="quantise the first conv too (costs accuracy)")
+    c.add_argument("--exclude-depthwise", action="store_true", help="keep depthwise convs in fp32")
+    c.add_argument("--data", default=None, help="PATH or 'synthetic' (default: the data the run was trained on)")
+    c.add_argument("--finetune-epochs", type=int, default=2, help="epochs of fine-tuning after pruning")
+    c.add_argument("--finetune-steps", type=int, default=None, help="cap on fine-tuning steps")
+    c.add_argument("--repeats", type=int, default=60, help="latency runs per batch size (medians)")
+    c.add_argument("--out", default=None, help="folder for the variants (default: beside the run)")
+    c.add_argument("--progress", default=None, help="also write progress as JSON to this file (for the app)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    c.set_defaults(func=cmd_compress)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `python -m core sweep`: nothing here imports Ray or torch until the command runs.
+# ---------------------------------------------------------------------------------------------------------
+SWEEP_OPTIONS = ("file", "name", "seeds", "address", "cpus_per_trial", "gpus_per_trial", "max_failures", "yes", "out",
+               "quiet", "json")
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    """The `sweep` subcommand: one flag per TrainConfig knob, each taking one or more values."""
+    from dataclasses import fields
+
+    from core.service.sweep import MAX_TRIALS_WITHOUT_YES
+    from core.training.config import TrainConfig
+
+    s = sub.add_parser("sweep", help="a grid of trainings over any training settings, run by Ray Tune",
+                       description="Every combination of the values given, times --seeds, each trained into its "
+                       "own run folder by Ray Tune (embedded here, or an existing cluster with --address). "
+                       "Example: --arch mobilenet plain_cnn --width 0.25 0.5 1 --seeds 3 --epochs 30 --data PATH")
+    for f in fields(TrainConfig):
+        if f.name != "seed":
+            s.add_argument("--" + f.name.replace("_", "-"), dest=f.name, nargs="+", default=None, metavar="V",
+                           help=f"values of {f.name} ({f.type})")
+    s.add_argument("--file", default=None, help="a TOML sweep file ([grid], [fixed], seeds, name); flags add to it")
+    s.add_argument("--name", default=None, help="sweep name (default sweep-DATE); the same name resumes a sweep")
+    s.add_argument("--seeds", default=None, help="number of seeds per grid point (0..N-1), default 1")
+    s.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: $RAY_ADDRESS, "
+                   "else Ray starts on this machine)")
+    s.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial holds (fractions allowed)")
+    s.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each trial holds (fractions allowed)")
+    s.add_argument("--max-failures", type=int, default=2, help="restarts of a failed trial (it resumes its epochs)")
+    s.add_argument("--yes", action="store_true", help=f"run grids of more than {MAX_TRIALS_WITHOUT_YES} trials")
+    s.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS_DIR or ./runs)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print the sweep record as one JSON object")
+    s.set_defaults(func=cmd_sweep)
+
+
+def spec_from_args(a: argparse.Namespace) -> Any:
+    """The SweepSpec the flags ask for: flags with one value are fixed settings, flags with several are grid
+    dimensions; --file adds to them."""
+    from core.service.sweep import SweepSpec, convert, default_name, seed_list, spec_from_toml
+
+    spec = spec_from_toml(a.file, a.name) if a.file else SweepSpec(a.name or default_name(), {}, {}, [0])
+    for knob, values in vars(a).items():
+        if knob in SWEEP_OPTIONS or knob in ("command", "func") or values is None:
+            continue
+        converted = [convert(knob, v) for v in values]
+        if len(converted) == 1:
+            spec.fixed[knob] = converted[0]
+            spec.grid.pop(knob, None)
+        else:
+            spec.grid[knob] = converted
+            spec.fixed.pop(knob, None)
+    if a.seeds is not None:
+        if not a.seeds.isdigit():
+            raise ValueError(f"--seeds must be a count (0..N-1 are used), got {a.seeds!r}")
+        spec.seeds = seed_list(int(a.seeds))
+    return spec
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from core.service.sweep import SWEEP_FILE, check_size, count, expand, run_sweep, sweep_dir
+    from core.util.fsutil import json_default
+
+    spec = spec_from_args(a)
+    check_size(count(spec), a.yes)  # before building 10,000 configs
+    trials = expand(spec)
+    state = run_sweep(trials, spec.name, spec_doc=spec.describe(), runs_root=a.out, address=a.address,
+                      cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
+                      max_failures=a.max_failures, yes=a.yes, quiet=a.quiet)
+    if a.json:
+        print(json.dumps(state, default=json_default))
+    else:
+        for t in state["trials"]:
+            acc = t.get("val_acc")
+            print(f"{t['state']:8} {t['run']}  epoch {t['epoch']}/{t['epochs']}"
+                  + (f"  val acc {acc:.4f}" if isinstance(acc, float) else "")
+                  + (f"  ({t['failures']} failures)" if t["failures"] else "")
+                  + (f"  {t['error']}" if t["state"] != "done" and t.get("error") else ""))
+        print(f"sweep {spec.name}: {state['state']}; record in {sweep_dir(a.out, spec.name) / SWEEP_FILE}")
+    return 0 if state["state"] == "done" else 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `python -m core campaign`
+# ---------------------------------------------------------------------------------------------------------
+def _add_campaign(sub: argparse._SubParsersAction) -> None:
+    from core.service import campaign
+    from core.service.campaign import DEFAULT_FILE, DEFAULT_OUT, LOG_FILE
+
+    c = sub.add_parser("campaign", help="run the committed training campaign until a deadline (resumable)",
+                       description=campaign.__doc__.split("\n\n")[1])
+    c.add_argument("file", nargs="?", default=str(DEFAULT_FILE), help="campaign file (default campaign/campaign.toml)")
+    c.add_argument("--deadline", default=None, help="stop by HH:MM, an ISO date-time, or +N[s|m|h]; default: none")
+    c.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the trials' run folders (default campaign/trials)")
+    c.add_argument("--only", default=None, help="run only trials whose name contains this text")
+    c.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    c.add_argument("--nice", type=int, default=19, help="scheduling niceness, 0-19 (default 19: yields to all else)")
+    c.add_argument("--background", action="store_true", help=f"detach, logging to OUT/{LOG_FILE}; prints the pid")
+    c.add_argument("--status", action="store_true", help="list the trials and where each stands; trains nothing")
+    c.set_defaults(func=cmd_campaign)
+
+
+def _selected(a: argparse.Namespace) -> list[Any]:
+    from core.service.campaign import load_campaign
+
+    trials = load_campaign(a.file)
+    if a.only:
+        trials = [t for t in trials if a.only in t.name]
+        if not trials:
+            raise ValueError(f"--only {a.only!r}: no trial name contains it")
+    return trials
+
+
+def cmd_campaign(a: argparse.Namespace) -> int:
+    import datetime as _dt
+
+    from core.service.campaign import Deadline, lock, parse_deadline, progress_lines, run_campaign, states
+    from core.util.fsutil import PROJECT_ROOT
+
+    trials, out = _selected(a), Path(a.out).resolve()
+    at = parse_deadline(a.deadline)
+    if a.threads is not None and not 1 <= a.threads <= 1024:
+        raise ValueError(f"--threads must be from 1 to 1024, got {a.threads}")
+    if not 0 <= a.nice <= 19:
+        raise ValueError(f"--nice must be from 0 to 19, got {a.nice}")
+    if a.status:
+        print("\n".join(progress_lines(states(trials, out))))
+        return 0
+    if a.background:
+        return _detach(a, out)
+    handle = lock(out)
+    os.chdir(PROJECT_ROOT)  # relative data paths in the campaign file are the project's
+    os.nice(a.nice)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+
+    def log(line: str) -> None:
+        print(f"{_dt.datetime.now():%H:%M:%S} {line}", flush=True)
+
+    try:
+        rows = run_campaign(trials, out, Deadline(at), log)
+    finally:
+        handle.close()
+    for line in progress_lines(rows):
+        log(line)
+    return 0
+
+
+def _detach(a: argparse.Namespace, out: Path) -> int:
+    from core.service.campaign import LOG_FILE
+    from core.util.procs import spawn_detached
+
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "core", "campaign", str(Path(a.file).resolve()), "--out", str(out.resolve()),
+           "--nice", str(a.nice)]
+    for flag, value in (("--deadline", a.deadline), ("--only", a.only), ("--threads", a.threads)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    pid = spawn_detached(cmd, out / LOG_FILE)
+    print(f"campaign running in the background: pid {pid}, log {out / LOG_FILE}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core", description="FER Compact-CNN Explorer: how small can an expression classifier get?")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_summary, _add_train, _add_model_io, _add_docs, add_compress_parser, _add_sweep, _add_campaign):
+    for add in (_add_summary, _add_train, _add_model_io, _add_docs, _add_compress, _add_sweep, _add_campaign):
         add(sub)
     return p
 
@@ -311,8 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; finished epochs are saved and the run can be resumed with --run-dir", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - only the trainer's own early-stop reason is turned into one line
-        from core.runs import OOM_MESSAGES, failure_reason
-        from core.train import StopRun
+        from core.training.runs import OOM_MESSAGES, failure_reason
+        from core.training.train import StopRun
 
         if isinstance(exc, StopRun):  # NaN loss, stop before the first epoch: recorded in run.json too
             print(f"error: training stopped: {exc}", file=sys.stderr)

@@ -4,8 +4,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import archs, archviews
-from core.summary import summarize
+from core.models import archs
+from core.models.summary import summarize
+from core.views import archviews
 
 st.title("Architectures")
 st.caption("How many parameters does an expression classifier need? Move the sliders and watch the cost change. "

@@ -1,13 +1,13 @@
 """Data page: which dataset is in use (built-in synthetic set or FER2013 on disk), split sizes, class balance,
 a gallery of samples per class, and the data's known quirks."""
-from pathlib import Path
 
 import altair as alt
 import streamlit as st
 
-from core.dataviews import class_balance, gallery
-from core.classes import CLASSES
 from core.data import SPLIT_TITLES, find_local_fer, load_data
+from core.util.classes import CLASSES
+from core.util.fsutil import mtime
+from core.views.dataviews import class_balance, gallery
 
 SYNTHETIC_SIZE = 3000  # the Train page's default for quick demos
 
@@ -20,13 +20,6 @@ st.caption("Training and evaluation data. The built-in synthetic set works offli
 def load(source: str, stamp: float, synthetic_size: int):  # noqa: ANN201 - core.data.FERData
     # `stamp` (the path's mtime) keys the cache so a replaced file is read again; core caches decoded arrays on disk.
     return load_data(source, synthetic_size=synthetic_size)
-
-
-def mtime(path: str) -> float:
-    try:
-        return Path(path).expanduser().stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 detected = find_local_fer()

@@ -1,19 +1,23 @@
-"""Train page: launch background training runs (core.jobs) and watch them: progress with ETA, live curves, stop.
+"""Train page: launch background training runs (core.service.jobs) and watch them: progress with ETA, live curves, stop.
 Runs live on disk, so they keep going and stay visible across page switches and browser reloads. The form is
-generated from core.config.TrainConfig's field metadata, like the CLI's flags."""
+generated from core.training.config.TrainConfig's field metadata, like the CLI's flags."""
 import uuid
 
 import altair as alt
 import streamlit as st
 
-from core import archs, jobs, rundir, runviews, settings
-from core.config import FormField, config_from_form, form_fields
 from core.data import find_local_fer
-from core.dataviews import dataset_choices
-from core.fsutil import runs_dir
-from core.summary import summarize
-from core.text import format_eta
-from core.train import available_devices
+from core.models import archs
+from core.models.summary import summarize
+from core.service import jobs
+from core.training import rundir
+from core.training.config import FormField, config_from_form, form_fields
+from core.training.train import available_devices
+from core.util import settings
+from core.util.fsutil import runs_dir
+from core.views import runviews, sweepviews
+from core.views.dataviews import dataset_choices
+from core.views.text import format_eta
 
 MAX_SHOWN = 8  # most recent runs shown here in full; every run is on Compare
 STATUS_BADGE = {"queued": ":violet-badge[queued]", "starting": ":blue-badge[starting]", "running": ":blue-badge[running]",
@@ -157,8 +161,8 @@ def progress_text(run: rundir.RunStatus) -> str:
     return text
 
 
-def run_button(where, label: str, key: str, action, toast: str | None, **kw) -> None:  # noqa: ANN001
-    """A button that calls into core.jobs: a toast on success, the ValueError's message as st.error otherwise."""
+def run_button(where, label: str, key: str, action, toast: str | None, **kw: object) -> None:  # noqa: ANN001
+    """A button that calls into core.service.jobs: a toast on success, the ValueError's message as st.error otherwise."""
     if where.button(label, key=key, **kw):
         try:
             action()
@@ -230,18 +234,18 @@ def runs_panel() -> None:
 runs_panel()
 
 
-# --- sweeps: a grid of trainings on Ray Tune (core.sweep), run by a background `python -m core sweep` -----------
+# --- sweeps: a grid of trainings on Ray Tune (core.service.sweep), run by a background `python -m core sweep` -----------
 @st.fragment(run_every=3)
 def sweep_trials() -> None:
-    from core import sweep
+    from core.service import sweep
 
     for record in sweep.list_sweeps(root)[:3]:
         st.markdown(f"**{record.get('name')}** · {record.get('state')} · {len(record['trials'])} trials")
-        st.dataframe(sweep.trials_table(record), hide_index=True, key=f"sweep_table_{record.get('name')}")
+        st.dataframe(sweepviews.trials_table(record), hide_index=True, key=f"sweep_table_{record.get('name')}")
 
 
 def sweep_panel() -> None:
-    from core import sweep
+    from core.service import sweep
 
     st.subheader("Sweep")
     if not sweep.ray_available():

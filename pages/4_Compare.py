@@ -3,11 +3,13 @@ front and the study's reference points; learning curves; confusion matrix and pe
 import altair as alt
 import streamlit as st
 
-from core import campaignviews, charts, gallery, rundir, runviews
-from core.classes import CLASSES
-from core.dataviews import upscale
-from core.fsutil import runs_dir
-from core.sweep import sweep_groups
+from core.explain import gallery
+from core.training import rundir
+from core.util.classes import CLASSES
+from core.util.fsutil import runs_dir
+from core.views import campaignviews, charts, runviews
+from core.views.dataviews import upscale
+from core.views.sweepviews import sweep_groups
 
 st.title("Compare")
 st.caption("Every checkpoint in one place: the shipped ones in `checkpoints/` and the runs you trained.")
@@ -157,11 +159,11 @@ with st.expander("Delete a run"):
                     st.rerun()
         st.caption("Shipped checkpoints cannot be deleted here.")
 
-# --- confusion gallery: the faces behind a cell (core.gallery; predictions cached on disk per ONNX file and data) ---
+# --- confusion gallery: the faces behind a cell (core.explain.gallery; predictions cached on disk per ONNX file and data) ---
 
 
 @st.cache_resource(max_entries=3, show_spinner=False)
-def gallery_predictions(onnx_path: str, stamp: float, source: str):  # noqa: ANN201 - core.gallery.Predictions
+def gallery_predictions(onnx_path: str, stamp: float, source: str):  # noqa: ANN201 - core.explain.gallery.Predictions
     return gallery.predict_split(onnx_path, gallery.gallery_data(source))
 
 
@@ -174,7 +176,7 @@ g_names = list(gallery_runs)
 g_default = st.session_state.get("compare_detail_run")
 g_info = gallery_runs[st.selectbox("Run", g_names, key="gallery_run",
                                    index=g_names.index(g_default) if g_default in g_names else 0)]
-g_onnx = g_info.path / "model.onnx"
+g_onnx = g_info.path / rundir.ONNX
 try:
     with st.spinner("Classifying the evaluation split with ONNX Runtime (once per model; cached on disk)..."):
         g_pred = gallery_predictions(str(g_onnx), g_onnx.stat().st_mtime,
@@ -189,7 +191,7 @@ g_true, g_predicted = gallery.biggest_mistake(g_pred)
 st.session_state.setdefault("gallery_true", CLASSES[g_true])
 st.session_state.setdefault("gallery_predicted", CLASSES[g_predicted])
 g_cell_pick = alt.selection_point(name="cell", fields=["true", "predicted"], on="click", clear=False)
-g_base = alt.Chart(gallery.confusion_frame(g_pred)).encode(x=alt.X("predicted:N", sort=list(CLASSES)),
+g_base = alt.Chart(runviews.confusion_frame(g_pred)).encode(x=alt.X("predicted:N", sort=list(CLASSES)),
                                                           y=alt.Y("true:N", sort=list(CLASSES)))
 g_event = st.altair_chart((g_base.mark_rect(stroke="black").encode(
     color=alt.Color("rate:Q", scale=alt.Scale(scheme="blues"), legend=None),

@@ -6,15 +6,27 @@ import altair as alt
 import numpy as np
 import streamlit as st
 
-from core import inside, runviews
-from core.dataviews import upscale
-from core.photoviews import photo_rows, probabilities_frame
-from core.rundir import list_runs
-from core.text import md_escape
-from core.classes import CLASSES
-from core.fsutil import PROJECT_ROOT, runs_dir
-from core.photo import (MAX_FILE_BYTES, PhotoResult, analyze_photo, classify_box, draw_boxes, face_grid, face_label,
-                        label_summary, manual_box, occlusion_map, overlay_heatmap, parse_label)
+from core.inference.photo import (
+    MAX_FILE_BYTES,
+    PhotoResult,
+    analyze_photo,
+    classify_box,
+    draw_boxes,
+    face_grid,
+    face_label,
+    label_summary,
+    manual_box,
+    occlusion_map,
+    overlay_heatmap,
+    parse_label,
+)
+from core.training.rundir import ONNX, list_runs
+from core.util.classes import CLASSES
+from core.util.fsutil import PROJECT_ROOT, runs_dir
+from core.views import inside, runviews
+from core.views.dataviews import upscale
+from core.views.photoviews import photo_rows, probabilities_frame
+from core.views.text import md_escape
 
 SAMPLE = PROJECT_ROOT / "assets" / "astronaut.jpg"
 TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
@@ -26,7 +38,7 @@ st.caption("Faces are found with MTCNN (OpenCV's Haar detector where it finds no
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def analyze(data: bytes, name: str, model_path: str, stamp: float):  # noqa: ANN201 - core.photo.PhotoResult
+def analyze(data: bytes, name: str, model_path: str, stamp: float):  # noqa: ANN201 - core.inference.photo.PhotoResult
     # `stamp` (the model file's mtime) keys the cache so a re-exported model is used at once.
     return analyze_photo(data, name, model_path)
 
@@ -57,7 +69,7 @@ model = by_path[model_path]
 if model.record.synthetic:
     st.warning("This model was trained on the synthetic cartoon faces, so its guesses on real photos only "
                "demonstrate the pipeline. Pick a model trained on FER2013 for meaningful predictions.")
-onnx_file = model.path / "model.onnx"
+onnx_file = model.path / ONNX
 
 uploads = st.file_uploader("Photos (JPEG, PNG, WebP, BMP, GIF, TIFF; several at once)", type=TYPES,
                            accept_multiple_files=True, key="predict_upload",
@@ -135,7 +147,7 @@ def hand_box(k: int, r: PhotoResult) -> PhotoResult:
     return classify_box(r, manual_box(r.size, cx, cy, side), onnx_file)
 
 
-def show_face(k: int, r: PhotoResult, i: int, face) -> None:  # noqa: ANN001 - core.photo.Face
+def show_face(k: int, r: PhotoResult, i: int, face) -> None:  # noqa: ANN001 - core.inference.photo.Face
     crop_col, chart_col = st.columns([1, 2], vertical_alignment="center")
     crop_col.image(upscale(face.crop, 3), caption=f"face {i}: 48x48, as the model sees it")
     heat, _ = occlusion(face.crop.tobytes(), str(onnx_file), stamp)

@@ -1,19 +1,19 @@
 """Inside page: one face through one model, layer by layer (feature maps, first-layer filters, where depthwise convs
 filter and pointwise convs mix), and Grad-CAM beside the occlusion map for any class."""
 import math
-from pathlib import Path
 
 import streamlit as st
 
-from core import cam, featuremaps, gallery, inside, runviews
-from core.checkpoint import load_model
-from core.classes import CLASSES
 from core.data import SPLIT_TITLES
-from core.dataviews import upscale
-from core.fsutil import runs_dir
-from core.rundir import list_runs
-from core.text import md_escape
-from core.photo import occlusion_map, overlay_heatmap
+from core.explain import cam, featuremaps, gallery
+from core.inference.photo import occlusion_map, overlay_heatmap
+from core.training.checkpoint import load_model
+from core.training.rundir import ONNX, WEIGHTS, list_runs
+from core.util.classes import CLASSES
+from core.util.fsutil import mtime, runs_dir
+from core.views import inside, runviews
+from core.views.dataviews import upscale
+from core.views.text import md_escape
 
 ROLE_COLOURS = {"depthwise": "blue", "pointwise": "orange", "standard conv": "gray", "grouped conv": "violet",
                 "block": "violet", "fully connected": "gray", "pooling": "gray", "logits": "green", "input": "gray"}
@@ -34,7 +34,7 @@ def dataset(source: str):  # noqa: ANN201 - core.data.FERData (FER2013 is cached
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def photo(data: bytes, name: str, onnx_path: str, stamp: float):  # noqa: ANN201 - core.photo.PhotoResult
+def photo(data: bytes, name: str, onnx_path: str, stamp: float):  # noqa: ANN201 - core.inference.photo.PhotoResult
     return cam.photo_faces(data, name, onnx_path)
 
 
@@ -43,13 +43,6 @@ def occlusion(crop_bytes: bytes, onnx_path: str, stamp: float):  # noqa: ANN201 
     import numpy as np
 
     return occlusion_map(np.frombuffer(crop_bytes, np.uint8).reshape(48, 48), onnx_path)
-
-
-def mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 # --- model ------------------------------------------------------------------------------------------------------
@@ -68,10 +61,10 @@ if st.session_state.get("inside_model_pick") not in by_path:  # first visit, or 
 run_path = st.selectbox("Model", list(by_path), key="inside_model_pick",
                         format_func=lambda p: runviews.model_label(by_path[p]))
 info = by_path[run_path]
-onnx_file = info.path / "model.onnx"
+onnx_file = info.path / ONNX
 try:
     with st.spinner("Loading the model..."):
-        model, record = model_for(run_path, mtime(info.path / "model.pt"))
+        model, record = model_for(run_path, mtime(info.path / WEIGHTS))
 except ValueError as exc:  # weights that do not fit the record, a damaged file...
     st.error(f"This checkpoint cannot be opened: {exc}. Pick another model.")
     st.stop()

@@ -1,10 +1,12 @@
-"""Compress page: make int8, fp16 and pruned variants of a checkpoint in the background (core.compress_jobs) and see
+"""Compress page: make int8, fp16 and pruned variants of a checkpoint in the background (core.service.compress_jobs) and see
 every variant's size, speed and accuracy beside its fp32 parent."""
 import streamlit as st
 
-from core import compress, compress_jobs
-from core.rundir import list_runs
-from core.fsutil import runs_dir
+from core.compression import compress
+from core.service import compress_jobs
+from core.training.rundir import list_runs
+from core.util.fsutil import runs_dir
+from core.views import charts, compressviews
 
 st.title("Compress")
 st.caption("Beyond width: store the same model in fewer bytes (int8, fp16) or with fewer weights (pruning), and "
@@ -69,7 +71,7 @@ def show_jobs() -> None:
 show_jobs()
 
 st.subheader("Variants")
-table = compress.variants_table(root)
+table = compressviews.variants_table(root)
 if table.empty:
     st.info("No variants yet.")
 else:
@@ -90,5 +92,5 @@ else:
     st.caption("Latency: ONNX Runtime on this machine's CPU, one thread, medians, each variant timed in alternating "
                "rounds with its parent. Accuracy: ONNX Runtime on the split named.")
     st.subheader("Size vs accuracy")
-    st.altair_chart(compress.size_accuracy_chart(compress.chart_points(table)), width="stretch",
+    st.altair_chart(charts.size_accuracy_chart(compressviews.chart_points(table)), width="stretch",
                     key="compress_chart")

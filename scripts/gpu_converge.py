@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+try:  # the project installed (pip install -e .), or run as `python -m scripts.gpu_converge` from the project root
+    import core  # noqa: F401
+except ModuleNotFoundError:  # `python scripts/gpu_converge.py` in a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def probe(seconds_left: float) -> list[dict]:
@@ -37,7 +40,7 @@ def probe(seconds_left: float) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.campaign import DEFAULT_FILE, DEFAULT_OUT, Deadline, load_campaign, progress_lines, run_campaign
+    from core.service.campaign import DEFAULT_FILE, DEFAULT_OUT, Deadline, load_campaign, progress_lines, run_campaign
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--file", default=str(DEFAULT_FILE), help="campaign file (default campaign/campaign.toml)")

@@ -1,4 +1,4 @@
-"""Train every shipped checkpoint as a sweep on Ray Tune (core.sweep), then copy the finished runs into checkpoints/.
+"""Train every shipped checkpoint as a sweep on Ray Tune (core.service.sweep), then copy the finished runs into checkpoints/.
 
     python scripts/train_shipped.py --data ../shared/data/fer2013                       # on this machine
     python scripts/train_shipped.py --data data/fer2013 --device cuda --gpus-per-trial 0.07   # 13 at once on a GPU
@@ -26,10 +26,13 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+try:  # the project installed (pip install -e .), or run as `python -m scripts.train_shipped` from the project root
+    import core  # noqa: F401
+except ModuleNotFoundError:  # `python scripts/train_shipped.py` in a checkout that is not installed
+    sys.path.insert(0, str(ROOT))
 
-from core import rundir as ck  # noqa: E402 - run-folder file names and records
-from core.config import TrainConfig  # noqa: E402
+from core.training import rundir as ck  # noqa: E402 - run-folder file names and records
+from core.training.config import TrainConfig  # noqa: E402
 
 # Recipes for the shipped models; each run.json records what was actually run and measured.
 # Ours: AdamW, cosine with warm-up, label smoothing 0.1, batch 128, whole-batch affine augmentation + flips.
@@ -83,9 +86,9 @@ def epochs_for_budget(cfg: TrainConfig, budget_s: float) -> tuple[int, dict]:
     """Time a few real training steps and one validation pass, and return the epochs that fit in budget_s."""
     import torch
 
-    from core import archs
     from core.data import load_data
-    from core.train import TrainState, fit, make_optimizer, resolve_device
+    from core.models import archs
+    from core.training.train import TrainState, fit, make_optimizer, resolve_device
 
     t_start = time.perf_counter()
     data = load_data(cfg.data, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
@@ -113,7 +116,7 @@ def epochs_for_budget(cfg: TrainConfig, budget_s: float) -> tuple[int, dict]:
 
 def trials_for(names: list[str], a: argparse.Namespace) -> list:
     """The recipes as sweep trials; with a budget, each one's epochs sized to it by timing a few steps here."""
-    from core.sweep import Trial
+    from core.service.sweep import Trial
 
     trials = []
     for name in names:
@@ -128,8 +131,8 @@ def trials_for(names: list[str], a: argparse.Namespace) -> list:
 
 def run_phase(names: list[str], phase: str, a: argparse.Namespace) -> None:
     """One sweep of these recipes; ships each finished run."""
-    from core.runs import ship_run
-    from core.sweep import run_sweep
+    from core.service.sweep import run_sweep
+    from core.training.runs import ship_run
 
     if not names:
         return

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent  # on sys.path through pyproject.toml's pytest pythonpath
 # Where the FER2013 tests look for the real data set, first match wins: $FER_DATA (any format core.data reads),
 # the project's data/ folder (core.data.find_local_fer, as the app does), then the shared copy beside the project.
 FER_DATA_ENV = "FER_DATA"
@@ -60,8 +58,8 @@ def fer_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run of a small model on synthetic data: a real checkpoint folder for the ONNX/photo/CLI tests."""
-    from core.config import TrainConfig
-    from core.runs import run_training
+    from core.training.config import TrainConfig
+    from core.training.runs import run_training
 
     run_dir = tmp_path_factory.mktemp("tiny") / "tiny-run"
     cfg = TrainConfig(arch="plain_cnn", width=0.125, synthetic_size=600, epochs=2, batch_size=64, lr=3e-3)
@@ -70,11 +68,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def wait_for_status(run_dir: Path, statuses: tuple[str, ...], timeout: float = 240):  # noqa: ANN201
-    """Poll a background run (core.jobs) until it reaches one of `statuses`; fail with its log otherwise."""
+    """Poll a background run (core.service.jobs) until it reaches one of `statuses`; fail with its log otherwise."""
     import time
 
-    from core import rundir
-    from core.rundir import LOG
+    from core.training import rundir
+    from core.training.rundir import LOG
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,5 +1,5 @@
 """The Streamlit app through AppTest: every page renders, widgets by key, background training end to end,
-predictions on the sample photo and on a corrupt upload; plus core.jobs and core.report on their own."""
+predictions on the sample photo and on a corrupt upload; plus core.service.jobs and core.report on their own."""
 from __future__ import annotations
 
 import json
@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import SAMPLE_PHOTO, wait_for_status
 from streamlit.testing.v1 import AppTest
 
-from conftest import wait_for_status, SAMPLE_PHOTO
-
-from core import archviews, jobs, rundir, runviews
-from core.classes import CLASSES
-from core.config import TrainConfig, to_cli_args
-from core.fsutil import runs_dir
-from core.text import format_eta
+from core.service import jobs
+from core.training import rundir
+from core.training.config import TrainConfig, to_cli_args
+from core.util.classes import CLASSES
+from core.util.fsutil import runs_dir
+from core.views import archviews, runviews
+from core.views.text import format_eta
 
 PAGES = ["pages/1_Architectures.py", "pages/2_Data.py", "pages/3_Train.py", "pages/4_Compare.py", "pages/5_Predict.py",
          "pages/6_Inside.py", "pages/7_Compress.py"]
@@ -42,8 +43,8 @@ wait_for = wait_for_status  # shared helper (conftest); the short name reads bet
 @pytest.fixture(scope="module")
 def onnx_model() -> Path:
     """A run with an ONNX model in the runs folder (the Predict page needs one; checkpoints/ may be empty)."""
-    from core.rundir import list_runs
-    from core.runs import run_training
+    from core.training.rundir import list_runs
+    from core.training.runs import run_training
 
     usable = [i for i in list_runs(runs_dir()) if i.ok and i.has_onnx]
     if usable:
@@ -253,13 +254,13 @@ def test_compare_lists_a_broken_folder_with_its_reason() -> None:
         broken.rmdir()
 
 
-# --- core.jobs, core.rundir and the view tables without the UI ---------------------------------------------------------------------
+# --- core.service.jobs, core.training.rundir and the view tables without the UI ---------------------------------------------------------------------
 def test_cli_args_rebuild_the_same_config() -> None:
     from core.cli import build_parser
 
     cfg = TrainConfig(arch="mobilenet", width=0.375, dropout=0.15, synthetic_size=500, subset=100, epochs=2,
                       max_steps=7, batch_size=48, lr=0.0031, augment=False, label_smoothing=0.1, device="cpu")
-    from core.config import config_from_args
+    from core.training.config import config_from_args
 
     for c in (cfg, TrainConfig(), TrainConfig(teacher="runs/x", threads=1, precision="fp32", schedule="constant")):
         assert config_from_args(build_parser().parse_args(["train", *to_cli_args(c)])) == c

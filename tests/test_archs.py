@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from core import archs
-from core.summary import summarize
+from core.models import archs
+from core.models.summary import summarize
 
 FAMILIES = archs.list_archs()
 

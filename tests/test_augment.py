@@ -7,8 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from core.augment import (ERASE_FILL, MAX_SCALE, MAX_SHIFT, MIX_PARAMS, TTA_CROP, TTAModel, affine, augment_batch, mix_batch, mix_plan,
-                          mix_weights, random_erase, with_tta)
+from core.data.augment import (
+    ERASE_FILL,
+    MAX_SCALE,
+    MAX_SHIFT,
+    MIX_PARAMS,
+    TTA_CROP,
+    TTAModel,
+    affine,
+    augment_batch,
+    mix_batch,
+    mix_plan,
+    mix_weights,
+    random_erase,
+    with_tta,
+)
 
 
 def _faces(n: int, seed: int = 0) -> torch.Tensor:
@@ -119,7 +132,7 @@ def test_tta_averages_views() -> None:
 def test_tta_export_keeps_the_contract_and_matches(tmp_path) -> None:  # noqa: ANN001
     import onnx
 
-    from core.onnx_io import OnnxClassifier, contract_error, export_onnx
+    from core.inference.onnx_io import OnnxClassifier, contract_error, export_onnx
 
     model = _Quadrant()  # its logits depend on where the brightness is, so each view counts
     x = _faces(5)

@@ -11,15 +11,16 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SAMPLE_PHOTO
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # `-m 'not browser'` leaves these out
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -29,8 +30,11 @@ SHOT_DIR = SHOTS if os.environ.get("FER_UPDATE_SCREENSHOTS") else Path(tempfile.
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 from selenium import webdriver  # noqa: E402 - requirements-dev.txt; a missing one is an error, not a skip
-from selenium.common.exceptions import (ElementClickInterceptedException, StaleElementReferenceException,  # noqa: E402
-                                        TimeoutException)
+from selenium.common.exceptions import (  # noqa: E402
+    ElementClickInterceptedException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -58,9 +62,9 @@ def free_port() -> int:
 
 def seed_runs(runs: Path) -> None:
     """Two small finished runs so Compare and Predict have something to show when checkpoints/ is empty."""
-    from core.rundir import list_runs
-    from core.config import TrainConfig
-    from core.runs import run_training
+    from core.training.config import TrainConfig
+    from core.training.rundir import list_runs
+    from core.training.runs import run_training
 
     if any(i.ok and i.has_onnx for i in list_runs(None)):
         return
@@ -102,7 +106,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields t
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
-        from core import jobs, rundir
+        from core.service import jobs
+        from core.training import rundir
 
         for job in rundir.list_runs(runs, include_shipped=False):  # never leave a trainer behind
             if job.active:
@@ -383,7 +388,7 @@ def test_train_form_survives_a_reload_and_a_double_click_starts_one_run(server, 
     new = {p.name for p in runs.iterdir() if not p.name.startswith(".")} - before
     assert len(new) == 1, new
     for name in new:
-        from core import jobs
+        from core.service import jobs
 
         if (runs / name / "job.json").exists():
             try:

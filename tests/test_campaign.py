@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import campaign, rundir
-from core.fsutil import PROJECT_ROOT
+from core.service import campaign
+from core.training import rundir
+from core.util.fsutil import PROJECT_ROOT
 
 TINY = """
 [defaults]
@@ -113,7 +114,7 @@ def test_deadline_stops_at_an_epoch_end_when_the_next_epoch_cannot_finish() -> N
     assert campaign.Deadline(None)() is False
 
 
-def run_cli(args: list[str], **kw) -> subprocess.Popen:
+def run_cli(args: list[str], **kw: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "core", "campaign", *args], cwd=PROJECT_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
@@ -180,10 +181,10 @@ def test_deadline_leaves_a_stopped_trial_with_its_resume_state(tmp_path: Path) -
 
 
 def test_one_campaign_at_a_time(tmp_path: Path) -> None:
-    handle = campaign._lock(tmp_path)
+    handle = campaign.lock(tmp_path)
     try:
         with pytest.raises(ValueError, match="already running"):
-            campaign._lock(tmp_path)
+            campaign.lock(tmp_path)
     finally:
         handle.close()
 

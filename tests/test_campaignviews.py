@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import campaignviews as cv
-from core.study import campaign_budget_lines, campaign_section
+from core.views import campaignviews as cv
+from core.views.study import campaign_budget_lines, campaign_section
 
 
 def trials(rows: list[tuple]) -> pd.DataFrame:

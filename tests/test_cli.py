@@ -40,9 +40,9 @@ def test_train_export_evaluate_predict(tmp_path: Path) -> None:
     # ONNX Runtime on the exported graph agrees with PyTorch on the same weights and the same (default-size) data
     import torch
 
-    from core import checkpoint as ck
     from core.data import load_data
-    from core.train import evaluate
+    from core.training import checkpoint as ck
+    from core.training.train import evaluate
 
     ref = evaluate(ck.load_model(run_dir)[0], load_data("synthetic").splits["val"], torch.device("cpu"))
     assert ev["results"]["val"]["n"] == ref["n"] == 1200  # 20% of the 6,000 faces `evaluate --data synthetic` draws

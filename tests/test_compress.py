@@ -1,4 +1,4 @@
-"""Compression variants (core.compress): the contract, measured accuracy, the record, the CLI, and bad input that
+"""Compression variants (core.compression.compress): the contract, measured accuracy, the record, the CLI, and bad input that
 must fail with a clear message, leave nothing half-written and never touch the parent."""
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import archs, rundir
-from core.compress import CompressConfig, compress_run, variants_table
-from core.onnx_io import OnnxClassifier, check_onnx_file
+from core.compression.compress import CompressConfig, compress_run
+from core.inference.onnx_io import OnnxClassifier, check_onnx_file
+from core.models import archs
+from core.training import rundir
+from core.views.compressviews import variants_table
 
 QUICK = dict(data="synthetic", repeats=3, finetune_steps=1, calibration=32)
 
@@ -58,7 +60,7 @@ def test_variants_keep_the_contract_and_name_their_parent(tiny_run: Path, varian
 def test_accuracy_is_measured_on_the_fixture(variants) -> None:  # noqa: ANN001
     """The recorded accuracy is what ONNX Runtime gives on the synthetic fixture's validation split, recomputed here."""
     from core.data import load_data
-    from core.runs import evaluate_path
+    from core.training.runs import evaluate_path
 
     out, rows, _ = variants
     data = load_data("synthetic", synthetic_size=600, seed=0)
@@ -183,7 +185,7 @@ def test_int8_of_an_int8_variant(variants, tmp_path: Path) -> None:  # noqa: ANN
 
 def test_failure_mid_build_leaves_nothing(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash after the variant's files were started (here: in the fp16 converter) removes its temp folder."""
-    from core import quantize
+    from core.compression import quantize
 
     def broken(src: Path, dst: Path) -> None:
         Path(dst).write_bytes(b"half")
@@ -215,7 +217,7 @@ def test_shipped_variant_follows_the_contract(folder: Path) -> None:
 
 def test_shipped_int8_accuracy_is_what_onnx_runtime_measures(fer_dir: Path) -> None:
     from core.data import load_data
-    from core.runs import evaluate_path
+    from core.training.runs import evaluate_path
 
     folder = Path(__file__).resolve().parent.parent / "checkpoints" / "mobilenet-w1--int8"
     if not folder.is_dir():

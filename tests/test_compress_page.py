@@ -8,8 +8,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from core import compress_jobs
-from core.fsutil import runs_dir
+from core.service import compress_jobs
+from core.util.fsutil import runs_dir
 
 PAGE = "pages/7_Compress.py"
 

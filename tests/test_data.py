@@ -7,14 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import FER_DATA_ENV, find_fer2013
 
-from core import csv_reader
-from core.classes import CLASSES
-from core.data import find_local_fer, load_data, load_fer, parse_pixel_rows
-from core.data_cache import cache_files, fingerprint
-from core.synthetic import generate, synthetic_dataset
+from core.data import FERData, csv_reader, find_local_fer, load_data, load_fer, parse_pixel_rows
+from core.data.data_cache import cache_files, fingerprint
+from core.data.synthetic import generate, synthetic_dataset
+from core.util.classes import CLASSES
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, (21, 48, 48), dtype=np.uint8)
@@ -32,7 +30,7 @@ def write_fer2013(path: Path) -> Path:
     return path
 
 
-def check_splits(data, expect: dict[str, int]) -> None:
+def check_splits(data: FERData, expect: dict[str, int]) -> None:
     assert {k: len(v) for k, v in data.splits.items()} == expect
     for split in data.splits.values():
         assert split.images.dtype == np.uint8 and split.images.shape[1:] == (48, 48)
@@ -101,7 +99,7 @@ def test_torchvision_root_layout(tmp_path: Path) -> None:
     check_splits(data, {"train": 14, "public": 4, "private": 3})
 
 
-def _parser_must_not_run(*args, **kwargs):  # noqa: ANN202
+def _parser_must_not_run(*args: object, **kwargs: object) -> None:
     raise AssertionError("the CSV was parsed again: the cache was not used")
 
 

@@ -1,4 +1,4 @@
-"""Face detection and alignment (core.faces): MTCNN from the shipped wheel with Haar as fallback, measured on the real
+"""Face detection and alignment (core.inference.faces): MTCNN from the shipped wheel with Haar as fallback, measured on the real
 photos in ../shared/photos (skipped when absent), and FER2013-style aligned crops."""
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import PHOTOS_DIR, SAMPLE_PHOTO
 
-from core import faces, facescore
-from core.photo import decode_image
-
-from conftest import PHOTOS_DIR, ROOT, SAMPLE_PHOTO
+from core.inference import faces, facescore
+from core.inference.photo import decode_image
 
 PHOTOS = PHOTOS_DIR
 # Measured on the 40 photos (74 faces) when MTCNN was chosen: 73 found, 0 extra; Haar alone finds 44. The floor leaves

@@ -13,19 +13,18 @@ from typing import Callable
 
 import pytest
 import torch
+from conftest import ROOT, SAMPLE_PHOTO
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
-from conftest import ROOT, SAMPLE_PHOTO
-
-from core import rundir
-from core import checkpoint as ck
-from core.classes import CLASSES
-from core.config import TrainConfig
-from core.fsutil import atomic_write_json
-from core.onnx_io import OnnxClassifier, check_onnx_file
-from core.photo import analyze_photo
-from core.runs import run_training
+from core.inference.onnx_io import OnnxClassifier, check_onnx_file
+from core.inference.photo import analyze_photo
+from core.training import checkpoint as ck
+from core.training import rundir
+from core.training.config import TrainConfig
+from core.training.runs import run_training
+from core.util.classes import CLASSES
+from core.util.fsutil import atomic_write_json
 
 
 class Payload:

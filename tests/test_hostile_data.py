@@ -12,12 +12,11 @@ from typing import Callable
 import cv2
 import numpy as np
 import pytest
+from conftest import ROOT, SAMPLE_PHOTO
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, SAMPLE_PHOTO
-
-from core.classes import CLASSES
 from core.data import load_fer
+from core.util.classes import CLASSES
 
 RNG = np.random.default_rng(5)
 HEADER = "emotion,pixels,Usage"

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, wait_for_status
 from streamlit.testing.v1 import AppTest
 
-from conftest import wait_for_status, ROOT
-
-from core import rundir
-from core import checkpoint as ck, jobs
-from core.config import TrainConfig
-from core.fsutil import SHIPPED_DIR, atomic_write_json
-from core.onnx_io import check_onnx_file
-from core.runs import run_training
+from core.inference.onnx_io import check_onnx_file
+from core.service import jobs
+from core.training import checkpoint as ck
+from core.training import rundir
+from core.training.config import TrainConfig
+from core.training.runs import run_training
+from core.util.fsutil import SHIPPED_DIR, atomic_write_json
 
 TINY = dict(arch="plain_cnn", width=0.125, synthetic_size=300, epochs=1, max_steps=4, batch_size=32, lr=3e-3,
             augment=False, threads=1)
@@ -48,7 +48,7 @@ wait_for = wait_for_status  # shared helper (conftest); the short name reads bet
 
 # --- SIGKILL mid-epoch ---------------------------------------------------------------------------------------------
 KNOWN_FILES = {rundir.RECORD, rundir.WEIGHTS, rundir.RESUME, rundir.ONNX, rundir.PROGRESS_FILE}
-TEMP_FILE = re.compile(r"^\..+\.tmp$")  # core.fsutil.atomic_write_bytes: '.<name>.<random>.tmp', renamed when complete
+TEMP_FILE = re.compile(r"^\..+\.tmp$")  # core.util.fsutil.atomic_write_bytes: '.<name>.<random>.tmp', renamed when complete
 
 
 def test_sigkill_mid_epoch_leaves_complete_files_and_resumes(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Hostile uploads: every bad photo gets a ValueError naming the file and the problem (core.photo, the Predict page,
+"""Hostile uploads: every bad photo gets a ValueError naming the file and the problem (core.inference.photo, the Predict page,
 `python -m core predict`), odd but valid images are converted and classified, and the good files of a batch with
 bad ones in it still get predictions. Every hostile file is generated here; none is committed."""
 from __future__ import annotations
@@ -17,17 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, SAMPLE_PHOTO
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, SAMPLE_PHOTO
-
-from core import rundir
-from core.classes import CLASSES
-from core.photo import MAX_FILE_BYTES, MAX_PIXELS, analyze_photo, decode_image
+from core.inference.photo import MAX_FILE_BYTES, MAX_PIXELS, analyze_photo, decode_image
+from core.training import rundir
+from core.util.classes import CLASSES
 
 
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()
@@ -111,7 +110,7 @@ def test_decompression_bomb_is_refused_before_decoding(monkeypatch: pytest.Monke
     # and in a fresh process, the peak memory does not grow by more than a few MB
     script = (
         "import json, resource, sys, time; sys.path.insert(0, sys.argv[1]);"
-        "from core.photo import decode_image; import PIL.Image, PIL.PngImagePlugin;"
+        "from core.inference.photo import decode_image; import PIL.Image, PIL.PngImagePlugin;"
         "data = open(sys.argv[2], 'rb').read(); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
         "t = time.perf_counter()\n"
         "try:\n    decode_image(data, 'bomb.png'); msg = 'decoded'\n"

@@ -1,4 +1,4 @@
-"""A look inside a model (core.featuremaps, core.cam, core.gallery, core.inside) without Streamlit, then the Inside
+"""A look inside a model (core.explain.featuremaps, core.explain.cam, core.explain.gallery, core.views.inside) without Streamlit, then the Inside
 page and the Compare page's confusion gallery through AppTest."""
 from __future__ import annotations
 
@@ -11,18 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SAMPLE_PHOTO
 from streamlit.testing.v1 import AppTest
 
-from conftest import SAMPLE_PHOTO
-
-from core import archs, cam, featuremaps, gallery, inside
-from core.checkpoint import load_model
-from core.classes import CLASSES, NUM_CLASSES
 from core.data import FERData, Split
-from core.fsutil import SHIPPED_DIR, cache_dir
-from core.onnx_io import OnnxClassifier
-from core.rundir import read_record
-from core.synthetic import generate
+from core.data.synthetic import generate
+from core.explain import cam, featuremaps, gallery
+from core.inference.onnx_io import OnnxClassifier
+from core.models import archs
+from core.training.checkpoint import load_model
+from core.training.rundir import read_record
+from core.util.classes import CLASSES, NUM_CLASSES
+from core.util.fsutil import SHIPPED_DIR, cache_dir
+from core.views import inside
 
 SMALL = SHIPPED_DIR / "mobilenet-w0.25"  # the smallest shipped model: quick to load and to run
 needs_shipped = pytest.mark.skipif(not (SMALL / "model.pt").is_file() or not (SHIPPED_DIR / "mobilenet-w1").is_dir(),
@@ -279,7 +280,7 @@ def test_inside_page_renders_and_a_class_change_updates_grad_cam() -> None:
 
 @needs_shipped
 def test_inside_takes_the_face_predict_hands_over(faces) -> None:  # noqa: ANN001
-    from core.photo import analyze_photo
+    from core.inference.photo import analyze_photo
 
     photo = analyze_photo(SAMPLE_PHOTO.read_bytes(), "astronaut.jpg", SMALL / "model.onnx")
     at = page("pages/6_Inside.py", **{inside.FACE_KEY: photo.faces[0].crop, inside.MODEL_KEY: str(SMALL),
@@ -298,7 +299,7 @@ def test_inside_takes_the_face_predict_hands_over(faces) -> None:  # noqa: ANN00
 def test_inside_bad_checkpoint_and_faceless_photo_are_messages() -> None:
     from PIL import Image
 
-    from core.fsutil import runs_dir
+    from core.util.fsutil import runs_dir
 
     bad = runs_dir() / "inside-mismatch"
     shutil.copytree(SMALL, bad)

@@ -7,13 +7,34 @@ from conftest import ROOT
 
 
 def test_core_does_not_import_streamlit() -> None:
-    modules = sorted(p.stem for p in (ROOT / "core").glob("*.py") if p.stem != "__main__")
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                     for p in (ROOT / "core").rglob("*.py") if p.stem != "__main__")
+    assert "core.training.rundir" in modules and "core.views" in modules
     code = ("import sys, importlib\n"
-            f"for m in {modules!r}: importlib.import_module('core.' + m)\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
             "assert 'streamlit' not in sys.modules, 'core imported streamlit'\n"
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
-    for path in (ROOT / "core").glob("*.py"):
+    for path in (ROOT / "core").rglob("*.py"):
         text = Path(path).read_text()
         assert "import streamlit" not in text and "from streamlit" not in text, path
+
+
+def test_background_work_starts_in_one_place() -> None:
+    """Trainings, compressions, sweeps and campaigns all start through core.util.procs.spawn_detached."""
+    starters = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "core").rglob("*.py") if "Popen(" in p.read_text())
+    assert starters == ["core/util/procs.py"]
+
+
+def test_run_folder_file_names_are_spelled_only_in_rundir() -> None:
+    """core.training.rundir names a run folder's files (WEIGHTS, ONNX, RECORD, RESUME, ...); code elsewhere says
+    rundir.ONNX, never "model.onnx" (prose in help texts and docstrings may still mention them)."""
+    import ast
+
+    names = {"model.pt", "model.onnx", "run.json", "resume.pt", "train.log"}
+    files = [*(ROOT / "core").rglob("*.py"), *(ROOT / "pages").glob("*.py"), *(ROOT / "bench").glob("*.py"),
+             *(ROOT / "scripts").glob("*.py"), ROOT / "streamlit_app.py"]
+    found = [f"{p.relative_to(ROOT)}:{node.lineno} {node.value!r}" for p in files if p.name != "rundir.py"
+             for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Constant) and node.value in names]
+    assert not found, "run-folder file names spelled outside core/training/rundir.py: " + ", ".join(found)

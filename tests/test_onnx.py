@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core import rundir
-from core import archs, checkpoint as ck
-from core.classes import CLASSES
-from core.onnx_io import OnnxClassifier, export_onnx, parity
+from core.inference.onnx_io import OnnxClassifier, export_onnx, parity
+from core.models import archs
+from core.training import checkpoint as ck
+from core.training import rundir
+from core.util.classes import CLASSES
 
 
 @pytest.mark.parametrize("name", archs.list_archs())

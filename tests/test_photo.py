@@ -6,15 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE_PHOTO
 from PIL import Image
 
-from core import faces, rundir
-from core.photo import analyze_photo, decode_image, draw_boxes
+from core.inference import faces
+from core.inference.photo import analyze_photo, decode_image, draw_boxes
+from core.training import rundir
 
-from conftest import SAMPLE_PHOTO
 
-
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()
@@ -74,8 +74,8 @@ def test_crop_near_border_is_padded() -> None:
 
 def test_best_shipped_model_reads_the_smile_in_the_sample() -> None:
     """End to end with a real FER2013-trained model: Eileen Collins smiles in the sample portrait."""
-    from core import runviews
-    from core.rundir import list_runs
+    from core.training.rundir import list_runs
+    from core.views import runviews
 
     best = runviews.best_model([i for i in list_runs(None) if i.shipped])
     if best is None:
@@ -110,7 +110,7 @@ def quadrant_model(path: Path) -> Path:
 
 
 def test_occlusion_map_points_where_the_model_looks(tmp_path: Path) -> None:
-    from core.photo import occlusion_map, overlay_heatmap
+    from core.inference.photo import occlusion_map, overlay_heatmap
 
     model = quadrant_model(tmp_path / "quadrant.onnx")
     crop = np.full((48, 48), 30, np.uint8)
@@ -126,7 +126,7 @@ def test_occlusion_map_points_where_the_model_looks(tmp_path: Path) -> None:
 
 
 def test_occlusion_map_of_a_real_run_is_normalised(tiny_run: Path) -> None:
-    from core.photo import occlusion_map
+    from core.inference.photo import occlusion_map
 
     r = analyze_photo(SAMPLE_PHOTO.read_bytes(), SAMPLE_PHOTO.name, tiny_run / rundir.ONNX)
     heat, top = occlusion_map(r.faces[0].crop, tiny_run / rundir.ONNX)
@@ -135,7 +135,7 @@ def test_occlusion_map_of_a_real_run_is_normalised(tiny_run: Path) -> None:
 
 
 def test_labels_from_file_names_and_typed_text() -> None:
-    from core.photo import label_from_name, parse_label
+    from core.inference.photo import label_from_name, parse_label
 
     assert label_from_name("bodelha__angry__1.jpg") == "angry"
     assert label_from_name("Surprised-kid.PNG") == "surprise"
@@ -147,7 +147,7 @@ def test_labels_from_file_names_and_typed_text() -> None:
 
 
 def test_grid_and_label_summary(tiny_run: Path) -> None:
-    from core.photo import face_grid, label_summary
+    from core.inference.photo import face_grid, label_summary
 
     data = SAMPLE_PHOTO.read_bytes()
     results = [analyze_photo(data, "eileen__happy__1.jpg", tiny_run / rundir.ONNX),
@@ -164,7 +164,7 @@ def test_grid_and_label_summary(tiny_run: Path) -> None:
 
 
 def test_a_box_by_hand_is_classified(tiny_run: Path) -> None:
-    from core.photo import classify_box, manual_box
+    from core.inference.photo import classify_box, manual_box
 
     blank = encode(Image.new("RGB", (200, 100), (120, 120, 120)), "PNG")
     r = analyze_photo(blank, "wall.png", tiny_run / rundir.ONNX)
@@ -182,7 +182,7 @@ def test_a_box_by_hand_is_classified(tiny_run: Path) -> None:
 
 @pytest.mark.parametrize("box", [(0, 0, 30, 30), (170, 0, 30, 30), (0, 70, 30, 30), (150, 60, 50, 40)])
 def test_labels_stay_inside_the_photo(box: tuple[int, int, int, int]) -> None:
-    from core.photo import put_label
+    from core.inference.photo import put_label
 
     img = np.zeros((100, 200, 3), np.uint8)
     x0, y0, x1, y1 = put_label(img, "1: surprise 100% (no face found: centre)", box, (235, 130, 0), 0.7)

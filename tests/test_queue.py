@@ -1,4 +1,4 @@
-"""The job queue under load: 30 real tiny trainings through the Train page's code path (core.jobs.start_run),
+"""The job queue under load: 30 real tiny trainings through the Train page's code path (core.service.jobs.start_run),
 never more than N alive, none lost, none run twice, FIFO order; an app process killed mid-queue; pages render."""
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs, queue, rundir, settings
-from core.procs import pid_alive
-from core.config import TrainConfig
+from core.service import jobs
+from core.training import queue, rundir
+from core.training.config import TrainConfig
+from core.util import settings
+from core.util.procs import pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tiny on purpose: the cost of each run is the trainer process starting (imports), not the training.
@@ -148,6 +150,7 @@ def test_queued_run_shows_place_and_can_be_cancelled(tmp_path: Path, monkeypatch
 LOAD = int(os.environ.get("FER_QUEUE_LOAD", "8"))
 
 
+@pytest.mark.slow
 def test_many_runs_at_once_never_exceed_n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from streamlit.testing.v1 import AppTest
 
@@ -182,8 +185,9 @@ def test_many_runs_at_once_never_exceed_n(tmp_path: Path, monkeypatch: pytest.Mo
 SCHEDULER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from core import jobs, queue
-from core.config import TrainConfig
+from core.service import jobs
+from core.training import queue
+from core.training.config import TrainConfig
 cfg = TrainConfig(**{tiny!r})
 if {submit!r}:
     for i in range({k}):

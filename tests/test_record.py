@@ -12,13 +12,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import jobs, rundir, runviews
-from core.archviews import depthwise_explainer
-from core.config import (TrainConfig, add_train_arguments, config_from_args, config_from_form, form_fields,
-                         to_cli_args)
-from core.dataviews import dataset_choices
-from core.fsutil import SHIPPED_DIR, atomic_write_json
-from core.record import RunRecord
+from core.service import jobs
+from core.training import rundir
+from core.training.config import (
+    TrainConfig,
+    add_train_arguments,
+    config_from_args,
+    config_from_form,
+    form_fields,
+    to_cli_args,
+)
+from core.training.record import RunRecord
+from core.util.fsutil import SHIPPED_DIR, atomic_write_json
+from core.views import runviews
+from core.views.archviews import depthwise_explainer
+from core.views.dataviews import dataset_choices
 
 GOOD = {"name": "r", "status": "done", "model": {"arch": "plain_cnn", "knobs": {"width": 0.5}},
         "epochs": [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.3, "val_loss": 1.1, "val_acc": 0.25,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import tarfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -10,18 +11,18 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core import rundir
-from core import checkpoint as ck
-from core.config import TrainConfig
-from core.fsutil import PROJECT_ROOT, SHIPPED_DIR
-from core.onnx_io import check_onnx_file
+from core.inference.onnx_io import check_onnx_file
+from core.training import checkpoint as ck
+from core.training import rundir
+from core.training.config import TrainConfig
+from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR
 
-# compression variants (`<parent>--<technique>`, core.compress) have their own tests in test_compress.py
+# compression variants (`<parent>--<technique>`, core.compression.compress) have their own tests in test_compress.py
 FOLDERS = sorted(p for p in SHIPPED_DIR.iterdir() if p.is_dir() and "--" not in p.name) if SHIPPED_DIR.is_dir() else []
 needs_shipped = pytest.mark.skipif(not FOLDERS, reason="no shipped checkpoints in checkpoints/")
 
 
-def load_script():
+def load_script() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("train_shipped", PROJECT_ROOT / "scripts" / "train_shipped.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -80,7 +81,7 @@ def test_retrain_script_reproduces_each_shipped_recipe() -> None:
 def test_recorded_public_accuracy_reproduces_with_onnx_runtime(fer_dir: Path) -> None:
     """Each record's public accuracy (measured in PyTorch where it trained) holds for the shipped ONNX here."""
     from core.data import load_fer
-    from core.runs import evaluate_path
+    from core.training.runs import evaluate_path
 
     data = load_fer(fer_dir)
     for folder in FOLDERS:

@@ -5,14 +5,20 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from core import rundir
-from core.config import TrainConfig
-from core.runs import run_training
-import pandas as pd
-
-from core.study import equal_budget_gaps, equal_budget_section, seed_spread, interpolate_accuracy, study_table, write_study
+from core.training import rundir
+from core.training.config import TrainConfig
+from core.training.runs import run_training
+from core.views.study import (
+    equal_budget_gaps,
+    equal_budget_section,
+    interpolate_accuracy,
+    seed_spread,
+    study_table,
+    write_study,
+)
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +195,8 @@ def test_a_winner_only_beyond_the_seed_spread() -> None:
 
 
 def test_seed_spread_pools_runs_that_differ_only_in_seed() -> None:
-    from core.record import RunRecord
-    from core.runviews import seedless_key
+    from core.training.record import RunRecord
+    from core.views.runviews import seedless_key
 
     def key(seed: int, epochs: int = 30) -> str:
         return seedless_key(RunRecord.from_json({"model": {"arch": "mobilenet", "knobs": {"width": 1.0}},

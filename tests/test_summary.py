@@ -1,8 +1,8 @@
 """Model summary: counts agree with real models, MACs come from the flop counter, the layer table adds up."""
 import pytest
 
-from core import archs
-from core.summary import summarize
+from core.models import archs
+from core.models.summary import summarize
 
 
 @pytest.mark.parametrize("name", archs.list_archs())

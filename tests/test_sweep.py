@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from core import rundir, sweep
+from core import cli
 from core.cli import build_parser, main
+from core.service import sweep
+from core.training import rundir
+from core.views import sweepviews
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(synthetic_size=200, max_steps=None, batch_size=32, width=0.125, threads=1, augment=False, subset=None)
@@ -27,7 +30,7 @@ def tiny_spec(name: str, **grid) -> sweep.SweepSpec:  # noqa: ANN003
     (["--arch", "plain_cnn", "--width", "0.125", "0.25", "--lr", *[f"1e-{i}" for i in range(1, 6)],
       "--batch-size", *map(str, range(1, 11)), "--epochs", *map(str, range(1, 11)), "--seeds", "10"],
      "10,000 trials, more than 200 without --yes"),
-    (["--arch", "plain_cnn", "--width", "0.125", "9"], "width must be a number from 0.125 to 3, got 9.0 (trial 1: width=9.0, seed 0)"),
+    (["--arch", "plain_cnn", "--width", "0.125", "9"], "width must be a number from 0.0625 to 3, got 9.0 (trial 1: width=9.0, seed 0)"),
     (["--arch", "plain_cnn", "--lr", "fast"], "lr: 'fast' is not a float"),
     (["--arch", "plain_cnn", "--address", "127.0.0.1:9"], "'127.0.0.1:9': no Ray head answers there"),
     (["--arch", "plain_cnn", "--address", "nowhere"], "give auto or HOST:PORT"),
@@ -64,7 +67,7 @@ def test_sweep_file_and_flags_make_the_grid(tmp_path: Path) -> None:
     f.write_text('name = "widths"\nseeds = 3\n[grid]\narch = ["mobilenet", "plain_cnn"]\nwidth = [0.25, 0.5, 1.0]\n'
                  '[fixed]\nepochs = 30\n')
     args = build_parser().parse_args(["sweep", "--file", str(f), "--lr", "0.01", "--epochs", "5"])
-    spec = sweep.spec_from_args(args)
+    spec = cli.spec_from_args(args)
     trials = sweep.expand(spec)
     assert len(trials) == sweep.count(spec) == 2 * 3 * 3
     assert trials[0].name == "widths-000-mobilenet-width0.25-s0" and trials[-1].name.endswith("-plain_cnn-width1-s2")
@@ -159,7 +162,7 @@ def test_compare_groups_sweep_runs_over_seeds(four_trials: tuple[Path, dict]) ->
     import math
 
     runs, state = four_trials
-    df = sweep.sweep_groups(runs)
+    df = sweepviews.sweep_groups(runs)
     assert list(df["arch"]) == ["plain_cnn", "mobilenet"] and set(df["sweep"]) == {"four"}
     assert list(df["seeds"]) == [2, 2] and list(df["done"]) == [2, 2]
     for _, row in df.iterrows():
@@ -167,7 +170,7 @@ def test_compare_groups_sweep_runs_over_seeds(four_trials: tuple[Path, dict]) ->
                 if t["config"]["arch"] == row["arch"]]
         assert math.isclose(row["accuracy_mean"], sum(accs) / 2)
         assert math.isclose(row["accuracy_std"], abs(accs[0] - accs[1]) / math.sqrt(2), abs_tol=1e-12)
-    table = sweep.trials_table(state)
+    table = sweepviews.trials_table(state)
     assert list(table["state"]) == ["done"] * 4 and list(table["epoch"]) == ["1/1"] * 4
 
 

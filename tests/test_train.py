@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import rundir
-from core import checkpoint as ck
-from core.config import TrainConfig
-from core.record import RunRecord
 from core.data import Split
-from core.runs import run_training
-from core.synthetic import synthetic_dataset
-from core.train import lr_at, resolve_device, stratified_subset
+from core.data.synthetic import synthetic_dataset
+from core.training import checkpoint as ck
+from core.training import rundir
+from core.training.config import TrainConfig
+from core.training.record import RunRecord
+from core.training.runs import run_training
+from core.training.train import lr_at, resolve_device, stratified_subset
 
 # Measured: dropout 0.1 and batch 32 learn visibly in 3 epochs of 1,600 synthetic faces (the default 0.5 does not).
 QUICK = dict(arch="plain_cnn", width=0.25, dropout=0.1, synthetic_size=2000, batch_size=32, lr=1e-3)
@@ -168,8 +168,8 @@ def test_stratified_subset_keeps_balance() -> None:
 
 
 def test_ship_run_copies_contract_files_with_relative_paths(tiny_run: Path, tmp_path: Path) -> None:
-    from core.fsutil import PROJECT_ROOT
-    from core.runs import ship_run
+    from core.training.runs import ship_run
+    from core.util.fsutil import PROJECT_ROOT
 
     dest = ship_run(tiny_run, tmp_path / "shipped" / "tiny")
     assert sorted(p.name for p in dest.iterdir()) == sorted([rundir.WEIGHTS, rundir.ONNX, rundir.RECORD])
@@ -191,7 +191,7 @@ def test_ship_run_copies_contract_files_with_relative_paths(tiny_run: Path, tmp_
 
 
 def test_ship_refuses_unfinished(tmp_path: Path) -> None:
-    from core.runs import ship_run
+    from core.training.runs import ship_run
 
     cfg = TrainConfig(epochs=2, **{**QUICK, "synthetic_size": 300})
     gen = run_training(cfg, tmp_path / "run")
@@ -205,8 +205,8 @@ def test_ship_refuses_unfinished(tmp_path: Path) -> None:
 # The split loop: the buffered step equals the eager one, resume equals an uninterrupted run, levers work.
 # ---------------------------------------------------------------------------------------------------------
 def _tiny_setup(cfg: TrainConfig, seed: int = 0):  # noqa: ANN202
-    from core import archs
-    from core.train import Accum, make_optimizer, make_step, setup_training
+    from core.models import archs
+    from core.training.train import Accum, make_optimizer, make_step, setup_training
 
     data = synthetic_dataset(300, seed=0)
     torch.manual_seed(seed)
@@ -218,7 +218,7 @@ def _tiny_setup(cfg: TrainConfig, seed: int = 0):  # noqa: ANN202
 
 
 def test_static_buffer_step_matches_eager_exactly() -> None:
-    from core.train import Stepper, epoch_plan
+    from core.training.train import Stepper, epoch_plan
 
     cfg = TrainConfig(arch="mobilenet", width=0.25, dropout=0.2, batch_size=32, erase_prob=0.5, mixup_alpha=0.4,
                       cutmix_alpha=1.0, precision="fp32", synthetic_size=300)
@@ -243,7 +243,7 @@ def test_micro_batches_add_up_to_the_whole_batch_step() -> None:
     """Split into micro-batches, a step's gradients, loss and hits are the whole batch's: with BatchNorm on its
     running statistics and dropout off (eval mode), the only batch-dependent parts, the weights come out equal up
     to float summation order, mixing partners across micro-batch borders included."""
-    from core.train import Stepper, epoch_plan
+    from core.training.train import Stepper, epoch_plan
 
     base = dict(arch="plain_cnn", width=0.25, batch_size=48, optimizer="sgd", lr=0.05, erase_prob=0.5,
                 mixup_alpha=0.4, cutmix_alpha=1.0, precision="fp32", synthetic_size=300)
@@ -279,7 +279,7 @@ def test_release_free_memory_hands_the_heap_back() -> None:
     """glibc keeps freed memory in its heap; malloc_trim gives whole free pages back (Linux, where CI runs)."""
     import sys
 
-    from core.memory import current_rss_bytes, peak_rss_bytes, release_free_memory
+    from core.training.memory import current_rss_bytes, peak_rss_bytes, release_free_memory
 
     if not sys.platform.startswith("linux"):
         pytest.skip("malloc_trim is glibc's; elsewhere release_free_memory returns False")
@@ -299,8 +299,8 @@ def _fit_epochs(cfg: TrainConfig, epochs_then_resume: int | None):  # noqa: ANN2
     """Train with fit(); optionally 'die' after some epochs and resume into fresh objects from a saved state."""
     import io
 
-    from core import archs
-    from core.train import TrainState, fit, make_optimizer
+    from core.models import archs
+    from core.training.train import TrainState, fit, make_optimizer
 
     data = synthetic_dataset(cfg.synthetic_size, seed=1)
     dev = torch.device("cpu")
@@ -328,7 +328,7 @@ def _fit_epochs(cfg: TrainConfig, epochs_then_resume: int | None):  # noqa: ANN2
 
 
 def test_resume_matches_uninterrupted_run_with_plateau(monkeypatch: pytest.MonkeyPatch) -> None:
-    from core import train
+    from core.training import train
 
     # Validation reports a flat 0.5 (the real evaluation runs; only its accuracy is pinned), so with patience 0 the
     # plateau rule cuts the lr after the first epoch that fails to improve (the 2nd). The resumed process must
@@ -350,7 +350,7 @@ def test_resume_matches_uninterrupted_run_with_plateau(monkeypatch: pytest.Monke
 
 
 def test_plateau_multiplier_replays_history() -> None:
-    from core.train import plateau_multiplier, plateau_scheduler
+    from core.training.train import plateau_multiplier, plateau_scheduler
 
     cfg = TrainConfig(schedule="plateau", plateau_factor=0.5, plateau_patience=1)
     hist = [{"val_acc": a} for a in (0.3, 0.4, 0.4, 0.4, 0.4)]
@@ -361,7 +361,7 @@ def test_plateau_multiplier_replays_history() -> None:
 
 
 def test_distillation_loss_numerically() -> None:
-    from core.train import distillation_loss
+    from core.training.train import distillation_loss
 
     s = torch.tensor([[1.0, 0.0, -1.0, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0, 0, 2.0]])
     t = torch.tensor([[0.0, 2.0, 0.0, 0, 0, 0, 0], [1.0, 0.0, 0, 0, 0, 0, 0.0]])
@@ -373,7 +373,7 @@ def test_distillation_loss_numerically() -> None:
 
 
 def test_teacher_changes_the_gradients() -> None:
-    from core.train import batch_loss
+    from core.training.train import batch_loss
 
     cfg = TrainConfig(distill_alpha=0.7, distill_temperature=4.0)
     y = torch.tensor([0, 3, 6, 2])
@@ -395,7 +395,7 @@ def test_teacher_changes_the_gradients() -> None:
 
 
 def test_mixed_batch_loss_and_accuracy_weigh_both_labels() -> None:
-    from core.train import batch_loss
+    from core.training.train import batch_loss
 
     y = torch.tensor([0, 1, 2, 3])
     logits = torch.eye(7)[[0, 1, 5, 3]] * 5  # right on 0, 1 and 3; the partner labels (flipped) are 3, 2, 1, 0
@@ -409,7 +409,7 @@ def test_mixed_batch_loss_and_accuracy_weigh_both_labels() -> None:
 def test_ensemble_teacher_averages_logits(tiny_run: Path) -> None:
     import os
 
-    from core.train import EnsembleTeacher, load_teacher
+    from core.training.train import EnsembleTeacher, load_teacher
 
     single = load_teacher(str(tiny_run))
     assert not isinstance(single, EnsembleTeacher)
@@ -424,7 +424,7 @@ def test_ensemble_teacher_averages_logits(tiny_run: Path) -> None:
 
 
 def test_autocast_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    from core import train
+    from core.training import train
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert train.autocast_dtype(TrainConfig(precision="fp32"), cpu) is None
@@ -441,7 +441,7 @@ def test_autocast_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cuda_graph_choice() -> None:
-    from core.train import use_cuda_graph
+    from core.training.train import use_cuda_graph
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_cuda_graph(TrainConfig(), cuda, torch.bfloat16) is True
@@ -463,7 +463,7 @@ def test_element_wise_dropout_knob(tmp_path: Path) -> None:
     assert record.onnx["parity_max_abs"] < 1e-3  # the flip-averaged graph matches the flip-averaged model
     with pytest.raises(ValueError, match="dropout_kind"):
         TrainConfig(dropout_kind="spatial")
-    from core import archs
+    from core.models import archs
 
     m = archs.build("mobilenet", width=0.25)
     assert archs.set_dropout_kind(m, "element") == 10
@@ -479,8 +479,8 @@ def test_faked_cuda_graph_capture_and_replay_equal_eager_steps(monkeypatch: pyte
     import contextlib
     import copy
 
-    from core import train
-    from core.train import Stepper, epoch_plan
+    from core.training import train
+    from core.training.train import Stepper, epoch_plan
 
     cfg = TrainConfig(arch="mobilenet", width=0.25, dropout=0.2, batch_size=32, optimizer="adam", lr=3e-3,
                       precision="fp32", synthetic_size=300)

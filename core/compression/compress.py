@@ -1,0 +1,429 @@
+"""Compression variants of a run (int8, fp16, pruned): each written whole into its own folder beside its parent
+(`<parent>--<technique>`) and measured side by side with the fp32 parent. Their table is core.views.compressviews,
+their chart core.views.charts.size_accuracy_chart and their command `python -m core compress` (core.cli)."""
+from __future__ import annotations
+
+import copy
+import gzip
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:  # annotations only
+    from core.training.record import RunRecord
+
+SEP = "--"  # <parent-name>--<technique>
+QUANTIZED = ("int8", "fp16")  # variants without fp32 weights: nothing further can be done to them
+STAGES = ("calibration", "fine-tune", "evaluation", "latency")
+Progress = Callable[[str, int, int], None]  # stage, done, total
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    int8: bool = False  # int8 weights and activations (ONNX Runtime static quantisation)
+    fp16: bool = False  # fp16 weights and compute, fp32 input and output
+    prune: float | None = None  # fraction of weights (or channels, with structured) to remove, then fine-tune
+    structured: bool = False  # remove whole channels (narrower layers) instead of single weights
+    calibration: int = 256  # training images that set the int8 activation ranges
+    int8_method: str = "static-qdq"  # static-qdq, static-qoperator or dynamic (core.compression.quantize.INT8_METHODS)
+    keep_stem_fp32: bool = True  # the first conv sees raw pixels; quantising it cost 4.5 points on mobilenet-w1
+    exclude_depthwise: bool = False  # keep depthwise convs in fp32 (for the speed comparison)
+    data: str | None = None  # None: the data the parent was trained on
+    finetune_epochs: int = 2  # after pruning
+    finetune_steps: int | None = None  # cap on fine-tune steps (tests, quick demos)
+    repeats: int = 60  # latency runs per batch size (medians are reported)
+
+    def __post_init__(self) -> None:
+        from core.compression.prune import check_amount
+        from core.compression.quantize import INT8_METHODS
+        from core.training.config import int_in
+
+        if not (self.int8 or self.fp16 or self.prune is not None):
+            raise ValueError("no technique chosen: give at least one of --int8, --fp16, --prune AMOUNT")
+        if self.prune is not None:
+            check_amount(self.prune)
+        elif self.structured:
+            raise ValueError("--structured needs --prune AMOUNT (the fraction of channels to remove)")
+        int_in("calibration", self.calibration, 1, 100_000)
+        int_in("finetune_epochs", self.finetune_epochs, 1, 100)
+        int_in("repeats", self.repeats, 3, 10_000)
+        if self.finetune_steps is not None:
+            int_in("finetune_steps", self.finetune_steps, 1, 10**9)
+        if self.int8_method not in INT8_METHODS:
+            raise ValueError(f"int8 method {self.int8_method!r} is not known; allowed: {', '.join(INT8_METHODS)}")
+
+    def techniques(self) -> list[str]:
+        out = []
+        if self.prune is not None:
+            out.append(f"pruned-{'channels-' if self.structured else ''}{self.prune:g}")
+        if self.int8:
+            out.append("int8")
+        if self.fp16:
+            out.append("fp16")
+        return out
+
+
+@dataclass
+class Parent:
+    path: Path
+    record: dict[str, Any]
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def technique(self) -> str | None:
+        v = self.record.get("variant")
+        return v.get("technique") if isinstance(v, dict) else None
+
+
+def load_parent(run_dir: str | os.PathLike, techniques: list[str]) -> Parent:
+    """The run to compress, checked: finished, with weights and a contract-keeping ONNX file, and not a variant
+    that the techniques make no sense on."""
+    import onnx
+
+    from core.inference.onnx_io import check_onnx_file
+    from core.training import rundir
+    from core.training.record import FINISHED, RecordStatus
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ValueError(f"{run_dir}: no such run folder")
+    record = rundir.read_record(path).to_json()  # a plain copy: the variant's record is a deep copy of it
+    if record.get("status", RecordStatus.DONE) not in FINISHED:
+        raise ValueError(f"{path}: run status is {record.get('status')!r}; only finished runs (done or stopped) can be compressed")
+    parent = Parent(path, record)
+    tech = parent.technique or ""
+    if tech.split("-")[0] in QUANTIZED:
+        raise ValueError(f"{path}: is already a {tech} variant of {record['variant'].get('parent')!r}; "
+                         f"{', '.join(techniques)} apply to fp32 runs: compress {record['variant'].get('parent')!r} instead")
+    if tech.startswith("pruned") and any(t.startswith("pruned") for t in techniques):
+        raise ValueError(f"{path}: is already a {tech} variant; prune its parent {record['variant'].get('parent')!r} "
+                         "with the amount you want instead")
+    problem = rundir.weights_problem(path / rundir.WEIGHTS)
+    if problem:
+        raise ValueError(f"{problem}: a run without its weights cannot be compressed")
+    check_onnx_file(path / rundir.ONNX)  # a damaged file fails here, with its reason
+    parent.meta = {p.key: p.value for p in onnx.load(str(path / rundir.ONNX), load_external_data=False).metadata_props}
+    return parent
+
+
+def resolve_data(parent: Parent, source: str | None) -> tuple[Any, str]:
+    """The data set to calibrate, fine-tune and measure on (the parent's own unless given) and the split to score."""
+    from core.data import load_data
+    from core.util.fsutil import PROJECT_ROOT
+
+    cfg = parent.record.get("config", {})
+    src = source or cfg.get("data") or parent.record.get("data", {}).get("source")
+    if not src:
+        raise ValueError(f"{parent.path}: the record names no data set; give --data PATH or synthetic")
+    if src != "synthetic" and not Path(src).exists() and (PROJECT_ROOT / src).exists():
+        src = str(PROJECT_ROOT / src)  # shipped records name the data relative to the project
+    data = load_data(src, synthetic_size=int(cfg.get("synthetic_size", 6000)), seed=int(cfg.get("seed", 0))) \
+        if src == "synthetic" else load_data(src)
+    if "train" not in data.splits or len(data.splits["train"]) == 0:
+        raise ValueError(f"{src}: has no training images to calibrate or fine-tune with")
+    split = "public" if "public" in data.splits else data.val_split
+    if len(data.splits[split]) == 0:
+        raise ValueError(f"{src}: the {split!r} split is empty, so accuracy cannot be measured")
+    return data, split
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Measurement: accuracy with ONNX Runtime, file size raw and gzipped, median latency at batch 1 and 64.
+# ---------------------------------------------------------------------------------------------------------
+def onnx_accuracy(path: Path, split: Any, progress: Progress | None = None, batch: int = 256) -> dict:
+    from core.inference.onnx_io import OnnxClassifier
+    from core.training.train import metrics_from_logits
+
+    clf = OnnxClassifier(path)  # not the shared cache: temp folders come and go
+    outs = []
+    for i in range(0, len(split), batch):
+        outs.append(clf.logits(split.images[i:i + batch]))
+        if progress is not None:
+            progress("evaluation", min(i + batch, len(split)), len(split))
+    return metrics_from_logits(np.concatenate(outs), split.labels)
+
+
+def file_sizes(path: Path) -> tuple[int, int]:
+    raw = path.read_bytes()
+    return len(raw), len(gzip.compress(raw, 9))
+
+
+def timing_session(path: Path) -> Any:
+    """An ONNX Runtime session for timing: one thread, no spin-waiting. The app's sessions use two threads, but on a
+    shared 2-core machine a second thread mostly measures the neighbours, and int8 vs fp32 is a per-kernel question."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def latencies(paths: list[Path], images: np.ndarray, repeats: int, progress: Progress | None = None) -> list[dict[int, float]]:
+    """Median ms per run at batch 1 and 64 for each model, measured in alternating rounds so that load from other
+    processes falls on all of them alike."""
+    from core.inference.onnx_io import INPUT_NAME
+
+    sessions = [timing_session(p) for p in paths]
+    batches = {1: images[:1], 64: np.resize(images, (64, 48, 48))}
+    batches = {b: x.astype(np.float32)[:, None] for b, x in batches.items()}
+    times: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in paths]
+    rounds = 3
+    done, total = 0, rounds * len(paths) * len(batches)
+    for _ in range(rounds):
+        for sess, t in zip(sessions, times):
+            for b, x in batches.items():
+                sess.run(None, {INPUT_NAME: x})  # warm-up
+                for _ in range(max(1, repeats // rounds // (4 if b > 1 else 1))):
+                    t0 = time.perf_counter()
+                    sess.run(None, {INPUT_NAME: x})
+                    t[b].append((time.perf_counter() - t0) * 1e3)
+                done += 1
+                if progress is not None:
+                    progress("latency", done, total)
+    return [{b: statistics.median(v) for b, v in t.items()} for t in times]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building one variant into a folder (a temp folder that becomes the variant only when everything worked).
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Built:
+    compression: str  # the ONNX metadata value, e.g. int8-static-qdq-per-channel
+    settings: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)  # measured facts of the build (sparsity, fine-tune)
+    params: int | None = None  # changed parameter count (channel pruning)
+    macs: int | None = None
+
+
+def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
+    """BN-folded fp32 export -> ONNX Runtime pre-processing -> static (or dynamic) int8 with per-channel weights."""
+    from core.compression.quantize import (
+        Calibration,
+        compact_names,
+        fold_batchnorm,
+        preprocess,
+        quantize_int8,
+        stem_nodes,
+    )
+    from core.inference.onnx_io import export_onnx
+    from core.training import checkpoint, rundir
+    from core.training.train import stratified_subset
+
+    folded, pre = tmp / "folded.onnx", tmp / "preprocessed.onnx"
+    try:
+        model, _ = checkpoint.load_model(parent.path)
+        export_onnx(fold_batchnorm(model), folded, arch=parent.record["model"]["arch"], knobs={}, params=0)
+        bn_folded = True
+    except ValueError:  # channel-pruned weights do not fit the registry's model: start from its ONNX file
+        shutil.copyfile(parent.path / rundir.ONNX, folded)
+        bn_folded = False
+    preprocess(folded, pre)
+    calib = stratified_subset(data.splits["train"], cfg.calibration, seed=0).images
+    reader = None
+    if cfg.int8_method != "dynamic":
+        seen = [0]
+
+        def on_batch(n: int) -> None:
+            seen[0] += n
+            if progress is not None:
+                progress("calibration", seen[0], len(calib))
+
+        reader = Calibration(calib, on_batch=on_batch)
+    exclude = stem_nodes(pre) if cfg.keep_stem_fp32 else []
+    quantize_int8(pre, tmp / rundir.ONNX, reader, method=cfg.int8_method, exclude_depthwise=cfg.exclude_depthwise,
+                  exclude=exclude)
+    compact_names(tmp / rundir.ONNX)
+    for f in (folded, pre):
+        f.unlink(missing_ok=True)
+    settings = {"method": cfg.int8_method, "weights": "int8 per-channel", "bn_folded": bn_folded,
+                "stem_fp32": cfg.keep_stem_fp32, "depthwise_fp32": cfg.exclude_depthwise, "names_compacted": True}
+    if cfg.int8_method != "dynamic":
+        settings.update(activations="uint8 per-tensor", calibration_images=len(calib), calibration_split="train")
+    return Built(f"int8-{cfg.int8_method}-per-channel", settings)
+
+
+def build_fp16(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
+    from core.compression.quantize import to_fp16
+    from core.training import rundir
+
+    to_fp16(parent.path / rundir.ONNX, tmp / rundir.ONNX)
+    return Built("fp16", {"weights": "fp16", "io": "fp32 (casts inside the graph)"})
+
+
+def build_pruned(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
+    """Prune, fine-tune a few epochs with the parent's recipe (a tenth of its learning rate), save weights and ONNX."""
+    from core.compression import prune
+    from core.inference.onnx_io import export_onnx, parity
+    from core.models.summary import summarize_model
+    from core.training import checkpoint, rundir
+
+    model, _ = checkpoint.load_model(parent.path)
+    record = parent.record
+    if cfg.structured:
+        model = prune.channel_prune(model, cfg.prune)
+    else:
+        prune.magnitude_prune(model, cfg.prune)
+    ft = prune.finetune_config(record, cfg.finetune_epochs, cfg.finetune_steps, data.source)
+
+    def on_batch(b: dict) -> None:
+        if progress is not None:
+            progress("fine-tune", b["global_step"], b["total_steps"])
+
+    history = prune.finetune(model, data, ft, on_batch=on_batch)
+    prune.make_permanent(model)
+    checkpoint.save_state_dict(tmp / rundir.WEIGHTS, {k: v.contiguous() for k, v in model.state_dict().items()})
+    s = summarize_model(copy.deepcopy(model))
+    export_onnx(model, tmp / rundir.ONNX, arch=record["model"]["arch"], knobs=record["model"].get("knobs", {}), params=s.params)
+    extra = {"sparsity": prune.sparsity(model), "nonzero_params": int(sum(int((p != 0).sum()) for p in model.parameters())),
+             "finetune": [{k: m[k] for k in ("epoch", "train_acc", "val_acc", "val_split")} for m in history],
+             "parity_max_abs": parity(model, tmp / rundir.ONNX)}
+    kind = "channels" if cfg.structured else "magnitude"
+    settings = {"amount": cfg.prune, "kind": kind, "scope": "per-layer channels (L2)" if cfg.structured else "global L1",
+                "finetune_epochs": cfg.finetune_epochs, "finetune_steps": cfg.finetune_steps, "finetune_lr": ft.lr}
+    tag = f"pruned-{'channels-' if cfg.structured else ''}{cfg.prune:g}"
+    return Built(tag, settings, extra, params=s.params, macs=s.macs)
+
+
+BUILDERS = {"int8": build_int8, "fp16": build_fp16, "pruned": build_pruned}
+
+
+def stamp_metadata(path: Path, parent: Parent, name: str, compression: str, params: int | None) -> None:
+    """The contract's metadata (the parent's, so classes, arch and width_mult stay) plus `compression`."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    meta = {**parent.meta, "run": name, "compression": compression}
+    if params is not None:
+        meta["params"] = str(int(params))
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(proto, str(path))
+
+
+def variant_record(parent: Parent, name: str, technique: str, built: Built, measured: dict[str, Any],
+                   metrics: dict[str, Any], split: str) -> dict[str, Any]:
+    """A deep copy of the parent's record with the variant's name, its measured accuracy as `final`, and `variant`."""
+    from core.training import rundir
+    from core.training.record import now_iso
+
+    rec = copy.deepcopy(parent.record)
+    rec.pop("pid", None)
+    rec.update(name=name, status="done", error=None, created=now_iso(), updated=now_iso())
+    if built.params is not None:
+        rec["params"] = rec["trainable"] = built.params
+    if built.macs is not None:
+        rec["macs"] = built.macs
+    rec["final"] = {"accuracy": {split: metrics["accuracy"]}, "per_class": {split: metrics["per_class"]},
+                    "confusion": {split: metrics["confusion"]}, "n": {split: metrics["n"]}}
+    rec["onnx"] = {"file": rundir.ONNX, "compression": built.compression}
+    rec["variant"] = {"parent": parent.name, "technique": technique, "settings": built.settings,
+                      "measured": {**measured, **built.extra}}
+    return rec
+
+
+def _measure(parent: Parent, onnx_path: Path, data: Any, split: str, parent_eval: dict, cfg: CompressConfig,
+             progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    from core.training import rundir
+
+    metrics = onnx_accuracy(onnx_path, data.splits[split], progress)
+    raw, gz = file_sizes(onnx_path)
+    praw, pgz = file_sizes(parent.path / rundir.ONNX)
+    lat, plat = latencies([onnx_path, parent.path / rundir.ONNX], data.splits[split].images[:64], cfg.repeats, progress)
+    measured = {
+        "accuracy": metrics["accuracy"], "split": split, "n": metrics["n"], "onnx_bytes": raw, "gzip_bytes": gz,
+        "latency_ms_b1": lat[1], "latency_ms_b64": lat[64], "parent_accuracy": parent_eval["accuracy"],
+        "delta": metrics["accuracy"] - parent_eval["accuracy"], "parent_onnx_bytes": praw, "parent_gzip_bytes": pgz,
+        "parent_latency_ms_b1": plat[1], "parent_latency_ms_b64": plat[64],
+        "size_ratio": raw / praw, "load_avg_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(), "speedup_b1": plat[1] / lat[1], "speedup_b64": plat[64] / lat[64],
+    }
+    return measured, metrics
+
+
+def write_variant(parent: Parent, technique: str, out_root: Path, cfg: CompressConfig, data: Any, split: str,
+                  parent_eval: dict, progress: Progress | None = None) -> Path:
+    """Build, stamp, check and measure one variant in a hidden temp folder, then rename it into place (replacing
+    an older variant of the same name only at that last step). On any error the temp folder is removed."""
+    from core.inference.onnx_io import check_onnx_file
+    from core.training import rundir
+    from core.training.record import RunRecord
+    from core.util.fsutil import UMASK
+
+    name = rundir.check_run_name(f"{parent.name}{SEP}{technique}")
+    final = out_root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root))
+    try:
+        built = BUILDERS[technique.split("-")[0]](parent, tmp, cfg, data, progress)
+        stamp_metadata(tmp / rundir.ONNX, parent, name, built.compression, built.params)
+        check_onnx_file(tmp / rundir.ONNX)
+        measured, metrics = _measure(parent, tmp / rundir.ONNX, data, split, parent_eval, cfg, progress)
+        record = RunRecord.from_json(variant_record(parent, name, technique, built, measured, metrics, split))
+        rundir.write_record(tmp, record)
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private; a run folder gets normal permissions
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=out_root))
+            os.replace(final, old / name)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def compress_run(run_dir: str | os.PathLike, cfg: CompressConfig, *, out: str | os.PathLike | None = None,
+                 progress: Progress | None = None, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Write every variant cfg asks for, each of the parent itself, beside the parent (or into `out`), and return
+    their table rows. To chain techniques (int8 of a pruned model), compress the pruned variant."""
+    from core.training import rundir
+
+    techniques = cfg.techniques()
+    parent = load_parent(run_dir, techniques)
+    out_root = Path(out) if out is not None else parent.path.parent
+    out_root.mkdir(parents=True, exist_ok=True)
+    data, split = resolve_data(parent, cfg.data)
+    parent_eval = onnx_accuracy(parent.path / rundir.ONNX, data.splits[split], progress)
+    if log is not None:
+        log(f"{parent.name}: fp32 accuracy {parent_eval['accuracy']:.4f} on {split} ({parent_eval['n']:,} images)")
+    rows = []
+    for technique in techniques:
+        path = write_variant(parent, technique, out_root, cfg, data, split, parent_eval, progress)
+        rows.append(variant_row(path, rundir.read_record(path)))
+        if log is not None:
+            r = rows[-1]
+            log(f"{r['name']}: accuracy {r['accuracy']:.4f} ({r['delta'] * 100:+.1f} points), {r['onnx_bytes']:,} bytes "
+                f"({r['size_ratio']:.2f}x), batch 64 {r['latency_ms_b64']:.2f} ms ({r['speedup_b64']:.2f}x faster)")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The table of variants (Compare, Predict, the Compress page and docs/study.md read it).
+# ---------------------------------------------------------------------------------------------------------
+VARIANT_COLUMNS = ("name", "parent", "technique", "arch", "width", "params", "macs", "onnx_bytes", "gzip_bytes",
+                   "latency_ms_b1", "latency_ms_b64", "accuracy", "split", "parent_accuracy", "delta", "size_ratio",
+                   "speedup_b1", "speedup_b64", "sparsity", "parent_onnx_bytes", "parent_gzip_bytes",
+                   "parent_latency_ms_b1", "parent_latency_ms_b64", "load_avg_1min", "path")
+
+
+def variant_row(path: Path, record: "RunRecord") -> dict[str, Any]:
+    v = record.variant
+    row = {"name": record.name or path.name, "parent": v.parent, "technique": v.technique, "arch": record.model.arch,
+           "width": record.model.knobs.get("width"), "params": record.params, "macs": record.macs, "path": str(path)}
+    row.update({k: v.measured.get(k) for k in VARIANT_COLUMNS if k not in row})
+    return row

@@ -1,0 +1,240 @@
+"""int8 and fp16 ONNX variants: BatchNorm folding for the study's conv->ReLU->BN order, ONNX Runtime static and
+dynamic quantisation, and fp16 weights behind the fp32 contract."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+INT8_METHODS = ("static-qdq", "static-qoperator", "dynamic")
+
+
+class ChannelShift(nn.Module):
+    """Adds a per-channel constant: what is left of a BatchNorm after its scale is folded into the convs around it."""
+
+    def __init__(self, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("shift", shift.detach().clone().view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.shift
+
+
+def _leaves(module: nn.Module) -> list[nn.Module] | None:
+    """The leaf modules in call order when the module is a pure chain of nn.Sequentials, else None (then its forward
+    may branch, as in ResNet or ShuffleNet, and folding by position would be wrong)."""
+    if isinstance(module, nn.Sequential):
+        out: list[nn.Module] = []
+        for child in module:
+            sub = _leaves(child)
+            if sub is None:
+                return None
+            out += sub
+        return out
+    return [module] if not list(module.children()) else None
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return a, bn.bias - bn.running_mean * a
+
+
+def _scale_in(layer: nn.Module, s: torch.Tensor) -> None:
+    """Multiply the layer's input channel c by s[c], inside its weights (exact: zero padding commutes with scaling)."""
+    w = layer.weight
+    if isinstance(layer, nn.Linear):
+        w.mul_(s.view(1, -1))
+        return
+    groups, cpg = layer.groups, w.shape[1]
+    w.mul_(s.view(groups, cpg).repeat_interleave(w.shape[0] // groups, dim=0)[:, :, None, None])
+
+
+def _shift_in(layer: nn.Module, b: torch.Tensor) -> None:
+    """Add constant b[c] to input channel c, inside the layer's bias (exact only without padding)."""
+    w = layer.weight
+    if isinstance(layer, nn.Linear):
+        extra = w @ b
+    else:
+        groups, cpg = layer.groups, w.shape[1]
+        b_out = b.view(groups, cpg).repeat_interleave(w.shape[0] // groups, dim=0)
+        extra = (w.sum((2, 3)) * b_out).sum(1)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype))
+    layer.bias.add_(extra)
+
+
+LINEAR_PASS = (nn.Dropout, nn.Dropout2d, nn.Identity, nn.AdaptiveAvgPool2d, nn.Flatten)  # commute with a per-channel affine
+
+
+def _fold_act_bn(chain: list[nn.Module], i: int, shift_into_padded: bool = False) -> list[nn.Module]:
+    """chain[i:i+3] is Conv, ReLU, BN. relu(a*z) = a*relu(z) for a >= 0, so |a| goes into the conv; the sign and the
+    shift go into the next conv or linear layer when nothing between them breaks linearity. Returns the replacement
+    for chain[i:i+3]."""
+    conv, relu, bn = chain[i:i + 3]
+    a, b = _bn_affine(bn)
+    sign = torch.where(a < 0, -1.0, 1.0)
+    j = i + 3
+    while j < len(chain) and isinstance(chain[j], LINEAR_PASS):
+        j += 1
+    nxt = chain[j] if j < len(chain) else None
+    fits = (isinstance(nxt, nn.Linear) and nxt.in_features == len(a)) or \
+        (isinstance(nxt, nn.Conv2d) and nxt.in_channels == len(a))
+    if not fits and bool((sign < 0).any()):
+        return [conv, relu, bn]  # a negative scale cannot pass the ReLU and has nowhere else to go
+    conv.weight.mul_(a.abs().view(-1, 1, 1, 1))
+    if conv.bias is not None:
+        conv.bias.mul_(a.abs())
+    if not fits:
+        return [conv, relu, ChannelShift(b)]
+    _scale_in(nxt, sign)
+    if isinstance(nxt, nn.Linear) or all(p == 0 for p in nxt.padding) or shift_into_padded:
+        _shift_in(nxt, b)  # with padding: exact inside the map, off at its border, where padding stays 0 not b
+        return [conv, relu]
+    return [conv, relu, ChannelShift(sign * b)]  # y = s*(r + s*b), and the sign went into nxt
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, shift_into_padded: bool = False) -> nn.Module:
+    """An inference copy of a FERNet with every BatchNorm folded where it is exact.
+
+    Conv->BN pairs fuse as usual. The study's conv->ReLU->BN order keeps ONNX Runtime from fusing the BN, and
+    leaves per-channel activation ranges that differ by orders of magnitude before the BN rescales them, which
+    per-tensor int8 activations cannot hold (measured: mobilenet-w1 lost 6.5 points). Folding the BN's scale into
+    the conv in front (through the ReLU) equalises the ranges. Its shift folds exactly into a following 1x1 conv or
+    linear layer; before a zero-padded conv it stays a per-channel Add unless `shift_into_padded`, which folds it
+    into that conv's bias too, exact except at the map's border. Models whose forward is not a plain chain are
+    returned unchanged (ONNX Runtime folds their conv->BN pairs itself)."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).float().eval()
+    body = getattr(model, "body", None)
+    chain = _leaves(body) if body is not None else None
+    if chain is None:
+        return model
+    chain = [m for m in chain if not isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Identity))]
+    out: list[nn.Module] = []
+    i = 0
+    while i < len(chain):
+        m = chain[i]
+        nxt = chain[i + 1] if i + 1 < len(chain) else None
+        if isinstance(m, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
+            out.append(fuse_conv_bn_eval(m, nxt))
+            i += 2
+        elif isinstance(m, nn.Conv2d) and isinstance(nxt, nn.ReLU) and i + 2 < len(chain) \
+                and isinstance(chain[i + 2], nn.BatchNorm2d):
+            out += _fold_act_bn(chain, i, shift_into_padded)
+            i += 3
+        else:
+            out.append(m)
+            i += 1
+    model.body = nn.Sequential(*out)
+    return model
+
+
+class Calibration:
+    """ONNX Runtime CalibrationDataReader over uint8 images [N,48,48], in batches, with an optional per-batch hook
+    (the progress bar)."""
+
+    def __init__(self, images: np.ndarray, batch: int = 32, on_batch: Callable[[int], None] | None = None) -> None:
+        self.images, self.batch, self.on_batch = images, batch, on_batch
+        self._it: Iterator[dict] | None = None
+
+    def _batches(self) -> Iterator[dict]:
+        from core.inference.onnx_io import INPUT_NAME
+
+        for i in range(0, len(self.images), self.batch):
+            chunk = self.images[i:i + self.batch]
+            if self.on_batch is not None:
+                self.on_batch(len(chunk))
+            yield {INPUT_NAME: chunk.astype(np.float32)[:, None]}
+
+    def get_next(self) -> dict | None:
+        if self._it is None:
+            self._it = self._batches()
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+
+
+def depthwise_nodes(path: Path) -> list[str]:
+    """Names of the grouped (depthwise) Conv nodes of an ONNX graph."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(path)).graph.node
+            if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
+def stem_nodes(path: Path) -> list[str]:
+    """The first Conv node: it sees the raw image, and quantising it costs most of the int8 accuracy loss."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"][:1]
+
+
+def quantize_int8(src: Path, dst: Path, calibration: Calibration | None, *, method: str = "static-qdq",
+                  exclude_depthwise: bool = False, exclude: list[str] | None = None) -> None:
+    """int8 weights (per-channel) with ONNX Runtime; static methods also quantise activations (uint8) from the
+    calibration images. src should already be BN-folded (fold_batchnorm) and pre-processed (preprocess)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if method not in INT8_METHODS:
+        raise ValueError(f"int8 method {method!r} is not known; allowed: {', '.join(INT8_METHODS)}")
+    exclude = list(exclude or []) + (depthwise_nodes(src) if exclude_depthwise else [])
+    if method == "dynamic":
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude)
+        return
+    if calibration is None:
+        raise ValueError(f"int8 method {method!r} needs calibration images; 'dynamic' needs none")
+    fmt = QuantFormat.QDQ if method == "static-qdq" else QuantFormat.QOperator
+    quantize_static(str(src), str(dst), calibration, quant_format=fmt, per_channel=True, nodes_to_exclude=exclude,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def preprocess(src: Path, dst: Path) -> None:
+    """ONNX Runtime's recommended pre-processing: symbolic shape inference and graph optimisation (constant folding,
+    Conv+BN fusion) so that the quantiser sees the graph the runtime will run."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(src), str(dst))
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    """fp16 weights and compute with the fp32 input/output contract kept (onnxconverter-common inserts the casts)."""
+    import onnx
+    from onnxconverter_common import float16
+
+    proto = onnx.load(str(src))
+    half = float16.convert_float_to_float16(proto, keep_io_types=True)
+    onnx.save(half, str(dst))
+
+
+def compact_names(path: Path) -> None:
+    """Rename the graph's internal tensors and nodes to short ids and drop the cached shape annotations: the
+    quantiser's names ('/body/body.3/Conv_output_0_QuantizeLinear_Output', ...) took about 28 KB of mobilenet-w1's
+    167 KB int8 file. The contract's input, output and metadata keep their names; the computation is unchanged."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    g = proto.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output} | {""}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names):x}")
+
+    for init in g.initializer:
+        init.name = short(init.name)
+    for node in g.node:
+        node.input[:] = [short(x) for x in node.input]
+        node.output[:] = [short(x) for x in node.output]
+        node.name = ""
+    del g.value_info[:]
+    onnx.save(proto, str(path))

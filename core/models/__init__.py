@@ -1,0 +1,4 @@
+"""The models: one registry of architecture families (archs) and their parameter/MAC summaries (summary).
+
+Imports only core.util.
+"""

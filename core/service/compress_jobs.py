@@ -1,0 +1,107 @@
+"""Background compression jobs for the app: a `python -m core compress` subprocess per job, whose state (command,
+progress, log, result) lives in a hidden job folder under the runs folder, so a page rerun or reload loses nothing."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from core.compression.compress import CompressConfig
+from core.util.fsutil import atomic_write_json, read_json_object, runs_dir
+from core.util.procs import pid_alive, spawn_detached
+
+JOBS_DIR = ".compress-jobs"  # hidden: list_runs skips dot-folders
+# a job folder's files: what was launched, its progress, its stdout (the JSON result on the last line), its stderr
+JOB_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "job.json", "progress.json", "stdout.txt", "log.txt"
+
+
+def cli_args(run_dir: Path, cfg: CompressConfig, out: Path | None) -> list[str]:
+    """The `core compress` command line that does what cfg says."""
+    args = [sys.executable, "-m", "core", "compress", str(run_dir), "--calibration", str(cfg.calibration),
+            "--int8-method", cfg.int8_method, "--finetune-epochs", str(cfg.finetune_epochs), "--repeats", str(cfg.repeats)]
+    args += [flag for flag, on in (("--int8", cfg.int8), ("--fp16", cfg.fp16), ("--structured", cfg.structured),
+                                   ("--quantize-stem", not cfg.keep_stem_fp32),
+                                   ("--exclude-depthwise", cfg.exclude_depthwise)) if on]
+    if cfg.prune is not None:
+        args += ["--prune", repr(cfg.prune)]
+    if cfg.finetune_steps is not None:
+        args += ["--finetune-steps", str(cfg.finetune_steps)]
+    if cfg.data:
+        args += ["--data", cfg.data]
+    if out is not None:
+        args += ["--out", str(out)]
+    return args
+
+
+def start_job(run_dir: str | os.PathLike, cfg: CompressConfig, out: str | os.PathLike | None = None,
+              root: str | os.PathLike | None = None) -> Path:
+    """Launch a compression in the background; returns its job folder. The run is checked first, so bad input
+    is a ValueError here rather than a failed job."""
+    from core.compression.compress import load_parent
+
+    load_parent(run_dir, cfg.techniques())
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    job = runs_dir(root) / JOBS_DIR / f"{stamp}-{secrets.token_hex(3)}"
+    job.mkdir(parents=True)
+    cmd = cli_args(Path(run_dir), cfg, Path(out) if out else None) + [
+        "--progress", str(job / PROGRESS_FILE), "--json", "--quiet"]
+    pid = spawn_detached(cmd, job / LOG_FILE, stdout_path=job / RESULT_FILE)
+    atomic_write_json(job / JOB_FILE, {"pid": pid, "command": cmd, "run": str(run_dir),
+                                         "techniques": cfg.techniques(), "started": stamp, "started_unix": time.time()})
+    return job
+
+
+class JobStatus(StrEnum):
+    RUNNING = "running"
+    DONE = "done"  # its result (the last line of its stdout) lists the variants
+    FAILED = "failed"  # ended without a result; the last error line of its log says why
+
+
+@dataclass
+class JobState:
+    path: Path
+    status: str  # a JobStatus
+    run: str
+    techniques: list[str]
+    progress: dict[str, Any] | None
+    variants: list[dict[str, Any]]
+    error: str | None
+
+
+def job_state(job: Path) -> JobState:
+    meta = read_json_object(job / JOB_FILE) or {}
+    started = meta.get("started_unix")
+    alive = pid_alive(meta.get("pid"), started if isinstance(started, (int, float)) else None)
+    lines = (job / RESULT_FILE).read_text(errors="replace").strip().splitlines() if (job / RESULT_FILE).exists() else []
+    result = None
+    if lines:
+        try:
+            result = json.loads(lines[-1])
+        except ValueError:
+            result = None
+    log = (job / LOG_FILE).read_text(errors="replace") if (job / LOG_FILE).exists() else ""
+    errors = [ln for ln in log.splitlines() if ln.startswith("error:")]
+    if alive:  # whether it succeeded is read from its result, not its exit code
+        status, error = JobStatus.RUNNING, None
+    elif result is not None:
+        status, error = JobStatus.DONE, None
+    else:
+        status = JobStatus.FAILED
+        error = errors[-1].removeprefix("error: ") if errors else (log.strip().splitlines() or ["the job ended without a result"])[-1]
+    return JobState(job, status, str(meta.get("run", "")), list(meta.get("techniques", [])),
+                    read_json_object(job / PROGRESS_FILE), (result or {}).get("variants", []), error)
+
+
+def list_jobs(root: str | os.PathLike | None = None) -> list[JobState]:
+    """Every compression job, newest first."""
+    base = runs_dir(root) / JOBS_DIR
+    if not base.is_dir():
+        return []
+    return [job_state(j) for j in sorted(base.iterdir(), reverse=True) if j.is_dir()]

@@ -1,0 +1,496 @@
+"""Sweeps: a grid of trainings over any TrainConfig knobs, run by Ray Tune on this machine or an existing cluster.
+
+Each trial trains into an ordinary run folder (core.training.runs.run_training, the checkpoint contract unchanged) named
+deterministically from the sweep and trial, so a retried or re-run trial resumes from its last finished epoch.
+The sweep folder <runs>/.sweeps/<name>/sweep.json records the grid, every trial, its state, node and failures.
+Ray is optional: only run_sweep imports it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import os
+import socket
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from core.training.record import RecordStatus, now_iso
+
+INSTALL_HINT = 'sweeps need Ray, which is not installed: pip install "ray[tune]==2.60.0"'
+MAX_TRIALS_WITHOUT_YES = 200  # a typo such as --width 0.1 0.2 ... x 10 seeds should not start hours of work
+SWEEPS_DIR = ".sweeps"  # inside the runs folder; hidden, so run listings skip it
+SWEEP_FILE = "sweep.json"
+LAUNCH_FILE = "launch.json"  # pid and start time of a sweep the app started in the background
+ADDRESS_TIMEOUT_S = 3.0
+
+
+class TrialStatus(StrEnum):
+    """A sweep trial's state in sweep.json (and the sweep's own: running, done or failed)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"  # failed, and Ray Tune restarts it from its last finished epoch
+    DONE = "done"
+    FAILED = "failed"
+
+
+FINAL_STATES = (TrialStatus.DONE, TrialStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training of a sweep: its run folder name and its settings (a TrainConfig as a dict)."""
+
+    name: str
+    config: dict[str, Any]
+
+
+@dataclass
+class SweepSpec:
+    """A grid: every combination of `grid` values, times every seed, on top of the `fixed` settings."""
+
+    name: str
+    grid: dict[str, list[Any]]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+    def describe(self) -> dict[str, Any]:
+        return {"grid": self.grid, "fixed": self.fixed, "seeds": self.seeds}
+
+
+def knob_types() -> dict[str, str]:
+    """TrainConfig field -> its annotation ('float', 'int | None', ...): what a sweep may vary."""
+    from core.training.config import TrainConfig
+
+    return {f.name: str(f.type) for f in fields(TrainConfig)}
+
+
+def convert(knob: str, text: Any) -> Any:
+    """A command-line or TOML value as the knob's type; ValueError naming the knob and the value."""
+    types = knob_types()
+    if knob not in types:
+        raise ValueError(f"unknown knob {knob!r}; a sweep can vary: {', '.join(sorted(types))}")
+    if not isinstance(text, str):
+        return text  # TOML already typed it; TrainConfig validates the value
+    kind = types[knob]
+    if "None" in kind and text.lower() in ("none", "null", "default"):
+        return None
+    try:
+        if kind.startswith("bool"):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"{knob}: {text!r} is not a {kind.split(' ')[0]}") from None
+    return text
+
+
+def slug(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value).replace("/", "_")[-24:]
+
+
+def expand(spec: SweepSpec) -> list[Trial]:
+    """Every (grid point, seed) as a validated TrainConfig, with a deterministic run name.
+    ValueError: an unknown knob, an empty grid, a value TrainConfig refuses (naming the trial)."""
+    from core.training.config import TrainConfig
+    from core.training.rundir import check_run_name
+
+    types = knob_types()
+    for knob in [*spec.grid, *spec.fixed]:
+        if knob not in types:
+            raise ValueError(f"unknown knob {knob!r}; a sweep can vary: {', '.join(sorted(types))}")
+    if "seed" in spec.grid or "seed" in spec.fixed:
+        raise ValueError("give seeds with --seeds N (or seeds = [..] in the sweep file), not as a knob")
+    empty = [k for k, v in spec.grid.items() if not v]
+    if empty or not spec.seeds:
+        raise ValueError(f"empty grid: no values for {', '.join(empty) or 'seeds'}; nothing to run")
+    check_run_name(spec.name)
+    keys = list(spec.grid)
+    trials = []
+    for i, (values, seed) in enumerate(itertools.product(itertools.product(*spec.grid.values()), spec.seeds)):
+        point = dict(zip(keys, values))
+        try:
+            cfg = TrainConfig(**{**spec.fixed, **point, "seed": seed})
+        except (ValueError, TypeError) as exc:
+            where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+            raise ValueError(f"{exc} (trial {i}: {where + ', ' if where else ''}seed {seed})") from None
+        label = "-".join(f"{k[:5]}{slug(v)}" for k, v in point.items() if k != "arch")
+        name = f"{spec.name}-{i:03d}-{point.get('arch', cfg.arch)}-{label}-s{seed}".replace("--", "-")
+        trials.append(Trial(check_run_name(name[:80].rstrip("-.")), cfg.to_dict()))
+    return trials
+
+
+def count(spec: SweepSpec) -> int:
+    """Trials in the grid, known before any is built."""
+    n = len(spec.seeds)
+    for values in spec.grid.values():
+        n *= len(values)
+    return n
+
+
+def check_size(n: int, yes: bool) -> None:
+    if n == 0:
+        raise ValueError("empty grid: it has no trials; give at least one value per knob")
+    if n > MAX_TRIALS_WITHOUT_YES and not yes:
+        raise ValueError(f"the grid has {n:,} trials, more than {MAX_TRIALS_WITHOUT_YES} without --yes; "
+                         "check the values, or pass --yes to run them all")
+
+
+def spec_from_toml(path: str | os.PathLike, name: str | None = None) -> SweepSpec:
+    """A sweep file: optional `name` and `seeds` (a count or a list), a [grid] table of lists, a [fixed] table.
+
+        name = "widths"
+        seeds = 3
+        [grid]
+        arch = ["mobilenet", "plain_cnn"]
+        width = [0.25, 0.5, 1.0]
+        [fixed]
+        epochs = 30
+        data = "data/fer2013"
+    """
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the sweep file ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not a valid TOML sweep file ({exc})") from None
+    unknown = sorted(set(doc) - {"name", "seeds", "grid", "fixed"})
+    if unknown:
+        raise ValueError(f"{path}: unknown entries {unknown}; a sweep file has name, seeds, [grid] and [fixed]")
+    grid = doc.get("grid", {})
+    bad = [k for k, v in grid.items() if not isinstance(v, list)]
+    if bad:
+        raise ValueError(f"{path}: [grid] {bad[0]} must be a list of values, got {grid[bad[0]]!r}")
+    return SweepSpec(name or doc.get("name") or default_name(), grid, dict(doc.get("fixed", {})),
+                     seed_list(doc.get("seeds", 1)))
+
+
+def seed_list(seeds: Any) -> list[int]:
+    """--seeds 3 means seeds 0, 1, 2; a list is taken as given."""
+    if isinstance(seeds, list):
+        return seeds
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 0 <= seeds <= 1000:
+        raise ValueError(f"seeds must be a count from 0 to 1000 or a list of seeds, got {seeds!r}")
+    return list(range(seeds))
+
+
+def default_name() -> str:
+    return "sweep-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def check_address(address: str | None) -> str | None:
+    """The Ray address to join (None: start Ray here). A HOST:PORT that does not answer within a few seconds is a
+    ValueError before anything starts; 'auto' is checked by ray.init itself, which fails at once without a cluster."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "auto", "local"):
+        return address
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address!r}: give auto or HOST:PORT (the head node's `ray start --head` port)")
+    try:
+        socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ValueError(f"--address {address!r}: no Ray head answers there ({exc.strerror or exc}); "
+                         "start one with `ray start --head` or check the address") from None
+    return address
+
+
+def sweep_dir(runs_root: str | os.PathLike | None, name: str) -> Path:
+    from core.util.fsutil import runs_dir
+
+    return runs_dir(runs_root) / SWEEPS_DIR / name
+
+
+def read_sweep(path: str | os.PathLike) -> dict[str, Any]:
+    import json
+
+    file = Path(path) / SWEEP_FILE
+    try:
+        obj = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{file}: not a readable sweep record ({exc})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("trials"), list):
+        raise ValueError(f"{file}: not a sweep record (no trials list)")
+    return obj
+
+
+def list_sweeps(runs_root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Every readable sweep record in the runs folder, newest first."""
+    from core.util.fsutil import runs_dir
+
+    base = runs_dir(runs_root) / SWEEPS_DIR
+    out = []
+    for d in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True) if base.is_dir() else []:
+        try:
+            out.append(read_sweep(d))
+        except ValueError:
+            continue
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running on Ray Tune. Tune schedules trials onto the cluster's CPUs/GPUs, restarts failed ones (FailureConfig)
+# and reports per-epoch results to the driver, where one callback keeps sweep.json and the progress bar.
+# ---------------------------------------------------------------------------------------------------------
+def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+
+
+def _trial(config: dict[str, Any]) -> None:
+    """The Tune trainable: train (or resume) one run folder, reporting every epoch to Tune."""
+    import ray
+    import torch
+    from ray import tune
+
+    from core.training import rundir
+    from core.training.config import TrainConfig
+    from core.training.runs import run_training
+
+    cfg = TrainConfig.from_dict(config["config"])
+    run_dir = Path(config["run_dir"])
+    if cfg.threads is None:  # as many torch threads as CPUs the trial holds, not every core of the node
+        torch.set_num_threads(max(1, int(config["cpus"])))
+    info = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "run": run_dir.name}
+    try:
+        old = rundir.read_record(run_dir)
+    except ValueError:  # not started yet (or unreadable: run_training rewrites it)
+        old = None
+    if old is not None and old.status == RecordStatus.DONE:  # a re-run sweep: this trial finished before
+        tune.report({**info, "epoch": len(old.epochs), "finished": 1, **_final(old)})
+        return
+    info["resumed_from"] = len(old.epochs) if old is not None else 0
+    for m in run_training(cfg, run_dir):
+        tune.report({**info, **_numbers(m), "finished": 0})
+    record = rundir.read_record(run_dir)
+    tune.report({**info, "epoch": len(record.epochs), "finished": 1, **_final(record)})
+
+
+def _final(record: Any) -> dict[str, Any]:
+    acc = record.final.accuracy if record.final else {}
+    return {f"final_{k}": v for k, v in acc.items() if isinstance(v, (int, float))}
+
+
+def _initial_state(spec_doc: dict[str, Any], trials: list[Trial], runs: Path, resources: dict[str, float],
+                   address: str | None) -> dict[str, Any]:
+    return {"format": 1, **spec_doc, "created": now_iso(), "updated": now_iso(), "address": address or "embedded",
+            "resources_per_trial": resources, "runs_dir": str(runs), "state": TrialStatus.RUNNING,
+            "trials": [{"index": i, "run": t.name, "config": t.config, "state": TrialStatus.PENDING, "epoch": 0,
+                        "epochs": t.config["epochs"], "val_acc": None, "node": None, "nodes": [], "failures": 0,
+                        "error": None} for i, t in enumerate(trials)]}
+
+
+def _make_callback(state: dict[str, Any], folder: Path, bar: Any) -> Any:
+    """A Tune callback on the driver: trial states into sweep.json, finished epochs into the progress bar."""
+    from ray import tune
+
+    from core.util.fsutil import atomic_write_json
+
+    def save() -> None:
+        state["updated"] = now_iso()
+        atomic_write_json(folder / SWEEP_FILE, state)
+
+    def row(trial: Any) -> dict[str, Any]:
+        return state["trials"][trial.config["trial"]["index"]]
+
+    class SweepRecorder(tune.Callback):
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            row(trial)["state"] = TrialStatus.RUNNING
+            save()
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            r = row(trial)
+            node = result.get("node")
+            if node and node not in r["nodes"]:
+                r["nodes"].append(node)
+            before = r["epoch"]
+            r.update(node=node, pid=result.get("pid"), epoch=int(result.get("epoch", r["epoch"])),
+                     resumed_from=result.get("resumed_from", r.get("resumed_from")))
+            if "val_acc" in result:
+                r["val_acc"] = result["val_acc"]
+            bar.update(max(0, r["epoch"] - before))
+            if result.get("finished"):
+                r["final"] = {k[6:]: v for k, v in result.items() if k.startswith("final_")}
+            save()
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            r = row(trial)
+            r.update(failures=r["failures"] + 1, state=TrialStatus.RETRYING, error=_error_line(trial))
+            save()
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            r = row(trial)
+            r.update(failures=r["failures"] + 1, state=TrialStatus.FAILED, error=_error_line(trial))
+            save()
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            row(trial)["state"] = TrialStatus.DONE  # `error` keeps the reason of any failure it recovered from
+            save()
+
+    return SweepRecorder()
+
+
+def _error_line(trial: Any) -> str:
+    """The last line of Ray's error for a trial (a killed worker, or the trainer's own reason)."""
+    text = ""
+    try:
+        path = getattr(trial, "error_file", None) or ""
+        text = Path(path).read_text() if path and Path(path).exists() else str(getattr(trial, "error_msg", "") or "")
+    except OSError:
+        pass
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines else "the trial's process died")[:300]
+
+
+def _start_ray(address: str | None, runtime_env: dict[str, Any]) -> bool:
+    """Join or start Ray; True when this call started it (and so shuts it down at the end)."""
+    import ray
+
+    if ray.is_initialized():  # a caller (a test, a notebook) already connected: use that cluster
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
+                 logging_level="WARNING", configure_logging=True)
+    except (ConnectionError, RuntimeError) as exc:
+        raise ValueError(f"--address {address!r}: cannot join a Ray cluster ({str(exc).splitlines()[0][:200]})") from None
+    return True
+
+
+def run_sweep(trials: Sequence[Trial], name: str, *, spec_doc: dict[str, Any] | None = None,
+              runs_root: str | os.PathLike | None = None, address: str | None = None, cpus_per_trial: float = 1.0,
+              gpus_per_trial: float = 0.0, max_failures: int = 2, yes: bool = False, quiet: bool = False,
+              callbacks: Iterable[Any] = ()) -> dict[str, Any]:
+    """Run the trials on Ray Tune; returns the sweep record (also in <runs>/.sweeps/<name>/sweep.json).
+
+    Everything is checked before Ray starts (size, resources, the address); running it again with the same name
+    resumes: finished trials are skipped, unfinished ones continue from their last finished epoch."""
+    from core.util.fsutil import atomic_write_json, runs_dir
+
+    check_size(len(trials), yes)
+    _check_resources(cpus_per_trial, gpus_per_trial, max_failures)
+    # Ray's newer console output ignores verbose=0 and prints tables; the legacy reporter honours it (tqdm is ours)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(INSTALL_HINT) from None
+    address = check_address(address)
+    runs = runs_dir(runs_root).resolve()
+    folder = sweep_dir(runs, name)
+    state = _initial_state(spec_doc or {"trials_given": len(trials)}, list(trials), runs,
+                           {"cpu": cpus_per_trial, "gpu": gpus_per_trial}, address)
+    state["name"] = name
+    if (folder / SWEEP_FILE).exists():
+        old = read_sweep(folder)
+        if [t["config"] for t in old["trials"]] != [t.config for t in trials]:
+            raise ValueError(f"a sweep named {name!r} with other trials exists in {folder}; choose another --name")
+        state["created"] = old.get("created", state["created"])
+    atomic_write_json(folder / SWEEP_FILE, state)
+    from core.util.fsutil import PROJECT_ROOT
+
+    # Workers import `core` from the project folder (on a cluster: the same path on every node).
+    started = _start_ray(address, {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}})
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(t.config["epochs"] for t in trials), unit="epoch", desc=f"sweep {name}", disable=quiet,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        t0 = time.perf_counter()
+        _tuner(trials, runs, folder, cpus_per_trial, gpus_per_trial, max_failures,
+               [_make_callback(state, folder, bar), *callbacks]).fit()
+        state["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    finally:
+        bar.close()
+        if started:
+            ray.shutdown()
+    state["state"] = TrialStatus.FAILED if any(t["state"] != TrialStatus.DONE for t in state["trials"]) else TrialStatus.DONE
+    atomic_write_json(folder / SWEEP_FILE, {**state, "updated": now_iso()})
+    return state
+
+
+def _check_resources(cpus_per_trial: float, gpus_per_trial: float, max_failures: int) -> None:
+    for label, v, lo in (("--cpus-per-trial", cpus_per_trial, 0.01), ("--gpus-per-trial", gpus_per_trial, 0.0)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= 1024:
+            raise ValueError(f"{label} must be a number from {lo:g} to 1024 (fractions allowed), got {v!r}")
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
+        raise ValueError(f"--max-failures must be a count of at least 0, got {max_failures!r}")
+
+
+def _tuner(trials: Sequence[Trial], runs: Path, folder: Path, cpus: float, gpus: float, max_failures: int,
+           callbacks: list[Any]) -> Any:
+    """A Tune grid over the trial indices; each trial holds `cpus`/`gpus` and is restarted max_failures times."""
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(_trial_by_index, trials=[
+        {"config": t.config, "run_dir": str(runs / t.name), "cpus": cpus} for t in trials]), {"cpu": cpus, "gpu": gpus})
+    return tune.Tuner(
+        trainable, param_space={"trial": tune.grid_search([{"index": i, "name": t.name} for i, t in enumerate(trials)])},
+        # reuse_actors: a worker that finished a trial takes the next one without importing torch again
+        tune_config=tune.TuneConfig(trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name="tune", storage_path=str(folder), verbose=0, log_to_file=True,
+                                  failure_config=tune.FailureConfig(max_failures=max_failures), callbacks=callbacks))
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial-{trial.config['trial']['index']:03d}"
+
+
+def _trial_by_index(config: dict[str, Any], trials: list[dict[str, Any]]) -> None:
+    # The trial table travels once, in Ray's object store (tune.with_parameters); the grid holds only indices,
+    # so Tune's own trial names and result files stay short.
+    _trial(trials[config["trial"]["index"]])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# For the app: start a sweep in the background, its trials as a table, and runs grouped by sweep for Compare.
+# ---------------------------------------------------------------------------------------------------------
+def ray_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def start_sweep(spec: SweepSpec, runs_root: str | os.PathLike | None = None, *, cpus_per_trial: float = 1.0) -> Path:
+    """Check the grid (ValueError as the CLI would give it), then run `python -m core sweep --file ...` in the
+    background: Ray runs in that process, never in the app's. Returns the sweep folder, which also holds the
+    process's pid (LAUNCH_FILE) for pid_alive."""
+    import time
+
+    from core.util.fsutil import atomic_write_bytes, atomic_write_json
+    from core.util.procs import spawn_detached
+
+    if not ray_available():
+        raise ValueError(INSTALL_HINT)
+    check_size(count(spec), yes=False)
+    expand(spec)
+    folder = sweep_dir(runs_root, spec.name)
+    if (folder / SWEEP_FILE).exists():
+        raise ValueError(f"a sweep named {spec.name!r} already exists; choose another name")
+    atomic_write_bytes(folder / "sweep.toml", _to_toml(spec).encode())
+    cmd = [sys.executable, "-m", "core", "sweep", "--file", str(folder / "sweep.toml"), "--out", str(folder.parent.parent),
+           "--cpus-per-trial", repr(float(cpus_per_trial)), "--quiet"]
+    pid = spawn_detached(cmd, folder / "sweep.log")  # outlives the page; the record and the log tell its state
+    atomic_write_json(folder / LAUNCH_FILE, {"pid": pid, "started_unix": time.time(), "command": cmd})
+    return folder
+
+
+def _to_toml(spec: SweepSpec) -> str:
+    import json
+
+    def value(v: Any) -> str:
+        return json.dumps(v) if v is not None else '"none"'  # JSON scalars and lists of them are valid TOML
+
+    lines = [f"name = {value(spec.name)}", f"seeds = {value(spec.seeds)}", "[grid]"]
+    lines += [f"{k} = [{', '.join(value(v) for v in vs)}]" for k, vs in spec.grid.items()]
+    lines += ["[fixed]"] + [f"{k} = {value(v)}" for k, v in spec.fixed.items() if v is not None]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""The campaign's results as tables and a chart: one row per trial, one point per (block, family, width) with the
+mean and spread over its finished seeds, and the equal-budget comparison with that spread. Unfinished trials are
+shown as in progress ("epoch 12 of 50"), never as results. Used by Compare and docs/study.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from core.service.campaign import DEFAULT_FILE, DEFAULT_OUT, CampaignTrial, load_campaign, states
+
+POINT_COLUMNS = ["block", "arch", "width", "params", "seeds", "seeds_done", "mean", "std", "min", "max", "in_progress"]
+FAMILY_TITLES = {"mobilenet": "MobileNet-style", "plain_cnn": "plain CNN"}
+
+
+def trials_frame(trials: list[CampaignTrial] | None = None, out: Path = DEFAULT_OUT) -> pd.DataFrame:
+    """One row per trial: block, arch, width, seed, params, state, the progress label, and the public accuracy of a
+    finished trial (NaN for every other state)."""
+    from core.models.summary import summarize
+    from core.training.config import TrainConfig
+
+    trials = load_campaign(DEFAULT_FILE) if trials is None else trials
+    rows = []
+    for s in states(trials, Path(out)):
+        c = s.trial.config
+        knobs = TrainConfig.from_dict(c).model_knobs()
+        rows.append({"trial": s.trial.name, "block": s.trial.block, "arch": c["arch"], "width": float(c["width"]),
+                     "seed": c["seed"], "params": summarize(c["arch"], **knobs).params, "state": s.state,
+                     "progress": s.label(), "epoch": s.epoch, "epochs": s.epochs,
+                     "accuracy": s.accuracy if s.state == "done" else np.nan})
+    return pd.DataFrame(rows)
+
+
+def points_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Seeds pooled per (block, arch, width): mean, sample standard deviation (NaN below two seeds), min and max of the
+    finished seeds, and which seeds are still in progress."""
+    if frame.empty:
+        return pd.DataFrame(columns=POINT_COLUMNS)
+    rows = []
+    for (block, arch, width), g in frame.groupby(["block", "arch", "width"], sort=False):
+        done = g.loc[g["state"] == "done", "accuracy"].astype(float)
+        waiting = g[g["state"] != "done"]
+        rows.append({"block": block, "arch": arch, "width": width, "params": int(g["params"].iloc[0]),
+                     "seeds": len(g), "seeds_done": len(done), "mean": done.mean() if len(done) else np.nan,
+                     "std": done.std() if len(done) >= 2 else np.nan, "min": done.min() if len(done) else np.nan,
+                     "max": done.max() if len(done) else np.nan,
+                     "in_progress": "; ".join(f"seed {r.seed}: {r.progress}" for r in waiting.itertuples())})
+    return pd.DataFrame(rows, columns=POINT_COLUMNS)
+
+
+def grid_points(points: pd.DataFrame) -> pd.DataFrame:
+    """The study's grid: the blocks named grid-*, with at least one finished seed, smallest first."""
+    sel = points[points["block"].str.startswith("grid-") & (points["seeds_done"] > 0)]
+    return sel.sort_values(["arch", "params"]).reset_index(drop=True)
+
+
+def _curve(fam: pd.DataFrame, budgets: np.ndarray, column: str) -> np.ndarray:
+    return np.interp(np.log10(budgets), np.log10(fam["params"].to_numpy(float)), fam[column].to_numpy(float))
+
+
+def equal_budget(points: pd.DataFrame, n: int = 4) -> pd.DataFrame:
+    """MobileNet-style minus plain CNN at `n` budgets inside both families' ranges: each family's mean and spread
+    interpolated linearly in log(parameters) between its grid points. `spread` is the two spreads combined
+    (root of the sum of squares); a winner is named only where the gap exceeds it. Empty when the families do not
+    overlap or a point lacks two seeds."""
+    fams = {a: grid_points(points)[lambda d, a=a: d["arch"] == a] for a in ("mobilenet", "plain_cnn")}
+    if any(len(f) < 2 or f["std"].isna().any() for f in fams.values()):
+        return pd.DataFrame()
+    lo = max(f["params"].min() for f in fams.values())
+    hi = min(f["params"].max() for f in fams.values())
+    if lo >= hi:
+        return pd.DataFrame()
+    budgets = np.geomspace(lo, hi, n)
+    out = pd.DataFrame({"params": budgets})
+    for arch, f in fams.items():
+        out[arch], out[f"{arch}_std"] = _curve(f, budgets, "mean"), _curve(f, budgets, "std")
+    out["gap"] = out["mobilenet"] - out["plain_cnn"]
+    out["spread"] = np.hypot(out["mobilenet_std"], out["plain_cnn_std"])
+    out["winner"] = np.where(out["gap"].abs() <= out["spread"], "within the spread",
+                             np.where(out["gap"] > 0, "MobileNet-style", "plain CNN"))
+    return out
+
+
+def crossover(points: pd.DataFrame) -> dict | None:
+    """Where the gap changes sign on a fine grid of budgets, with the range of budgets around it where the gap is
+    within the spread (its uncertainty); None when the sign never changes inside the overlap."""
+    fine = equal_budget(points, n=400)
+    if fine.empty:
+        return None
+    sign = np.sign(fine["gap"].to_numpy())
+    flips = np.nonzero(sign[:-1] * sign[1:] < 0)[0]
+    if not len(flips):
+        return None
+    i = int(flips[0])
+    within = (fine["gap"].abs() <= fine["spread"]).to_numpy()
+    lo, hi = i, i + 1
+    while lo > 0 and within[lo - 1]:
+        lo -= 1
+    while hi < len(fine) - 1 and within[hi + 1]:
+        hi += 1
+    return {"params": float(np.sqrt(fine["params"][i] * fine["params"][i + 1])), "low": float(fine["params"][lo]),
+            "high": float(fine["params"][hi]), "mobilenet_below": bool(fine["gap"][i] > 0)}
+
+
+def spread_chart(points: pd.DataFrame, *, height: int = 360) -> alt.LayerChart:
+    """Mean public accuracy against parameters (log), one line per family and block, with min-max bars over seeds."""
+    # the grid's blocks draw one line per family; other blocks (the study's recipe, longer schedules) their own
+    data = points[points["seeds_done"] > 0].assign(family=lambda d: d["arch"].map(FAMILY_TITLES).fillna(d["arch"]) + np.where(
+        d["block"].str.startswith("grid-"), "", " · " + d["block"]))
+    x = alt.X("params:Q", scale=alt.Scale(type="log"), title="parameters (log scale)", axis=alt.Axis(format="~s"))
+    color = alt.Color("family:N", legend=alt.Legend(orient="bottom", columns=2, labelLimit=0, title=None))
+    tip = ["block", "arch", alt.Tooltip("width:Q", format="g"), alt.Tooltip("params:Q", format=","),
+           alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("std:Q", format=".4f"), "seeds_done", "seeds"]
+    y = alt.Y("mean:Q", title="public accuracy (mean over seeds)", scale=alt.Scale(zero=False))
+    line = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=70, filled=True)).encode(x=x, y=y, color=color,
+                                                                                              tooltip=tip)
+    bars = alt.Chart(data).mark_rule(strokeWidth=2).encode(x=x, y="min:Q", y2="max:Q", color=color)
+    return alt.layer(bars, line).properties(height=height)
+
+
+def accuracy_text(r: pd.Series) -> str:
+    if r["seeds_done"] == 0:
+        return "—"
+    return f"{r['mean']:.4f}" + (f" ± {r['std']:.4f}" if r["seeds_done"] >= 2 else " (1 seed)")
+
+
+def display_points(points: pd.DataFrame) -> pd.DataFrame:
+    """The points as Compare shows them: one text column for mean ± spread, one for what is still running."""
+    return pd.DataFrame({
+        "block": points["block"], "family": points["arch"].map(FAMILY_TITLES).fillna(points["arch"]),
+        "width": points["width"], "params": points["params"],
+        "seeds done": [f"{d} of {n}" for d, n in zip(points["seeds_done"], points["seeds"])],
+        "public acc (mean ± spread)": [accuracy_text(r) for _, r in points.iterrows()],
+        "range": [f"{r['min']:.4f}–{r['max']:.4f}" if r["seeds_done"] >= 2 else "—" for _, r in points.iterrows()],
+        "in progress": points["in_progress"].replace("", "—")})
+
+
+def campaign_points() -> tuple[pd.DataFrame, str | None]:
+    """(the committed campaign's points, None), or (an empty frame, why) when its file cannot be read."""
+    try:
+        return points_frame(trials_frame()), None
+    except ValueError as exc:
+        return pd.DataFrame(columns=POINT_COLUMNS), str(exc)

@@ -1,0 +1,69 @@
+"""Altair charts shared by the app and the generated docs (one definition, so the Compare page and
+docs/study.md always show the same plot)."""
+from __future__ import annotations
+
+from typing import Any
+
+import altair as alt
+import pandas as pd
+
+from core.views.archviews import reference_points
+from core.views.runviews import pareto_front
+
+TOOLTIP = ["name", "family", "technique", alt.Tooltip("width:Q", format=".3g"), alt.Tooltip("params:Q", format=","),
+           alt.Tooltip("acc:Q", format=".3f", title="accuracy"), "accuracy_split", "data", "epochs", "recipe",
+           "device", alt.Tooltip("wall_time_s:Q", format=".0f")]
+
+
+# The choice of x axis on Compare: a model's cost measured four ways (all log scale).
+X_AXES = {"params": "parameters", "macs": "MACs per image", "onnx_kb": "ONNX file size (KB)",
+          "latency_ms": "ONNX Runtime latency, batch 64 (ms)"}
+
+
+def params_accuracy_chart(points: pd.DataFrame, *, title: str | None = None, height: int = 420,
+                          show_reference: bool = True, show_front: bool = True, x_col: str = "params") -> alt.LayerChart:
+    """A cost (log x: parameters by default) vs accuracy, coloured by family, with the Pareto front and the study's
+    two models (placed only on the parameter axis, where the study reports them).
+
+    `points` is core.views.runviews.runs_table() output with an `acc` column holding the accuracy to plot."""
+    x = alt.X(f"{x_col}:Q", scale=alt.Scale(type="log"), title=f"{X_AXES.get(x_col, x_col)} (log scale)",
+              axis=alt.Axis(format="~s"))
+    show_reference = show_reference and x_col == "params"
+    y = alt.Y("acc:Q", title="accuracy", scale=alt.Scale(zero=False))
+    layers: list[alt.Chart] = []
+    if not points.empty:
+        if show_front:
+            front = pareto_front(points, x_col, "acc")
+            layers.append(alt.Chart(front).mark_line(color="#888", strokeDash=[4, 3], interpolate="step-after").encode(
+                x=x, y=y, order=f"{x_col}:Q"))
+        tooltip = [t for t in TOOLTIP if (t if isinstance(t, str) else t.to_dict()["field"]) in points.columns]
+        layers.append(alt.Chart(points).mark_point(size=110, filled=True, opacity=0.85).encode(
+            x=x, y=y, color=alt.Color("family:N", legend=alt.Legend(orient="bottom", columns=2, labelLimit=0)),
+            shape=alt.Shape("shipped:N", legend=alt.Legend(title="shipped", orient="bottom")),
+            tooltip=tooltip))
+    if show_reference:
+        refs = reference_points().assign(
+            acc=lambda d: d["public"], short=lambda d: "study " + d["arch"] + ": " + d["public"].map("{:.3f}".format))
+        layers.append(alt.Chart(refs).mark_point(shape="diamond", size=170, filled=True, color="#d62728").encode(
+            x=x, y=y, tooltip=["label", alt.Tooltip("public:Q", format=".3f"), alt.Tooltip("private:Q", format=".3f")]))
+        # labels sit above-left of the diamond, inside the plot, so they never run over the axis
+        layers.append(alt.Chart(refs).mark_text(align="right", baseline="bottom", dx=-8, dy=-8, color="#d62728",
+                                                fontSize=11).encode(x=x, y=y, text="short"))
+    chart = alt.layer(*layers).properties(height=height)
+    return chart.properties(title=title) if title else chart
+
+
+def size_accuracy_chart(points: pd.DataFrame, *, title: str | None = None, height: int = 400) -> Any:
+    """ONNX file size (KB, log x) vs accuracy, coloured by technique, shaped by family, with one Pareto front."""
+    x = alt.X("kb:Q", scale=alt.Scale(type="log"), title="ONNX file size (KB, log scale)")
+    y = alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(zero=False))
+    front = pareto_front(points, "kb", "accuracy")
+    tips = ["name", "technique", "family", alt.Tooltip("kb:Q", format=",.0f", title="KB"),
+            alt.Tooltip("accuracy:Q", format=".3f"), "split", alt.Tooltip("latency_ms_b64:Q", format=".2f")]
+    chart = alt.layer(
+        alt.Chart(front).mark_line(color="#888", strokeDash=[4, 3], interpolate="step-after").encode(x=x, y=y, order="kb:Q"),
+        alt.Chart(points).mark_point(size=110, filled=True, opacity=0.85).encode(
+            x=x, y=y, color=alt.Color("technique:N", legend=alt.Legend(orient="bottom")),
+            shape=alt.Shape("family:N", legend=alt.Legend(orient="bottom")), tooltip=tips),
+    ).properties(height=height)
+    return chart.properties(title=title) if title else chart
