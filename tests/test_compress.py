@@ -222,5 +222,17 @@ def test_shipped_int8_accuracy_is_what_onnx_runtime_measures(fer_dir: Path) -> N
     folder = Path(__file__).resolve().parent.parent / "checkpoints" / "mobilenet-w1--int8"
     if not folder.is_dir():
         pytest.skip("mobilenet-w1--int8 is not shipped")
+    from core.compression.quantize import cpu_has_vnni
+
     got = evaluate_path(folder, load_data(fer_dir), ["public"])["public"]["accuracy"]
-    assert got == pytest.approx(rundir.read_record(folder).final.accuracy["public"], abs=1e-6)
+    record = rundir.read_record(folder)
+    recorded = record.final.accuracy["public"]
+    made_with_vnni = record.variant.measured.get("cpu_vnni") if record.variant else None
+    if made_with_vnni is None:  # measured before records said which kind of CPU: a 2-core AVX2 one without VNNI
+        made_with_vnni = False
+    if made_with_vnni == cpu_has_vnni():
+        assert got == pytest.approx(recorded, abs=1e-6)  # the same int8 kernels: the same predictions
+    else:
+        # uint8 x int8 products saturate in ONNX Runtime's kernels without VNNI and not with it
+        # (core.compression.quantize.cpu_has_vnni): the two kinds of CPU differ by up to ~1.2 points here
+        assert got == pytest.approx(recorded, abs=0.02)

@@ -338,6 +338,7 @@ def variant_record(parent: Parent, name: str, technique: str, built: Built, meas
 
 def _measure(parent: Parent, onnx_path: Path, data: Any, split: str, parent_eval: dict, cfg: CompressConfig,
              progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    from core.compression.quantize import cpu_has_vnni
     from core.training import rundir
 
     metrics = onnx_accuracy(onnx_path, data.splits[split], progress)
@@ -349,7 +350,8 @@ def _measure(parent: Parent, onnx_path: Path, data: Any, split: str, parent_eval
         "latency_ms_b1": lat[1], "latency_ms_b64": lat[64], "parent_accuracy": parent_eval["accuracy"],
         "delta": metrics["accuracy"] - parent_eval["accuracy"], "parent_onnx_bytes": praw, "parent_gzip_bytes": pgz,
         "parent_latency_ms_b1": plat[1], "parent_latency_ms_b64": plat[64],
-        "size_ratio": raw / praw, "load_avg_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(), "speedup_b1": plat[1] / lat[1], "speedup_b64": plat[64] / lat[64],
+        "size_ratio": raw / praw, "load_avg_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(),
+        "cpu_vnni": cpu_has_vnni(), "speedup_b1": plat[1] / lat[1], "speedup_b64": plat[64] / lat[64],
     }
     return measured, metrics
 

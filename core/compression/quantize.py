@@ -177,6 +177,18 @@ def stem_nodes(path: Path) -> list[str]:
     return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"][:1]
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has a VNNI int8 dot product (AVX512-VNNI or AVX-VNNI). ONNX Runtime's uint8 x int8 kernels
+    differ with it: without VNNI (plain AVX2/AVX512) products are summed in 16-bit pairs that can saturate, the
+    caveat its quantisation docs answer with 7-bit weights (reduce_range); with VNNI they are exact. So an int8
+    model's accuracy can differ between the two kinds of CPU, and the measurement records which one made it."""
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags
+
+
 def quantize_int8(src: Path, dst: Path, calibration: Calibration | None, *, method: str = "static-qdq",
                   exclude_depthwise: bool = False, exclude: list[str] | None = None) -> None:
     """int8 weights (per-channel) with ONNX Runtime; static methods also quantise activations (uint8) from the
