@@ -572,3 +572,35 @@ def test_weight_ema_is_what_is_saved_and_resumes_exactly(tmp_path: Path) -> None
     wa, wb = (torch.load(d / rundir.WEIGHTS, weights_only=True) for d in (run, tmp_path / "whole"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert "weight EMA 0.9" in a.recipe
+
+
+def test_teacher_logits_once_match_a_live_teacher_without_augmentation(tiny_run: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without augmentation the teacher sees the same images either way, so 'once' trains the student like 'live';
+    and 'once' runs the teacher only before training (its forward calls: the training split in batches)."""
+    from core.training import runs as runs_module
+    from core.training import train
+
+    calls = {"n": 0}
+    real = train.load_teacher
+
+    def counting_teacher(spec: str) -> torch.nn.Module:
+        model = real(spec)
+        model.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+        return model
+
+    base = dict(epochs=1, arch="mobilenet", width=0.25, synthetic_size=300, batch_size=32, augment=False,
+                precision="fp32", teacher=str(tiny_run))
+    monkeypatch.setattr(runs_module, "load_teacher", counting_teacher)
+    weights = {}
+    for mode in ("live", "once"):
+        calls["n"] = 0
+        list(run_training(TrainConfig(teacher_mode=mode, **base), tmp_path / mode))
+        weights[mode] = (torch.load(tmp_path / mode / rundir.WEIGHTS, weights_only=True), calls["n"])
+    (w_live, n_live), (w_once, n_once) = weights["live"], weights["once"]
+    assert n_live == 240 // 32  # one teacher forward per step
+    assert n_once == -(-240 // train.EVAL_BATCH_CPU)  # the training split once, in evaluation batches
+    assert all(torch.allclose(w_live[k].float(), w_once[k].float(), atol=1e-4) for k in w_live)
+    assert "teacher logits computed once" in rundir.read_record(tmp_path / "once").recipe
+    with pytest.raises(ValueError, match="teacher_mode 'once'"):
+        TrainConfig(teacher_mode="once", mixup_alpha=0.2, teacher=str(tiny_run))

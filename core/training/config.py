@@ -16,6 +16,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant", "plateau")
 CUDA_GRAPH = ("auto", "on", "off")
 DROPOUT_KINDS = ("channel", "element")
+TEACHER_MODES = ("live", "once")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -82,6 +83,11 @@ class TrainConfig:
     teacher: str | None = knob(None, "run folder(s) of trained models to distil from; several, joined by "
                                      "os.pathsep (':'), form an ensemble whose logits are averaged",
                                label="Teacher run folder (distillation)")
+    teacher_mode: str = knob("live", "live: the teacher sees every augmented batch (a teacher forward per step); "
+                                     "once: its logits for every training image are computed once, unaugmented, "
+                                     "before training (its cost paid once; the student's augmented view then meets "
+                                     "the plain image's logits); not with mixup or CutMix", choices=TEACHER_MODES,
+                             label="Teacher logits")
     distill_temperature: float = knob(4.0, "softening temperature for teacher and student logits", low=0.5,
                                       high=50.0, label="Distillation temperature", step=0.5)
     distill_alpha: float = knob(0.7, "weight of the distillation term; 1 - alpha weighs the label loss", low=0.0,
@@ -132,6 +138,9 @@ class TrainConfig:
         for f in fields(self):
             _check_field(self, f)
         self.model_knobs()  # the family's own ranges (width, dropout)
+        if self.teacher_mode == "once" and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+            raise ValueError("teacher_mode 'once' keeps one set of teacher logits per image, which mixed images do not "
+                             f"have (mixup_alpha={self.mixup_alpha:g}, cutmix_alpha={self.cutmix_alpha:g}); use 'live'")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -68,7 +68,8 @@ def recipe_text(cfg: TrainConfig) -> str:
     if cfg.ema_decay:
         parts.append(f"weight EMA {cfg.ema_decay:g}")
     if cfg.teacher:
-        parts.append(f"distilled from {Path(cfg.teacher).name} (T={cfg.distill_temperature:g}, alpha={cfg.distill_alpha:g})")
+        parts.append(f"distilled from {Path(cfg.teacher).name} (T={cfg.distill_temperature:g}, alpha={cfg.distill_alpha:g}"
+                     + (", teacher logits computed once)" if cfg.teacher_mode == "once" else ")"))
     if cfg.precision != "auto":
         parts.append(cfg.precision)
     return ", ".join(parts)

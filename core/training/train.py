@@ -397,19 +397,22 @@ def batch_loss(logits: torch.Tensor, yb: torch.Tensor, own: torch.Tensor | None,
 
 
 def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, su: Setup,
-              teacher: nn.Module | None, acc: Accum) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
+              teacher: nn.Module | None, acc: Accum,
+              teacher_logits: torch.Tensor | None = None) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
     """One training step as a function of device tensors only: batch indices [B], random numbers [B, R] and mixing
     parameters [MIX_PARAMS]. It writes nothing to the host, so the same function runs eagerly or inside a graph.
-    The caller clears the gradients before an eager call (a graph captures them cleared)."""
+    The caller clears the gradients before an eager call (a graph captures them cleared). With `teacher_logits`
+    (one row per training image, core.training.train.teacher_logits_once) the teacher is not run: its rows are read."""
     scaler = torch.amp.GradScaler("cuda") if su.amp == torch.float16 else None
 
     def forward_backward(xb: torch.Tensor, yb: torch.Tensor, partner: torch.Tensor, own: torch.Tensor | None,
-                         share: float) -> tuple[torch.Tensor, torch.Tensor]:
+                         share: float, t_logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture (PyTorch's CUDA graph notes)
         with torch.autocast(su.device.type, dtype=su.amp, enabled=su.amp is not None, cache_enabled=False):
             logits = model(xb).float()
-            with torch.no_grad():
-                t_logits = teacher(xb).float() if teacher is not None else None
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(xb).float()
         loss, hits = batch_loss(logits, yb, own, t_logits, cfg, partner)
         # each micro-batch's mean loss weighed by its share of the batch: the gradients add up to the batch mean's
         (scaler.scale(loss * share) if scaler is not None else loss * share).backward()
@@ -419,11 +422,13 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConf
         # the whole batch is augmented and mixed at once (a few MB), so mixing pairs span micro-batches
         xb, own = transform_batch(prepare_input(su.x[idx], su.channels_last), r, mix, cfg)
         yb = su.y[idx]
+        t_all = teacher_logits[idx] if teacher_logits is not None else None
         partner, loss = yb.flip(0), torch.zeros((), device=su.device)
         for lo in range(0, len(idx), su.micro):
             part = slice(lo, lo + su.micro)
             share = len(yb[part]) / len(idx)
-            part_loss, hits = forward_backward(xb[part], yb[part], partner[part], own, share)
+            part_loss, hits = forward_backward(xb[part], yb[part], partner[part], own, share,
+                                               t_all[part] if t_all is not None else None)
             loss = loss + part_loss
             acc.correct.add_(hits)
         if scaler is not None:
@@ -555,6 +560,12 @@ def run_epoch(stepper: Stepper, su: Setup, cfg: TrainConfig, state: TrainState, 
     return seen, False, lr
 
 
+def teacher_logits_once(teacher: nn.Module, su: Setup) -> torch.Tensor:
+    """The teacher's logits for every training image, unaugmented, on the training device: computed once, so that
+    distillation costs no teacher forward per step (teacher_mode 'once')."""
+    return predict_logits(teacher, su.x, su.device, amp=su.amp, channels_last=su.channels_last).to(su.device)
+
+
 def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     """torch's AveragedModel as an exponential moving average of the weights and (use_buffers) BatchNorm statistics;
     None when decay is 0."""
@@ -601,8 +612,9 @@ def fit(
     acc = Accum.zeros(device)
     if ema is not None:
         _place(ema, device, su.channels_last)
-    stepper = Stepper(make_step(model, optimizer, cfg, su, teacher, acc), model, optimizer, su, static=False,
-                      capture=su.graph, ema=ema)
+    cached = teacher_logits_once(teacher, su) if teacher is not None and cfg.teacher_mode == "once" else None
+    step = make_step(model, optimizer, cfg, su, None if cached is not None else teacher, acc, teacher_logits=cached)
+    stepper = Stepper(step, model, optimizer, su, static=False, capture=su.graph, ema=ema)
     sched = plateau_scheduler(cfg, state.history)
     while state.epoch < cfg.epochs and (not cfg.max_steps or state.steps < cfg.max_steps):
         # Dropout masks from a per-epoch seed: a resumed run draws exactly what an uninterrupted one would.
