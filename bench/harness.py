@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from unittest import mock
 
 import numpy as np
@@ -110,13 +110,13 @@ def window_rates(stamps: list[float], warm: int, steps: int, batch: int) -> list
 
 
 def engine_throughput(arch: str, data: FERData, steps: int, warm: int, windows: int, batch: int = 256,
-                      precision: str = "auto") -> float:
+                      precision: str = "auto", width: float = 1.0) -> float:
     """Median images/s over `windows` windows of core.training.train.fit, as the app and CLI run it (TrainConfig defaults;
     `precision='fp32'` for the like-for-like row against the fp32 yardstick)."""
-    cfg = TrainConfig(arch=arch, width=1.0, data="bench", batch_size=batch, max_steps=warm + steps * windows, epochs=1,
+    cfg = TrainConfig(arch=arch, width=width, data="bench", batch_size=batch, max_steps=warm + steps * windows, epochs=1,
                       augment=True, precision=precision)
     device = resolve_device("auto")
-    model = archs.build(arch, width=1.0)
+    model = archs.build(arch, width=width)
     val = data.splits[data.val_split]
     small = FERData(data.source, data.kind, {"train": data.splits["train"], "val": Split(val.images[:64], val.labels[:64])})
     stamps: list[float] = []
@@ -183,6 +183,48 @@ def training_rows(fer: FERData, image_root: Path | None, steps: int, warm: int, 
             ours = engine_throughput(arch, fer, steps, warm, windows)
             rows.append(Row("training", f"{arch} width 1.0: bf16 autocast (the default here) vs fp32, both our engine",
                             ours, ours32, "img/s", note="the precision gain alone"))
+    return rows
+
+
+def _throughput_worker(args: tuple, out: Any) -> None:  # a spawned process's entry point (multiprocessing Queue)
+    arch, width, threads, data, steps, warm, windows = args
+    torch.set_num_threads(threads)
+    out.put(engine_throughput(arch, data, steps, warm, windows, batch=128, width=width))
+
+
+def _side_by_side(n: int, threads: int, args: tuple) -> float:
+    """Images/s of `n` trainings started together in their own processes, `threads` torch threads each, summed."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_throughput_worker, args=((*args[:2], threads, *args[2:]), out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    rates = [out.get(timeout=1800) for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
+PARALLEL_MODELS = (("mobilenet", 0.25), ("mobilenet", 1.0))
+
+
+def parallel_rows(fer: FERData, steps: int, warm: int, windows: int,
+                  models: tuple[tuple[str, float], ...] = PARALLEL_MODELS) -> list[Row]:
+    """For small models, which trains more images a second on this machine: two single-thread trainings side by side
+    (two campaign trials at once), or one training on every core? Both measured here, one after the other."""
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        return []
+    rows = []
+    for arch, width in models:
+        args = (arch, width, fer, steps, warm, windows)
+        together = _side_by_side(cores, 1, args)
+        alone = _side_by_side(1, cores, args)
+        rows.append(Row("training", f"{arch} width {width:g}: {cores} single-thread trainings side by side vs one "
+                        f"{cores}-thread training (batch 128, images/s in total)", together, alone, "img/s",
+                        note="above 1x: run small campaign trials side by side"))
     return rows
 
 
@@ -474,7 +516,7 @@ def cuda_rows() -> tuple[list[Row], list[str]]:
     return rows, notes
 
 
-SECTIONS = ("training", "cuda", "cli", "memory", "peak", "inference", "photo", "faces", "data", "summary")
+SECTIONS = ("training", "parallel", "cuda", "cli", "memory", "peak", "inference", "photo", "faces", "data", "summary")
 PHOTOS_DIR = PROJECT_ROOT.parent / "shared" / "photos"  # real photos with face counts, where this checkout has them
 
 
@@ -499,6 +541,8 @@ def main(quick: bool = False, data: str | None = None, out: str = "docs/benchmar
             bar.set_postfix_str(part)
             if part == "training":
                 rows += training_rows(fer, image_root, steps, warm, windows)
+            elif part == "parallel":
+                rows += parallel_rows(fer, steps, warm, windows)
             elif part == "cuda":
                 cuda, notes = cuda_rows()
                 rows += cuda

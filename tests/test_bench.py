@@ -72,3 +72,18 @@ def test_memory_figures_are_the_process_own_high_water_mark() -> None:
     # MiB is a cost: lower is better, so the ratio is yardstick / ours, and a ceiling target is met below it
     row = Row("memory", "x", ours=990.0, yardstick=1880.0, unit="MiB", max_value=1024)
     assert row.ratio == pytest.approx(1880 / 990) and row.met is True
+
+
+def test_side_by_side_trainings_are_measured_in_their_own_processes() -> None:
+    """The parallel section: N single-thread trainings at once against one N-thread training, each a real engine
+    run in a spawned process (no timing asserted: the ratio is what the benchmark reports)."""
+    import os
+
+    from bench.harness import parallel_rows
+    from core.data import load_data
+
+    rows = parallel_rows(load_data("synthetic", synthetic_size=600), steps=2, warm=1, windows=1,
+                         models=(("mobilenet", 0.25),))
+    (row,) = rows
+    assert row.ours > 0 and row.yardstick > 0 and row.unit == "img/s" and row.ratio == row.ours / row.yardstick
+    assert f"{os.cpu_count()} single-thread trainings side by side" in row.figure
