@@ -47,7 +47,11 @@ def points_frame(frame: pd.DataFrame) -> pd.DataFrame:
                      "std": done.std() if len(done) >= 2 else np.nan, "min": done.min() if len(done) else np.nan,
                      "max": done.max() if len(done) else np.nan,
                      "in_progress": "; ".join(f"seed {r.seed}: {r.progress}" for r in waiting.itertuples())})
-    return pd.DataFrame(rows, columns=POINT_COLUMNS)
+    out = pd.DataFrame(rows, columns=POINT_COLUMNS)
+    # blocks in the campaign's own order (priority first), each block's widths from the smallest
+    order = {b: i for i, b in enumerate(dict.fromkeys(frame["block"]))}
+    return out.sort_values(["block", "params"], key=lambda c: c.map(order) if c.name == "block" else c,
+                           kind="stable").reset_index(drop=True)
 
 
 def grid_points(points: pd.DataFrame) -> pd.DataFrame:

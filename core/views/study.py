@@ -287,7 +287,7 @@ def campaign_section(out: Path, trials_dir: Path | None = None) -> list[str]:
         lines += ["![campaign grid](study_campaign.png)", ""]
     lines += ["| block | family | width | params | seeds done | public acc, mean ± spread | range | in progress |",
               "|---|---|---|---|---|---|---|---|"]
-    for _, r in display_points(pts.sort_values(["block", "params"])).iterrows():
+    for _, r in display_points(pts).iterrows():
         lines.append(f"| {r['block']} | {r['family']} | {r['width']:g} | {r['params']:,} | {r['seeds done']} | "
                      f"{r['public acc (mean ± spread)']} | {r['range']} | {r['in progress']} |")
     return lines + [""] + campaign_budget_lines(equal_budget(pts), crossover(pts)) + campaign_reproduction(pts)
