@@ -469,6 +469,8 @@ def _add_campaign(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--nice", type=int, default=19, help="scheduling niceness, 0-19 (default 19: yields to all else)")
     c.add_argument("--background", action="store_true", help=f"detach, logging to OUT/{LOG_FILE}; prints the pid")
     c.add_argument("--status", action="store_true", help="list the trials and where each stands; trains nothing")
+    c.add_argument("--stop", action="store_true", help="ask the campaign running on OUT to stop now, as at a deadline "
+                   "(the current trial ends after its batch, evaluated, exported and resumable)")
     c.set_defaults(func=cmd_campaign)
 
 
@@ -486,7 +488,7 @@ def _selected(a: argparse.Namespace) -> list[Any]:
 def cmd_campaign(a: argparse.Namespace) -> int:
     import datetime as _dt
 
-    from core.service.campaign import Deadline, lock, parse_deadline, progress_lines, run_campaign, states
+    from core.service.campaign import STOP_FILE, Deadline, lock, parse_deadline, progress_lines, run_campaign, states
     from core.util.fsutil import PROJECT_ROOT
 
     trials, out = _selected(a), Path(a.out).resolve()
@@ -498,9 +500,15 @@ def cmd_campaign(a: argparse.Namespace) -> int:
     if a.status:
         print("\n".join(progress_lines(states(trials, out))))
         return 0
+    if a.stop:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / STOP_FILE).touch()
+        print(f"asked the campaign on {out} to stop; it ends its current batch, then evaluates and exports")
+        return 0
     if a.background:
         return _detach(a, out)
     handle = lock(out)
+    (out / STOP_FILE).unlink(missing_ok=True)  # a request left from an earlier campaign is not this one's
     os.chdir(PROJECT_ROOT)  # relative data paths in the campaign file are the project's
     os.nice(a.nice)
     if a.threads:
@@ -512,7 +520,7 @@ def cmd_campaign(a: argparse.Namespace) -> int:
         print(f"{_dt.datetime.now():%H:%M:%S} {line}", flush=True)
 
     try:
-        rows = run_campaign(trials, out, Deadline(at), log)
+        rows = run_campaign(trials, out, Deadline(at, stop_file=out / STOP_FILE), log)
     finally:
         handle.close()
     for line in progress_lines(rows):

@@ -208,3 +208,23 @@ def test_the_gpu_script_runs_the_campaign_file(tmp_path: Path) -> None:
     assert out.stdout.index("grid-w0.25-s0: starting") < out.stdout.index("grid-w0.25-s1: starting")
     assert "2 of 2 trials done" in out.stdout
     assert json.loads((tmp_path / "t" / "gpu_converge.json").read_text())["probe"] == []
+
+
+def test_stop_asks_a_running_campaign_to_stop_cleanly(tmp_path: Path) -> None:
+    """`campaign --stop` from another shell: the running trial ends after its batch as at a deadline (stopped,
+    evaluated, exported, resumable) and no further trial starts."""
+    file = write(tmp_path, TINY.format(size=1500, epochs=20))
+    out = tmp_path / "out"
+    proc = run_cli([str(file), "--out", str(out), "--threads", "1", "--nice", "0", "--only", "grid-w0.25"])
+    first = out / "grid-w0.25-s0"
+    t0 = time.monotonic()
+    while epochs_done(first) < 1 and proc.poll() is None and time.monotonic() - t0 < 300:
+        time.sleep(0.05)
+    stop = subprocess.run([sys.executable, "-m", "core", "campaign", str(file), "--out", str(out), "--stop"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0 and "asked the campaign" in stop.stdout
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, log
+    record = rundir.read_record(first)
+    assert record.status == "stopped" and (first / rundir.RESUME).exists() and (first / rundir.ONNX).exists()
+    assert not (out / "grid-w0.25-s1").exists() and "wait for the next run" in log

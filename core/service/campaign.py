@@ -28,6 +28,7 @@ DEFAULT_FILE = PROJECT_ROOT / "campaign" / "campaign.toml"
 DEFAULT_OUT = PROJECT_ROOT / "campaign" / "trials"
 LOCK_FILE = ".campaign.lock"
 LOG_FILE = "campaign.log"
+STOP_FILE = "STOP"  # `python -m core campaign --stop` creates it in the trials folder; a running campaign stops cleanly
 MIN_START_S = 120.0  # a trial is not started with less time left than this: its first epoch could not finish
 BLOCK_KEYS = {"name", "priority", "seeds", "grid", "fixed"}
 SHORT = {"width": "w"}  # grid knobs abbreviated in trial names, as the shipped folders write them (mobilenet-w0.5)
@@ -179,12 +180,14 @@ class Deadline:
     """When to stop: at the deadline, or earlier at an epoch's end when the next epoch could not finish in time (the
     part of an epoch cut by a stop is lost, so it is better not begun)."""
 
-    def __init__(self, at: float | None, clock: Callable[[], float] = time.time) -> None:
-        self.at, self.clock = at, clock
+    def __init__(self, at: float | None, clock: Callable[[], float] = time.time, stop_file: Path | None = None) -> None:
+        self.at, self.clock, self.stop_file = at, clock, stop_file
         self.epoch_s: float | None = None
         self.stop_now = False
 
     def left(self) -> float:
+        if self.stop_file is not None and self.stop_file.exists():  # `campaign --stop`: the deadline is now
+            return 0.0
         return float("inf") if self.at is None else self.at - self.clock()
 
     def epoch_done(self, seconds: float) -> None:
