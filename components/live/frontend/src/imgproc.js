@@ -1,0 +1,185 @@
+// Image operations that reproduce, pixel for pixel where it matters, what the server does with OpenCV in
+// core/faces.py: RGB -> gray (cv2.COLOR_RGB2GRAY), INTER_AREA shrinking, and the aligned 48x48 crop
+// (cv2.estimateAffinePartial2D with LMEDS onto FER_TEMPLATE, then warpAffine INTER_LINEAR, BORDER_REPLICATE).
+// The browser and the server must classify the same pixels, so each step follows OpenCV's arithmetic.
+
+// Where FER2013's faces have their five landmarks, in 48x48 pixels (core.faces.FER_TEMPLATE).
+export const FER_TEMPLATE = [[14.8, 18.4], [32.9, 18.1], [23.8, 28.6], [16.6, 37.5], [31.5, 37.3]];
+
+/** RGBA (canvas ImageData) -> gray Uint8Array, with OpenCV's fixed-point weights (14 bits, rounded). */
+export function grayFromRGBA(rgba, w, h) {
+  const out = new Uint8Array(w * h);
+  for (let i = 0, j = 0; i < out.length; i++, j += 4) {
+    out[i] = (rgba[j] * 4899 + rgba[j + 1] * 9617 + rgba[j + 2] * 1868 + 8192) >> 14;
+  }
+  return out;
+}
+
+/** RGBA -> packed RGB Uint8Array (the detector's input). */
+export function rgbFromRGBA(rgba, w, h) {
+  const out = new Uint8Array(w * h * 3);
+  for (let i = 0, j = 0; j < rgba.length; i += 3, j += 4) {
+    out[i] = rgba[j]; out[i + 1] = rgba[j + 1]; out[i + 2] = rgba[j + 2];
+  }
+  return out;
+}
+
+// OpenCV's computeResizeAreaTab: which source cells feed each destination cell, with what weight.
+function areaTab(ssize, dsize) {
+  const scale = 1 / (dsize / ssize);
+  const tab = [];
+  for (let d = 0; d < dsize; d++) {
+    const f1 = d * scale, f2 = f1 + scale, cell = Math.min(scale, ssize - f1);
+    let s2 = Math.min(Math.floor(f2), ssize - 1);
+    const s1 = Math.min(Math.ceil(f1), s2);
+    const row = [];
+    if (s1 - f1 > 1e-3) row.push([s1 - 1, (s1 - f1) / cell]);
+    for (let s = s1; s < s2; s++) row.push([s, 1 / cell]);
+    if (f2 - s2 > 1e-3) row.push([s2, Math.min(Math.min(f2 - s2, 1), cell) / cell]);
+    tab.push(row);
+  }
+  return tab;
+}
+
+// Bilinear enlarging (cv2.INTER_LINEAR's half-pixel centres); only the detector's smallest patches need it.
+function linearResize(src, sw, sh, ch, dw, dh) {
+  const out = new Uint8Array(dw * dh * ch);
+  const fx = sw / dw, fy = sh / dh;
+  for (let y = 0; y < dh; y++) {
+    let sy = (y + 0.5) * fy - 0.5; sy = Math.max(0, Math.min(sh - 1, sy));
+    const y0 = Math.floor(sy), y1 = Math.min(y0 + 1, sh - 1), ay = sy - y0;
+    for (let x = 0; x < dw; x++) {
+      let sx = (x + 0.5) * fx - 0.5; sx = Math.max(0, Math.min(sw - 1, sx));
+      const x0 = Math.floor(sx), x1 = Math.min(x0 + 1, sw - 1), ax = sx - x0;
+      for (let c = 0; c < ch; c++) {
+        const v = (src[(y0 * sw + x0) * ch + c] * (1 - ax) + src[(y0 * sw + x1) * ch + c] * ax) * (1 - ay)
+          + (src[(y1 * sw + x0) * ch + c] * (1 - ax) + src[(y1 * sw + x1) * ch + c] * ax) * ay;
+        out[(y * dw + x) * ch + c] = Math.round(v);
+      }
+    }
+  }
+  return out;
+}
+
+/** cv2.resize(..., interpolation=INTER_AREA) for uint8 images of `ch` channels; enlarging falls back to bilinear. */
+export function areaResize(src, sw, sh, ch, dw, dh) {
+  if (dw > sw || dh > sh) return linearResize(src, sw, sh, ch, dw, dh);
+  const tx = areaTab(sw, dw), ty = areaTab(sh, dh);
+  const out = new Uint8Array(dw * dh * ch);
+  const rowBuf = new Float32Array(dw * ch);
+  for (let y = 0; y < dh; y++) {
+    rowBuf.fill(0);
+    for (const [sy, wy] of ty[y]) {
+      const base = sy * sw * ch;
+      for (let x = 0; x < dw; x++) {
+        const o = x * ch;
+        for (const [sx, wx] of tx[x]) {
+          const w = wx * wy, p = base + sx * ch;
+          for (let c = 0; c < ch; c++) rowBuf[o + c] += src[p + c] * w;
+        }
+      }
+    }
+    for (let i = 0; i < dw * ch; i++) out[y * dw * ch + i] = Math.min(255, Math.max(0, Math.round(rowBuf[i])));
+  }
+  return out;
+}
+
+// --- the similarity transform onto FER_TEMPLATE (cv2.estimateAffinePartial2D, method=LMEDS, refineIters=10) -------
+// LMEDS: the 2-point model with the smallest median squared error, inliers within sigma of it, then least squares
+// over the inliers (OpenCV's Levenberg-Marquardt refinement converges to that, the problem being linear). OpenCV
+// draws the 2-point subsets at random; with 5 points there are only 10, so all are tried here.
+
+function fitSimilarity(src, dst) {
+  const n = src.length;
+  let mx = 0, my = 0, nx = 0, ny = 0;
+  for (let i = 0; i < n; i++) { mx += src[i][0]; my += src[i][1]; nx += dst[i][0]; ny += dst[i][1]; }
+  mx /= n; my /= n; nx /= n; ny /= n;
+  let sa = 0, sb = 0, ss = 0;
+  for (let i = 0; i < n; i++) {
+    const px = src[i][0] - mx, py = src[i][1] - my, qx = dst[i][0] - nx, qy = dst[i][1] - ny;
+    sa += px * qx + py * qy; sb += px * qy - py * qx; ss += px * px + py * py;
+  }
+  if (ss < 1e-12) return null;
+  const a = sa / ss, b = sb / ss;
+  return [a, -b, nx - (a * mx - b * my), b, a, ny - (b * mx + a * my)];
+}
+
+function sqErrors(m, src, dst) {
+  return src.map(([x, y], i) => {
+    const u = m[0] * x + m[1] * y + m[2] - dst[i][0], v = m[3] * x + m[4] * y + m[5] - dst[i][1];
+    return u * u + v * v;
+  });
+}
+
+/** 2x3 matrix mapping the face's landmarks onto FER_TEMPLATE, as cv2.estimateAffinePartial2D(LMEDS) finds it. */
+export function estimateSimilarity(landmarks, template = FER_TEMPLATE) {
+  const n = landmarks.length;
+  let best = null, bestMedian = Infinity;
+  for (let i = 0; i < n; i++) {
+    for (let j = i + 1; j < n; j++) {
+      const m = fitSimilarity([landmarks[i], landmarks[j]], [template[i], template[j]]);
+      if (!m) continue;
+      const err = sqErrors(m, landmarks, template).sort((p, q) => p - q);
+      const median = err[Math.floor(n / 2)];
+      if (median < bestMedian) { bestMedian = median; best = m; }
+    }
+  }
+  if (!best) return null;
+  const sigma = Math.max(2.5 * 1.4826 * (1 + 5 / (n - 2)) * Math.sqrt(bestMedian), 0.001);
+  const err = sqErrors(best, landmarks, template);
+  const inl = err.map((e, i) => (e <= sigma * sigma ? i : -1)).filter((i) => i >= 0);
+  if (inl.length < 2) return best;
+  return fitSimilarity(inl.map((i) => landmarks[i]), inl.map((i) => template[i])) || best;
+}
+
+function invertAffine(m) {
+  const [a, b, c, d, e, f] = m;
+  let det = a * e - b * d;
+  det = det !== 0 ? 1 / det : 0;
+  const A = e * det, B = -b * det, D = -d * det, E = a * det;
+  return [A, B, -A * c - B * f, D, E, -D * c - E * f];
+}
+
+/** cv2.warpAffine(gray, m, (48, 48), flags=INTER_LINEAR, borderMode=BORDER_REPLICATE), with OpenCV's fixed point:
+ * source positions in 1/32 pixel, bilinear weights in 1/32768. */
+export function warpAffine48(gray, w, h, m, size = 48) {
+  const inv = invertAffine(m);
+  const out = new Uint8Array(size * size);
+  const AB = 1024, ROUND = 16;
+  for (let y = 0; y < size; y++) {
+    const X0 = Math.round((inv[1] * y + inv[2]) * AB), Y0 = Math.round((inv[4] * y + inv[5]) * AB);
+    for (let x = 0; x < size; x++) {
+      const X = (X0 + Math.round(inv[0] * x * AB) + ROUND) >> 5, Y = (Y0 + Math.round(inv[3] * x * AB) + ROUND) >> 5;
+      const sx = X >> 5, sy = Y >> 5, fx = (X & 31) / 32, fy = (Y & 31) / 32;
+      const x0 = Math.min(Math.max(sx, 0), w - 1), x1 = Math.min(Math.max(sx + 1, 0), w - 1);
+      const y0 = Math.min(Math.max(sy, 0), h - 1), y1 = Math.min(Math.max(sy + 1, 0), h - 1);
+      const w00 = Math.round((1 - fx) * (1 - fy) * 32768), w01 = Math.round(fx * (1 - fy) * 32768);
+      const w10 = Math.round((1 - fx) * fy * 32768), w11 = 32768 - w00 - w01 - w10;
+      const v = gray[y0 * w + x0] * w00 + gray[y0 * w + x1] * w01 + gray[y1 * w + x0] * w10 + gray[y1 * w + x1] * w11;
+      out[y * size + x] = Math.min(255, Math.max(0, (v + 16384) >> 15));
+    }
+  }
+  return out;
+}
+
+/** core.faces.crop_aligned: the 48x48 crop whose landmarks best match FER2013's. A big face is shrunk first with
+ * INTER_AREA (so the warp stays near 1:1 and does not alias), exactly as the server does. */
+export function cropAligned(gray, w, h, landmarks) {
+  let m = estimateSimilarity(landmarks);
+  if (!m) return null;
+  const scale = Math.hypot(m[0], m[1]);
+  if (scale < 0.5) {
+    const k = 1 / (2 * scale);
+    const sw = Math.max(1, roundHalfEven(w / k)), sh = Math.max(1, roundHalfEven(h / k));
+    gray = areaResize(gray, w, h, 1, sw, sh);
+    w = sw; h = sh;
+    m = [m[0] * k, m[1] * k, m[2], m[3] * k, m[4] * k, m[5]];
+  }
+  return warpAffine48(gray, w, h, m);
+}
+
+// Python's round(): ties to even.
+export function roundHalfEven(v) {
+  const r = Math.round(v);
+  return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
