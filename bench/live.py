@@ -40,7 +40,7 @@ def letterbox(rgb: np.ndarray, size: tuple[int, int] = FRAME, zoom: float = 1.0,
     return cv2.warpAffine(img, m, (W, H), borderMode=cv2.BORDER_CONSTANT, borderValue=(128, 128, 128))
 
 
-def make_clip(photos: list[Path], path: Path, seconds_each: float = 1.0, fps: int = 15) -> Path:
+def make_clip(photos: list[Path], path: Path, seconds_each: float = 1.0, fps: int = 30) -> Path:
     """A Y4M video (I420, what Chromium's fake camera reads) that shows each photo for `seconds_each`, slowly
     zooming and drifting, so consecutive frames give different crops."""
     import cv2

@@ -139,14 +139,17 @@ async function classify(crops) {
 
 async function processFrame(video) {
   const w = video.videoWidth, h = video.videoHeight;
+  const tg = performance.now();
   if (grab.width !== w || grab.height !== h) { grab.width = w; grab.height = h; }
   grabCtx.drawImage(video, 0, 0, w, h);
   const image = grabCtx.getImageData(0, 0, w, h), rgba = image.data;
   const t0 = performance.now();
   const found = await state.detector.faces(rgbFromRGBA(rgba, w, h), w, h, state.minFace);
   const gray = grayFromRGBA(rgba, w, h);
+  const tc = performance.now();
   const faces = found.map((f) => ({ ...f, crop: cropAligned(gray, w, h, f.landmarks) })).filter((f) => f.crop);
   const t1 = performance.now();
+  state.timing = { ...state.detector.timing, grab: t0 - tg, detect: tc - t0, crop: t1 - tc };
   state.detectMs = state.frames ? 0.8 * state.detectMs + 0.2 * (t1 - t0) : t1 - t0;
   const probs = faces.length && state.slots.length ? await classify(faces.map((f) => f.crop)) : {};
   faces.forEach((f, i) => { f.probs = Object.fromEntries(Object.entries(probs).map(([id, p]) => [id, p[i]])); });

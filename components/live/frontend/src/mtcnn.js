@@ -108,7 +108,9 @@ export class Mtcnn {
 
   /** core.faces.mtcnn_raw: boxes [x1, y1, x2, y2, score] and landmarks [[x, y] x5] on an RGB image as given. */
   async raw(img, w, h, minFace = 20, thresholds = THRESHOLDS) {
+    const T = (this.timing = {}), t0 = performance.now();
     let b = await this.proposals(img, w, h, minFace, thresholds[0]);
+    T.pnet = performance.now() - t0; T.proposals = b.length;
     if (!b.length) return [];
     const { rnet, onet } = this.s;
     let out = await rnet.run({ [rnet.inputNames[0]]: this.patches(img, w, h, b, 24) });
@@ -116,6 +118,7 @@ export class Mtcnn {
     b = b.map((row, i) => [...row.slice(0, 4), prob[i * 2 + 1], i]).filter((row) => row[4] > thresholds[1]);
     if (!b.length) return [];
     b = nms(b, 0.7).map((row) => square(regress(row.slice(0, 5), reg.subarray(row[5] * 4, row[5] * 4 + 4))));
+    T.rnet = performance.now() - t0 - T.pnet;
     out = await onet.run({ [onet.inputNames[0]]: this.patches(img, w, h, b, 48) });
     reg = out[onet.outputNames[0]].data; const pts = out[onet.outputNames[1]].data; prob = out[onet.outputNames[2]].data;
     const faces = [];
@@ -125,13 +128,14 @@ export class Mtcnn {
       const marks = [0, 1, 2, 3, 4].map((k) => [pts[i * 10 + k] * bw + row[0] - 1, pts[i * 10 + 5 + k] * bh + row[1] - 1]);
       faces.push([...regress([...row.slice(0, 4), prob[i * 2 + 1]], reg.subarray(i * 4, i * 4 + 4)), marks]);
     });
+    T.onet = performance.now() - t0 - T.pnet - T.rnet;
     return nms(faces, 0.7, true).map((f) => ({ box: f.slice(0, 4), score: f[4], landmarks: f[5] }));
   }
 
   /** core.faces.mtcnn_faces: downscaled to SIDE with a grey border; boxes {x, y, w, h} and landmarks in the
    * frame's pixels, largest face first. */
   async faces(rgb, w, h, minFace = 20) {
-    const s = Math.min(1, SIDE / Math.max(w, h));
+    const t0 = performance.now(), s = Math.min(1, SIDE / Math.max(w, h));
     let small = rgb, sw = w, sh = h;
     if (s < 1) {
       sw = Math.max(1, Math.round(w * s)); sh = Math.max(1, Math.round(h * s));
@@ -140,7 +144,9 @@ export class Mtcnn {
     const pad = Math.trunc(BORDER * Math.max(sw, sh)), pw = sw + 2 * pad, ph = sh + 2 * pad;
     const padded = new Uint8Array(pw * ph * 3).fill(128);
     for (let y = 0; y < sh; y++) padded.set(small.subarray(y * sw * 3, (y + 1) * sw * 3), ((y + pad) * pw + pad) * 3);
+    const tr = performance.now();
     const raw = await this.raw(padded, pw, ph, minFace);
+    this.timing.prep = tr - t0;
     const found = [];
     for (const f of raw) {
       const x1 = Math.max(0, (f.box[0] - pad) / s), y1 = Math.max(0, (f.box[1] - pad) / s);
