@@ -129,7 +129,7 @@ def live_state(driver) -> dict:  # noqa: ANN001
     """The frontend's counters (status, frames, fps, detect ms, model ms per model, faces) from inside its iframe."""
     return driver.execute_script("""const s = window.liveState; if (!s) return null;
         return {status: s.status, message: s.message, frames: s.frames, fps: s.fps, detectMs: s.detectMs,
-                modelMs: s.modelMs, slots: s.slots.map(x => x.id), labels: s.labels || [],
+                modelMs: s.modelMs, minFace: s.minFace, slots: s.slots.map(x => x.id), labels: s.labels || [],
                 faces: s.faces.map(f => ({box: f.box, probs: f.probs}))};""")
 
 
@@ -137,7 +137,7 @@ def last_frame(driver) -> dict:  # noqa: ANN001
     """The last processed frame (PNG) with its faces: landmarks, the 48x48 crops and probabilities the browser got."""
     got = driver.execute_script("return window.liveState.snapshot();")
     png = base64.b64decode(got["frame"].split(",", 1)[1])
-    return {"png": png, "faces": got["faces"]}
+    return {"png": png, "faces": got["faces"], "min_face": got["minFace"]}
 
 
 def wait_for(driver, cond, timeout: float, what: str):  # noqa: ANN001, ANN201

@@ -43,30 +43,66 @@ function areaTab(ssize, dsize) {
   return { start, src: Int32Array.from(src), wt: Float32Array.from(wt) };
 }
 
-// Bilinear enlarging (cv2.INTER_LINEAR's half-pixel centres); only the detector's smallest patches need it.
-function linearResize(src, sw, sh, ch, dw, dh) {
-  const out = new Uint8Array(dw * dh * ch);
-  const fx = sw / dw, fy = sh / dh;
-  for (let y = 0; y < dh; y++) {
-    let sy = (y + 0.5) * fy - 0.5; sy = Math.max(0, Math.min(sh - 1, sy));
-    const y0 = Math.floor(sy), y1 = Math.min(y0 + 1, sh - 1), ay = sy - y0;
+// cv2.INTER_AREA when enlarging (the detector's patches of faces under 24 or 48 px): OpenCV's linear resize with
+// its "area mode" coefficients, in its 11-bit fixed point.
+function areaUpTab(ssize, dsize) {
+  const scale = ssize / dsize, inv = dsize / ssize, idx = new Int32Array(dsize * 2), a = new Int32Array(dsize * 2);
+  for (let d = 0; d < dsize; d++) {
+    let s = Math.floor(d * scale), f = (d + 1) - (s + 1) * inv;
+    f = f <= 0 ? 0 : f - Math.floor(f);
+    if (s < 0) { f = 0; s = 0; }
+    if (s >= ssize - 1) { f = 0; s = ssize - 1; }
+    idx[2 * d] = s; idx[2 * d + 1] = Math.min(s + 1, ssize - 1);
+    a[2 * d] = Math.round((1 - f) * 2048); a[2 * d + 1] = Math.round(f * 2048);
+  }
+  return { idx, a };
+}
+
+function areaEnlarge(src, sw, sh, ch, dw, dh) {
+  const tx = areaUpTab(sw, dw), ty = areaUpTab(sh, dh), out = new Uint8Array(dw * dh * ch);
+  const row = (sy) => { // one source row resized horizontally, in 11-bit fixed point
+    const r = new Int32Array(dw * ch);
     for (let x = 0; x < dw; x++) {
-      let sx = (x + 0.5) * fx - 0.5; sx = Math.max(0, Math.min(sw - 1, sx));
-      const x0 = Math.floor(sx), x1 = Math.min(x0 + 1, sw - 1), ax = sx - x0;
+      const p0 = (sy * sw + tx.idx[2 * x]) * ch, p1 = (sy * sw + tx.idx[2 * x + 1]) * ch;
+      for (let c = 0; c < ch; c++) r[x * ch + c] = src[p0 + c] * tx.a[2 * x] + src[p1 + c] * tx.a[2 * x + 1];
+    }
+    return r;
+  };
+  for (let y = 0; y < dh; y++) {
+    const r0 = row(ty.idx[2 * y]), r1 = row(ty.idx[2 * y + 1]), b0 = ty.a[2 * y], b1 = ty.a[2 * y + 1];
+    // the vertical step as OpenCV's SIMD code rounds it (VResizeLinearVec_32s8u)
+    for (let i = 0; i < dw * ch; i++) {
+      out[y * dw * ch + i] = Math.min(255, ((((r0[i] >> 4) * b0) >> 16) + (((r1[i] >> 4) * b1) >> 16) + 2) >> 2);
+    }
+  }
+  return out;
+}
+
+// OpenCV's fast path for whole-number factors: integer sums, 2x2 rounded half up as its SIMD code does.
+function areaShrinkInteger(src, sw, sh, ch, dw, dh) {
+  const kx = sw / dw, ky = sh / dh, area = kx * ky, out = new Uint8Array(dw * dh * ch);
+  for (let y = 0; y < dh; y++) {
+    for (let x = 0; x < dw; x++) {
       for (let c = 0; c < ch; c++) {
-        const v = (src[(y0 * sw + x0) * ch + c] * (1 - ax) + src[(y0 * sw + x1) * ch + c] * ax) * (1 - ay)
-          + (src[(y1 * sw + x0) * ch + c] * (1 - ax) + src[(y1 * sw + x1) * ch + c] * ax) * ay;
-        out[(y * dw + x) * ch + c] = Math.round(v);
+        let sum = 0;
+        for (let j = 0; j < ky; j++) {
+          for (let i = 0; i < kx; i++) sum += src[((y * ky + j) * sw + x * kx + i) * ch + c];
+        }
+        const v = sum / area, r = Math.round(v);
+        out[(y * dw + x) * ch + c] = area === 4 ? (sum + 2) >> 2 : r - v === 0.5 && r % 2 ? r - 1 : r;
       }
     }
   }
   return out;
 }
 
-/** cv2.resize(..., interpolation=INTER_AREA) for uint8 images of `ch` channels; enlarging falls back to bilinear.
+/** cv2.resize(..., interpolation=INTER_AREA) for uint8 images of `ch` channels (enlarging too).
  * With a window [x0, x1) x [y0, y1) of the destination, only that part is computed (and returned). */
 export function areaResize(src, sw, sh, ch, dw, dh, x0 = 0, y0 = 0, x1 = dw, y1 = dh) {
-  if (dw > sw || dh > sh) return linearResize(src, sw, sh, ch, dw, dh);
+  if (dw > sw || dh > sh) return areaEnlarge(src, sw, sh, ch, dw, dh);
+  if (sw % dw === 0 && sh % dh === 0 && x0 === 0 && y0 === 0 && x1 === dw && y1 === dh) {
+    return areaShrinkInteger(src, sw, sh, ch, dw, dh); // a webcam's 640x480 to the detector's 320x240
+  }
   const tx = areaTab(sw, dw), ty = areaTab(sh, dh), ww = x1 - x0, wh = y1 - y0;
   const out = new Uint8Array(ww * wh * ch);
   const rowH = new Float32Array(ww * ch), acc = new Float32Array(ww * ch);
@@ -79,13 +115,16 @@ export function areaResize(src, sw, sh, ch, dw, dh, x0 = 0, y0 = 0, x1 = dw, y1 
         const o = (x - x0) * ch;
         for (let j = tx.start[x]; j < tx.start[x + 1]; j++) {
           const p = base + tx.src[j] * ch, w = tx.wt[j];
-          for (let c = 0; c < ch; c++) rowH[o + c] += src[p + c] * w;
+          for (let c = 0; c < ch; c++) rowH[o + c] += Math.fround(src[p + c] * w); // float32 steps, as OpenCV
         }
       }
-      for (let i = 0; i < acc.length; i++) acc[i] += rowH[i] * wy;
+      for (let i = 0; i < acc.length; i++) acc[i] += Math.fround(rowH[i] * wy);
     }
     const o = (y - y0) * ww * ch;
-    for (let i = 0; i < acc.length; i++) out[o + i] = acc[i] + 0.5; // in 0..255.5, and the store truncates: +0.5 rounds
+    for (let i = 0; i < acc.length; i++) { // cvRound: to nearest, ties to even
+      const v = acc[i], r = Math.round(v);
+      out[o + i] = r - v === 0.5 && r % 2 ? r - 1 : r;
+    }
   }
   return out;
 }

@@ -25,7 +25,7 @@ state.snapshot = () => {
   const c = document.createElement("canvas");
   c.width = state.last.image.width; c.height = state.last.image.height;
   c.getContext("2d").putImageData(state.last.image, 0, 0);
-  return { frame: c.toDataURL("image/png"), faces: state.last.faces.map((f) => ({ box: f.box, landmarks: f.landmarks,
+  return { frame: c.toDataURL("image/png"), minFace: state.last.minFace, faces: state.last.faces.map((f) => ({ box: f.box, landmarks: f.landmarks,
     crop: Array.from(f.crop), probs: f.probs })) };
 };
 state.resetStats = () => { state.frames = 0; state.detectMs = 0; state.modelMs = {}; };
@@ -144,7 +144,8 @@ async function processFrame(video) {
   grabCtx.drawImage(video, 0, 0, w, h);
   const image = grabCtx.getImageData(0, 0, w, h), rgba = image.data;
   const t0 = performance.now();
-  const found = await state.detector.faces(rgbFromRGBA(rgba, w, h), w, h, state.minFace);
+  const minFace = state.minFace;
+  const found = await state.detector.faces(rgbFromRGBA(rgba, w, h), w, h, minFace);
   const gray = grayFromRGBA(rgba, w, h);
   const tc = performance.now();
   const faces = found.map((f) => ({ ...f, crop: cropAligned(gray, w, h, f.landmarks) })).filter((f) => f.crop);
@@ -154,7 +155,7 @@ async function processFrame(video) {
   const probs = faces.length && state.slots.length ? await classify(faces.map((f) => f.crop)) : {};
   faces.forEach((f, i) => { f.probs = Object.fromEntries(Object.entries(probs).map(([id, p]) => [id, p[i]])); });
   state.faces = faces;
-  state.last = { image, faces };
+  state.last = { image, faces, minFace };
   state.frames += 1;
   draw(w, h);
 }
@@ -268,7 +269,6 @@ async function start() {
     setStatus("no-wasm", "This browser has no WebAssembly, which live mode needs. Use snapshot mode below.");
     return;
   }
-  state.minFace = args.min_face || 40;
   try {
     $("status").textContent = "Loading the face detector...";
     state.detector = await Mtcnn.create(ort, { pnet: args.pnet, rnet: args.rnet, onet: args.onet }, SESSION_OPTIONS);
@@ -290,6 +290,7 @@ const slotKey = () => modelKey(state.slots[0] && state.slots[0].id, state.slots[
 let started = false;
 onRender((args) => {
   state.args = args;
+  state.minFace = args.min_face || 40; // the detector's smallest face: applies from the next frame
   if (!started) { started = true; start(); return; }
   // a new model chosen on the page: load it beside the running loop, then swap (camera and page stay as they are)
   if (state.detector && modelKey(args.model_a_id, args.model_b_id) !== slotKey()) {
