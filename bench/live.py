@@ -148,3 +148,160 @@ def wait_for(driver, cond, timeout: float, what: str):  # noqa: ANN001, ANN201
             return got
         time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; state: {live_state(driver)}")
+
+
+def choose(driver, label: str, name: str, timeout: float = 20) -> None:  # noqa: ANN001
+    """Pick the model whose label starts with `name` in the page's selectbox called `label`."""
+    from selenium.webdriver.common.by import By
+
+    driver.switch_to.default_content()
+    box = driver.find_element(By.CSS_SELECTOR, f"[data-testid=stSelectbox] input[aria-label^='{label}']")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+    box.click()
+    box.send_keys(name + " ·")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        option = next((o for o in driver.find_elements(By.CSS_SELECTOR, "[role=option]")
+                       if o.text.startswith(name + " ·")), None)
+        if option is not None:
+            option.click()
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no option {name!r} in {label!r}")
+
+
+def toggle(driver, label: str) -> None:  # noqa: ANN001
+    from selenium.webdriver.common.by import By
+
+    driver.switch_to.default_content()
+    driver.find_element(By.XPATH, f"//label[.//p[starts-with(text(), '{label}')]]").click()
+
+
+def open_live(driver, url: str, timeout: float = 120) -> None:  # noqa: ANN001
+    """Load the Live page and wait for its model picker."""
+    from selenium.webdriver.common.by import By
+
+    def picker() -> bool:
+        return bool(driver.find_elements(By.CSS_SELECTOR, "[data-testid=stSelectbox] input[aria-label^='Model']"))
+
+    for path in ("/", "/live"):  # a fresh server knows its pages only after the router has run once
+        driver.get(f"{url}{path}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (picker() if path == "/live" else
+                                                    driver.find_elements(By.CSS_SELECTOR, "h1")):
+            time.sleep(0.3)
+    if not picker():
+        raise AssertionError("the Live page did not show its model picker")
+
+
+# --- the benchmark ----------------------------------------------------------------------------------------------
+
+def speed(driver, model: str, seconds: float) -> dict:  # noqa: ANN001
+    """Frames per second and per-frame times over `seconds` of live video once `model` runs."""
+    enter_component(driver)
+    wait_for(driver, lambda d: (s := live_state(d)) and s["status"] == "running" and any(f"/{model}@" in x for x in s["slots"])
+             and s["frames"] > 0 and s, 180, f"{model} running")
+    time.sleep(3)  # warm-up: first runs of each net allocate
+    driver.execute_script("window.liveState.resetStats();")
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    per = driver.execute_script("return window.liveState.perFrame;")
+    wall = time.monotonic() - t0
+    total = np.array([p["total"] for p in per])
+    return {"model": model, "frames": len(per), "fps": len(per) / wall, "frame_ms_median": float(np.median(total)),
+            "frame_ms_p90": float(np.percentile(total, 90)), "detect_ms_median": float(np.median([p["detect"] for p in per])),
+            "model_ms_median": float(np.median([p["model"] for p in per if p["faces"]] or [0])),
+            "faces_per_frame": float(np.mean([p["faces"] for p in per]))}
+
+
+def agreement(driver, model_onnx: Path, samples: int) -> dict:  # noqa: ANN001
+    """Top-class agreement with the server on `samples` processed frames: ONNX Runtime on the browser's own crops,
+    and the server's whole Predict pipeline (MTCNN, aligned crop, ONNX Runtime) on the same frame."""
+    import io
+
+    from PIL import Image
+
+    from components.live.catalog import server_faces, server_probabilities
+
+    same_crop = same_frame = crops = frame_faces = 0
+    max_prob_diff, crop_diffs, seen = 0.0, [], set()
+    enter_component(driver)
+    while len(seen) < samples:
+        shot = last_frame(driver)
+        key = shot["png"][-64:]
+        if key in seen or not shot["faces"]:
+            time.sleep(0.1)
+            continue
+        seen.add(key)
+        mine = np.stack([np.asarray(f["crop"], np.uint8).reshape(48, 48) for f in shot["faces"]])
+        browser = np.array([next(iter(f["probs"].values())) for f in shot["faces"]])
+        server = server_probabilities(model_onnx, mine)
+        same_crop += int((browser.argmax(1) == server.argmax(1)).sum())
+        crops += len(mine)
+        max_prob_diff = max(max_prob_diff, float(np.abs(browser - server).max()))
+        theirs = server_faces(np.asarray(Image.open(io.BytesIO(shot["png"])).convert("RGB")))
+        for f, p in zip(shot["faces"], browser):  # pair each browser face with the server's nearest one
+            if not theirs:
+                break
+            cx, cy = f["box"][0] + f["box"][2] / 2, f["box"][1] + f["box"][3] / 2
+            box, crop = min(theirs, key=lambda t: abs(t[0][0] + t[0][2] / 2 - cx) + abs(t[0][1] + t[0][3] / 2 - cy))
+            same_frame += int(server_probabilities(model_onnx, crop[None])[0].argmax() == p.argmax())
+            crop_diffs.append(float(np.abs(np.asarray(f["crop"]).reshape(48, 48) - crop.astype(int)).mean()))
+            frame_faces += 1
+    return {"frames": len(seen), "crops": crops, "same_crop_top_class": same_crop / crops,
+            "max_prob_diff": max_prob_diff, "faces_paired": frame_faces,
+            "same_frame_top_class": same_frame / max(1, frame_faces),
+            "crop_mean_abs_diff": float(np.mean(crop_diffs)) if crop_diffs else None}
+
+
+def machine() -> str:
+    model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
+                  .stdout.splitlines() if ln.startswith("Model name")), "unknown CPU")
+    return f"{model}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["mobilenet-w1", "plain_cnn-w1"])
+    ap.add_argument("--seconds", type=float, default=20, help="measured seconds per model")
+    ap.add_argument("--samples", type=int, default=60, help="frames compared with the server per model")
+    ap.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "photos",
+                    help="photos for the agreement clip (each shown 1 s); tests/data/astronaut.jpg when absent")
+    ap.add_argument("--small-faces", action="store_true", help="the detector at the server's 20 px smallest face")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    tmp = Path(tempfile.mkdtemp(prefix="fer-live-bench-"))
+    one_face = make_clip([ROOT / "tests" / "data" / "astronaut.jpg"], tmp / "one_face.y4m", seconds_each=3.0)
+    photos = sorted(args.photos.glob("*.jpg")) if args.photos.is_dir() else []
+    many = make_clip(photos or [ROOT / "tests" / "data" / "astronaut.jpg"], tmp / "photos.y4m", seconds_each=1.0)
+    report = {"machine": machine(), "small_faces": args.small_faces, "speed": [], "agreement": [],
+              "agreement_clip": f"{len(photos)} photos from {args.photos}" if photos else "tests/data/astronaut.jpg"}
+    proc, url = start_app(tmp / "streamlit.log")
+    try:
+        for clip, part in ((one_face, "speed"), (many, "agreement")):
+            d = chrome(clip)
+            try:
+                open_live(d, url)
+                if args.small_faces:
+                    toggle(d, "Find small faces")
+                for name in args.models:
+                    choose(d, "Model", name)
+                    if part == "speed":
+                        report["speed"].append(speed(d, name, args.seconds))
+                    else:
+                        speed(d, name, 0.5)  # waits until the model runs
+                        report["agreement"].append({"model": name, **agreement(
+                            d, ROOT / "checkpoints" / name / "model.onnx", args.samples)})
+                    print(json.dumps(report[part][-1]), file=sys.stderr)
+            finally:
+                d.quit()
+    finally:
+        stop_app(proc)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -28,7 +28,8 @@ state.snapshot = () => {
   return { frame: c.toDataURL("image/png"), minFace: state.last.minFace, faces: state.last.faces.map((f) => ({ box: f.box, landmarks: f.landmarks,
     crop: Array.from(f.crop), probs: f.probs })) };
 };
-state.resetStats = () => { state.frames = 0; state.detectMs = 0; state.modelMs = {}; };
+state.perFrame = [];
+state.resetStats = () => { state.perFrame = []; };
 window.liveState = state; // read by the browser tests and bench/live.py through WebDriver; never sent anywhere
 
 function setStatus(status, message) {
@@ -157,6 +158,9 @@ async function processFrame(video) {
   state.faces = faces;
   state.last = { image, faces, minFace };
   state.frames += 1;
+  const t2 = performance.now(), per = state.perFrame;
+  per.push({ total: t2 - tg, detect: t1 - t0, model: t2 - t1, faces: faces.length }); // for bench/live.py
+  if (per.length > 2000) per.splice(0, per.length - 2000);
   draw(w, h);
 }
 
