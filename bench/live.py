@@ -174,7 +174,11 @@ def toggle(driver, label: str) -> None:  # noqa: ANN001
     from selenium.webdriver.common.by import By
 
     driver.switch_to.default_content()
-    driver.find_element(By.XPATH, f"//label[.//p[starts-with(text(), '{label}')]]").click()
+    xpath = f"//label[.//p[starts-with(text(), '{label}')]]"
+    deadline = time.monotonic() + 30
+    while not driver.find_elements(By.XPATH, xpath) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    driver.find_element(By.XPATH, xpath).click()
 
 
 def open_live(driver, url: str, timeout: float = 120) -> None:  # noqa: ANN001
