@@ -85,6 +85,7 @@ async function loadModels(args) {
   }
   state.slots = slots; // the switch: the next frame uses the new models, with no reload and the camera still on
   state.modelMs = {};
+  if (state.status === "running") $("status").textContent = state.message;
   buildPanels();
   state.reportAt = performance.now() + 3000;
 }
