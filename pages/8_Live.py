@@ -1,5 +1,5 @@
 """Live page: webcam expressions in real time, detected and classified in the visitor's own browser
-(onnxruntime-web); one model or two side by side; snapshot mode through the Predict pipeline as the fallback."""
+(ONNX Runtime Web, in a Streamlit component); one model or two side by side; snapshot mode through the Predict pipeline as the fallback."""
 import streamlit as st
 
 from components.live import FAILED, live_stream
@@ -9,7 +9,7 @@ from components.live.catalog import (SIDE_BY_SIDE_DEFAULT, analyze_photo, defaul
 st.title("Live")
 st.caption("Your webcam, with each face boxed and labelled as you move. Faces are found with the same MTCNN nets as on "
            "**Predict**, cropped the same way (48x48 gray, eyes level), and classified by the ONNX model you pick, all "
-           "in this browser with onnxruntime-web. Try two model sizes side by side and watch the frame rate.")
+           "in this browser with ONNX Runtime Web. Try two model sizes side by side and watch the frame rate.")
 st.info("🔒 Private: the video never leaves this browser tab; the server gets back only the frame rate and the top "
         "class.", icon=None)
 

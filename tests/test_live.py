@@ -70,7 +70,7 @@ def test_nothing_image_sized_comes_back_from_the_browser() -> None:
 
 def test_the_component_ships_built_and_the_detector_is_the_servers() -> None:
     files = {p.name: p.stat().st_size for p in BUILD_DIR.iterdir()}
-    assert {"index.html", "live.js", "live.css", "ort-wasm-simd-threaded.wasm"} <= set(files)
+    assert {"index.html", "live.js", "worker.js", "live.css", "ort-wasm-simd-threaded.wasm"} <= set(files)
     assert sum(files.values()) < 20 * 2**20, files  # one WASM variant only
     html = (BUILD_DIR / "index.html").read_text()
     assert "http" not in html  # nothing from a CDN: it works offline

@@ -10,7 +10,8 @@ import streamlit.components.v1 as components
 BUILD_DIR = Path(__file__).resolve().parent / "frontend" / "build"
 # Statuses the frontend reports when live mode cannot run; the page then offers snapshot mode.
 FAILED = {"no-camera": "no camera", "denied": "camera permission denied", "no-wasm": "no WebAssembly",
-          "model-error": "the model cannot run in the browser", "error": "live inference stopped"}
+          "model-error": "the model cannot run in the browser", "error": "live inference stopped",
+          "unsupported": "this browser lacks Web Workers"}
 # What may come back from the browser: a status, one message and a few numbers per model. Anything else is dropped,
 # and a value whose JSON is bigger than this is refused: no frame, crop or image is ever accepted from the page.
 MAX_VALUE_CHARS = 4096

@@ -1,21 +1,34 @@
 // Live page frontend: webcam -> MTCNN -> aligned 48x48 gray crops -> one or two expression models, all in
 // onnxruntime-web's WebAssembly backend, in the visitor's browser. The server only sends the ONNX files.
-import * as ort from "onnxruntime-web/wasm";
-import { Mtcnn } from "./mtcnn.js";
-import { cropAligned, grayFromRGBA, rgbFromRGBA } from "./imgproc.js";
+// This thread grabs frames and draws; worker.js detects and classifies.
 import { onRender, setComponentValue, setFrameHeight } from "./streamlit.js";
 
 const CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]; // the ONNX contract's order
 const COLORS = ["#d62728", "#8c564b", "#9467bd", "#2ca02c", "#1f77b4", "#ff7f0e", "#7f7f7f"];
-// The .wasm sits beside this script (built by build.mjs): no CDN, works offline. No cross-origin isolation in
-// Streamlit's component iframe, so no SharedArrayBuffer: one thread.
-ort.env.wasm.wasmPaths = { wasm: new URL("ort-wasm-simd-threaded.wasm", import.meta.url).href };
-ort.env.wasm.numThreads = 1;
-const SESSION_OPTIONS = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
+
+// --- the worker: one request at a time, answered in order ------------------------------------------------------
+let worker = null, seq = 0;
+const pending = new Map();
+function call(type, payload = {}, transfer = []) {
+  return new Promise((resolve, reject) => {
+    seq += 1;
+    pending.set(seq, { resolve, reject });
+    worker.postMessage({ seq, type, ...payload }, transfer);
+  });
+}
+function startWorker() {
+  worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
+  worker.onmessage = ({ data }) => {
+    const p = pending.get(data.seq);
+    pending.delete(data.seq);
+    if (p) (data.ok ? p.resolve(data.result) : p.reject(new Error(data.error)));
+  };
+  worker.onerror = (e) => { for (const p of pending.values()) p.reject(new Error(e.message || "worker failed")); };
+}
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  status: "starting", message: "", detector: null, models: {}, slots: [], frames: 0, fps: 0, detectMs: 0,
+  status: "starting", message: "", ready: false, slots: [], frames: 0, fps: 0, detectMs: 0,
   modelMs: {}, faces: [], minFace: 40, reported: "", args: null, loading: null,
 };
 // The last processed frame and its faces, for the tests' and the benchmark's comparison with the server (through
@@ -58,33 +71,20 @@ function report(force = false) {
 
 const round = (v, d) => Math.round(v * 10 ** d) / 10 ** d;
 const argmax = (a) => a.reduce((best, v, i) => (v > a[best] ? i : best), 0);
-function softmax(logits) {
-  const m = Math.max(...logits), e = logits.map((v) => Math.exp(v - m)), s = e.reduce((p, q) => p + q, 0);
-  return e.map((v) => v / s);
-}
 
 // --- models -------------------------------------------------------------------------------------------------
 async function loadModels(args) {
   const wanted = [["a", args.model_a_id, args.model_a_label, args.model_a]];
   if (args.model_b_id) wanted.push(["b", args.model_b_id, args.model_b_label, args.model_b]);
-  const slots = [];
-  for (const [slot, id, label, bytes] of wanted) {
-    if (!state.models[id]) {
-      $("status").textContent = `Loading ${label}...`;
-      try {
-        state.models[id] = await ort.InferenceSession.create(bytes, SESSION_OPTIONS);
-      } catch (err) {
-        setStatus("model-error", `The model ${label} cannot run in the browser: ${err.message || err}`);
-        throw err;
-      }
-    }
-    slots.push({ slot, id, label });
+  $("status").textContent = `Loading ${wanted.map((w) => w[2]).join(" and ")}...`;
+  try {
+    await call("models", { models: wanted.map(([, id, , bytes]) => ({ id, bytes })) });
+  } catch (err) {
+    setStatus("model-error", `The model cannot run in the browser: ${err.message || err}`);
+    throw err;
   }
-  for (const id of Object.keys(state.models)) { // free sessions no slot uses any more
-    if (!slots.some((s) => s.id === id)) { state.models[id].release(); delete state.models[id]; }
-  }
-  state.slots = slots; // the switch: the next frame uses the new models, with no reload and the camera still on
-  state.modelMs = {};
+  state.slots = wanted.map(([slot, id, label]) => ({ slot, id, label })); // the switch: from the next frame on,
+  state.modelMs = {}; // with no reload and the camera still on
   if (state.status === "running") $("status").textContent = state.message;
   buildPanels();
   state.reportAt = performance.now() + 3000;
@@ -123,44 +123,22 @@ function resize() {
 const grab = document.createElement("canvas");
 const grabCtx = grab.getContext("2d", { willReadFrequently: true });
 
-async function classify(crops) {
-  const n = crops.length, input = new Float32Array(n * 48 * 48);
-  crops.forEach((c, i) => input.set(c, i * 2304)); // raw 0-255 gray: the ONNX contract normalises inside the graph
-  const out = {};
-  for (const s of state.slots) {
-    const session = state.models[s.id];
-    const t0 = performance.now();
-    const res = await session.run({ image: new ort.Tensor("float32", input, [n, 1, 48, 48]) });
-    const ms = performance.now() - t0;
-    state.modelMs[s.id] = state.modelMs[s.id] ? 0.8 * state.modelMs[s.id] + 0.2 * ms : ms;
-    const logits = res.logits.data;
-    out[s.id] = crops.map((_, i) => softmax(Array.from(logits.subarray(i * 7, i * 7 + 7))));
-  }
-  return out;
-}
-
 async function processFrame(video) {
-  const w = video.videoWidth, h = video.videoHeight;
   const tg = performance.now();
+  const w = video.videoWidth, h = video.videoHeight;
   if (grab.width !== w || grab.height !== h) { grab.width = w; grab.height = h; }
   grabCtx.drawImage(video, 0, 0, w, h);
-  const image = grabCtx.getImageData(0, 0, w, h), rgba = image.data;
-  const t0 = performance.now();
-  const minFace = state.minFace;
-  const found = await state.detector.faces(rgbFromRGBA(rgba, w, h), w, h, minFace);
-  const gray = grayFromRGBA(rgba, w, h);
-  const tc = performance.now();
-  const faces = found.map((f) => ({ ...f, crop: cropAligned(gray, w, h, f.landmarks) })).filter((f) => f.crop);
-  const t1 = performance.now();
-  state.timing = { ...state.detector.timing, grab: t0 - tg, detect: tc - t0, crop: t1 - tc };
-  state.detectMs = state.frames ? 0.8 * state.detectMs + 0.2 * (t1 - t0) : t1 - t0;
-  const probs = faces.length && state.slots.length ? await classify(faces.map((f) => f.crop)) : {};
-  faces.forEach((f, i) => { f.probs = Object.fromEntries(Object.entries(probs).map(([id, p]) => [id, p[i]])); });
-  state.faces = faces;
-  state.last = { image, faces, minFace };
+  const image = grabCtx.getImageData(0, 0, w, h), minFace = state.minFace, ids = state.slots.map((s) => s.id);
+  const rgba = image.data.slice(); // a copy goes to the worker; the frame itself stays for the snapshot below
+  const r = await call("frame", { rgba, w, h, minFace, ids }, [rgba.buffer]);
+  const ema = (old, v) => (old ? 0.8 * old + 0.2 * v : v);
+  state.detectMs = ema(state.frames && state.detectMs, r.detectMs);
+  for (const [id, ms] of Object.entries(r.modelMs)) state.modelMs[id] = ema(state.modelMs[id], ms);
+  state.faces = r.faces;
+  state.last = { image, faces: r.faces, minFace };
   state.frames += 1;
-  const t2 = performance.now(), per = state.perFrame;
-  per.push({ total: t2 - tg, detect: t1 - t0, model: t2 - t1, faces: faces.length }); // for bench/live.py
+  const per = state.perFrame, model = Object.values(r.modelMs).reduce((a, b) => a + b, 0);
+  per.push({ total: performance.now() - tg, detect: r.detectMs, model, faces: r.faces.length }); // bench/live.py
   if (per.length > 2000) per.splice(0, per.length - 2000);
   draw(w, h);
 }
@@ -212,7 +190,7 @@ async function loop(video, frameInterval) {
   const times = [];
   for (;;) {
     const start = performance.now();
-    if (state.detector && state.slots.length && video.readyState >= 2 && !state.paused) {
+    if (state.ready && state.slots.length && video.readyState >= 2 && !state.paused) {
       try {
         await processFrame(video);
       } catch (err) {
@@ -274,10 +252,16 @@ async function start() {
     setStatus("no-wasm", "This browser has no WebAssembly, which live mode needs. Use snapshot mode below.");
     return;
   }
+  if (typeof Worker === "undefined") {
+    setStatus("unsupported", "This browser has no Web Workers, which live mode needs. Use snapshot mode below.");
+    return;
+  }
   try {
     $("status").textContent = "Loading the face detector...";
-    state.detector = await Mtcnn.create(ort, { pnet: args.pnet, rnet: args.rnet, onet: args.onet }, SESSION_OPTIONS);
+    startWorker();
+    await call("init", { nets: { pnet: args.pnet, rnet: args.rnet, onet: args.onet } });
     await loadModels(state.args);
+    state.ready = true;
   } catch (err) {
     if (state.status === "starting") setStatus("no-wasm", `onnxruntime-web could not start: ${err.message || err}. `
       + "Use snapshot mode below.");
@@ -298,7 +282,7 @@ onRender((args) => {
   state.minFace = args.min_face || 40; // the detector's smallest face: applies from the next frame
   if (!started) { started = true; start(); return; }
   // a new model chosen on the page: load it beside the running loop, then swap (camera and page stay as they are)
-  if (state.detector && modelKey(args.model_a_id, args.model_b_id) !== slotKey()) {
+  if (state.ready && modelKey(args.model_a_id, args.model_b_id) !== slotKey()) {
     state.loading = (state.loading || Promise.resolve()).then(() => {
       if (modelKey(state.args.model_a_id, state.args.model_b_id) !== slotKey()) return loadModels(state.args);
     }).then(() => report(true), () => {});
