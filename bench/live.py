@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     import tempfile
 
-    sys.path.insert(0, str(ROOT))
+    from core.training import rundir
+
     tmp = Path(tempfile.mkdtemp(prefix="fer-live-bench-"))
     one_face = make_clip([ROOT / "tests" / "data" / "astronaut.jpg"], tmp / "one_face.y4m", seconds_each=3.0)
     photos = sorted(args.photos.glob("*.jpg")) if args.photos.is_dir() else []
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
                     else:
                         speed(d, name, 0.5)  # waits until the model runs
                         report["agreement"].append({"model": name, **agreement(
-                            d, ROOT / "checkpoints" / name / "model.onnx", args.samples)})
+                            d, ROOT / "checkpoints" / name / rundir.ONNX, args.samples)})
                     print(json.dumps(report[part][-1]), file=sys.stderr)
             finally:
                 d.quit()

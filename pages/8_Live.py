@@ -3,8 +3,16 @@
 import streamlit as st
 
 from components.live import FAILED, live_stream
-from components.live.catalog import (SIDE_BY_SIDE_DEFAULT, analyze_photo, default_model, draw_boxes, live_models,
-                                     model_label, mtcnn_net_bytes)
+from components.live.catalog import (
+    SIDE_BY_SIDE_DEFAULT,
+    analyze_photo,
+    default_model,
+    draw_boxes,
+    live_models,
+    model_label,
+    mtcnn_net_bytes,
+    onnx_of,
+)
 
 st.title("Live")
 st.caption("Your webcam, with each face boxed and labelled as you move. Faces are found with the same MTCNN nets as on "
@@ -46,7 +54,7 @@ snapshot = st.toggle("Snapshot mode (one photo at a time, classified on the serv
 
 
 def model_arg(path: str) -> tuple[str, str, object]:
-    onnx = by_path[path].path / "model.onnx"
+    onnx = onnx_of(by_path[path])
     return f"{path}@{onnx.stat().st_mtime_ns}", by_path[path].name, onnx
 
 
@@ -59,7 +67,7 @@ def snapshot_mode(path: str) -> None:
     if shot is None:
         return
     try:
-        result = analyze_photo(shot.getvalue(), "camera photo", by_path[path].path / "model.onnx")
+        result = analyze_photo(shot.getvalue(), "camera photo", onnx_of(by_path[path]))
     except ValueError as exc:
         st.error(str(exc))
         return

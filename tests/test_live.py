@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 
 from components.live import BUILD_DIR, FAILED, MAX_VALUE_CHARS, clean_value
 from components.live.catalog import default_model, live_models, mtcnn_net_bytes
-from conftest import ROOT
 
 LIVE = "pages/8_Live.py"
 

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import io
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-from components.live.catalog import server_faces, server_probabilities
-from bench.live import (chrome, enter_component, last_frame, live_state, make_clip, start_app, stop_app, wait_for)
 from conftest import ROOT, SAMPLE_PHOTO
+from selenium.webdriver.common.by import By  # noqa: E402 - requirements-dev.txt
 from test_browser import SHOT_DIR, overflow, require_browser, settle, text_of, wait
 
-from selenium.webdriver.common.by import By  # noqa: E402 - requirements-dev.txt
-from selenium.webdriver.common.keys import Keys  # noqa: E402
+from bench.live import chrome, enter_component, last_frame, live_state, make_clip, start_app, stop_app, wait_for
+from components.live.catalog import server_faces, server_probabilities
 
 CHECKPOINTS = ROOT / "checkpoints"
 FIRST, SECOND, THIRD = "mobilenet-w1", "mobilenet-w0.5", "plain_cnn-w0.25"

@@ -7,12 +7,12 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core import faces
-from core.fsutil import runs_dir
-from core.onnx_io import OnnxClassifier
-from core.photo import PhotoResult, analyze_photo, draw_boxes
-from core.rundir import RunStatus, list_runs
-from core.runviews import best_model, model_label
+from core.inference import faces
+from core.inference.onnx_io import OnnxClassifier
+from core.inference.photo import PhotoResult, analyze_photo, draw_boxes
+from core.training.rundir import ONNX, RunStatus, list_runs
+from core.util.fsutil import runs_dir
+from core.views.runviews import best_model, model_label
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,6 +25,11 @@ MTCNN_NETS = ("pnet", "rnet", "onet")
 
 __all__ = ["PhotoResult", "analyze_photo", "draw_boxes", "RunStatus", "model_label", "live_models", "default_model",
            "mtcnn_net_bytes", "server_probabilities", "server_faces", "LIVE_DEFAULT", "SIDE_BY_SIDE_DEFAULT"]
+
+
+def onnx_of(run: RunStatus) -> Path:
+    """The run's ONNX file (the contract's name is core.training.rundir's to spell)."""
+    return run.path / ONNX
 
 
 def live_models() -> tuple[list[RunStatus], list[RunStatus]]:
