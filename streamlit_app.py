@@ -22,6 +22,7 @@ PAGES = [
     st.Page("pages/5_Predict.py", title="Predict", icon="🙂", url_path="predict"),
     st.Page("pages/6_Inside.py", title="Inside", icon="🔬", url_path="inside"),
     st.Page("pages/7_Compress.py", title="Compress", icon="🗜️", url_path="compress"),
+    st.Page("pages/8_Live.py", title="Live", icon="🎥", url_path="live"),
 ]
 
 page = st.navigation(PAGES)
