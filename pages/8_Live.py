@@ -18,8 +18,8 @@ st.title("Live")
 st.caption("Your webcam, with each face boxed and labelled as you move. Faces are found with the same MTCNN nets as on "
            "**Predict**, cropped the same way (48x48 gray, eyes level), and classified by the ONNX model you pick, all "
            "in this browser with ONNX Runtime Web. Try two model sizes side by side and watch the frame rate.")
-st.info("🔒 Private: the video never leaves this browser tab; the server gets back only the frame rate and the top "
-        "class.", icon=None)
+st.info("🔒 Private: the video never leaves this browser tab; the server gets back only a status and a few numbers "
+        "(frame rate, timings, top class).", icon=None)
 
 models, left_out = live_models()
 if left_out:

@@ -83,3 +83,9 @@ def test_default_model_falls_back_to_the_best_shipped_one() -> None:
     assert default_model(models, "no-such-run") is not None
     assert default_model([], "mobilenet-w1") is None
     assert (ROOT / "components" / "live" / "frontend" / "package-lock.json").exists()
+
+
+def test_the_readme_screenshot_is_a_png() -> None:
+    for name in ("live", "live-phone"):
+        path = ROOT / "docs" / "screenshots" / f"{name}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path

@@ -162,7 +162,8 @@ def test_live_boxes_labels_match_the_server_and_switch_models(app: str, camera) 
     d.switch_to.default_content()
     SHOT_DIR.mkdir(parents=True, exist_ok=True)
     d.set_window_size(1400, 1450)  # down to the probability bars and the frame rate
-    time.sleep(1.5)
+    time.sleep(3.5)  # the component's report after the last switch reruns the page once more
+    settle(d, "Live")
     d.save_screenshot(str(SHOT_DIR / "live.png"))
     d.set_window_size(420, 1000)
     try:

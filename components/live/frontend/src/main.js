@@ -27,6 +27,7 @@ function startWorker() {
 }
 
 const $ = (id) => document.getElementById(id);
+const RUNNING = "Live: faces are found and classified in this browser.";
 const state = {
   status: "starting", message: "", ready: false, slots: [], frames: 0, fps: 0, detectMs: 0,
   modelMs: {}, faces: [], minFace: 40, reported: "", args: null, loading: null,
@@ -86,6 +87,7 @@ async function loadModels(args) {
   state.slots = wanted.map(([slot, id, label]) => ({ slot, id, label })); // the switch: from the next frame on,
   state.modelMs = {}; // with no reload and the camera still on
   if (state.status === "running") $("status").textContent = state.message;
+  if (state.status === "model-error") setStatus("running", RUNNING); // a working model picked after one that failed
   buildPanels();
   state.reportAt = performance.now() + 3000;
 }
@@ -257,9 +259,11 @@ async function start() {
     return;
   }
   try {
-    $("status").textContent = "Loading the face detector...";
-    startWorker();
-    await call("init", { nets: { pnet: args.pnet, rnet: args.rnet, onet: args.onet } });
+    if (!worker) { // once: a start again after a model that failed keeps the detector
+      $("status").textContent = "Loading the face detector...";
+      startWorker();
+      await call("init", { nets: { pnet: args.pnet, rnet: args.rnet, onet: args.onet } });
+    }
     await loadModels(state.args);
     state.ready = true;
   } catch (err) {
@@ -270,7 +274,7 @@ async function start() {
   $("status").textContent = "Waiting for the camera (allow it when the browser asks)...";
   const cam = await startCamera();
   if (!cam) return;
-  setStatus("running", "Live: faces are found and classified in this browser.");
+  setStatus("running", RUNNING);
   loop(cam.video, cam.frameInterval);
 }
 
@@ -281,6 +285,7 @@ onRender((args) => {
   state.args = args;
   state.minFace = args.min_face || 40; // the detector's smallest face: applies from the next frame
   if (!started) { started = true; start(); return; }
+  if (!state.ready && state.status === "model-error") { start(); return; } // the first model failed: another pick
   // a new model chosen on the page: load it beside the running loop, then swap (camera and page stay as they are)
   if (state.ready && modelKey(args.model_a_id, args.model_b_id) !== slotKey()) {
     state.loading = (state.loading || Promise.resolve()).then(() => {
