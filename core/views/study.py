@@ -294,7 +294,7 @@ def campaign_section(out: Path, trials_dir: Path | None = None) -> list[str]:
 
 
 def campaign_budget_lines(eb: pd.DataFrame, cross: dict | None) -> list[str]:
-    lines = ["### At equal parameter counts, with the spread", ""]
+    lines = ["### Equal parameter budgets, with the spread", ""]
     if eb.empty:
         return lines + ["Not yet measurable: each family needs two or more grid widths with at least two finished "
                         "seeds each, so that a spread exists to compare the gap with.", ""]
