@@ -53,8 +53,7 @@ infos = list_runs(runs_dir())
 models = [i for i in infos if i.has_onnx]
 left_out = [i for i in infos if i.ok and i.onnx_problem]
 if left_out:
-    st.warning("Left out, their ONNX export cannot be used (details on Compare):  \n"
-               + "  \n".join(f"`{i.name}`: {i.onnx_problem}" for i in left_out))
+    st.warning(runviews.left_out_text(left_out))
 if not models:
     st.info("No model with an ONNX export yet. Train one on the **Train** page (about a minute on the built-in "
             "synthetic data) or put shipped checkpoints in `checkpoints/`; it appears here when it finishes.")

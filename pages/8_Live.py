@@ -8,6 +8,7 @@ from components.live.catalog import (
     analyze_photo,
     default_model,
     draw_boxes,
+    left_out_text,
     live_models,
     model_label,
     mtcnn_net_bytes,
@@ -23,8 +24,7 @@ st.info("🔒 Private: the video never leaves this browser tab; the server gets 
 
 models, left_out = live_models()
 if left_out:
-    st.warning("Left out, their ONNX export cannot be used (details on Compare):  \n"
-               + "  \n".join(f"`{i.name}`: {i.onnx_problem}" for i in left_out))
+    st.warning(left_out_text(left_out))
 if not models:
     st.info("No model with an ONNX export yet. Train one on the **Train** page or put shipped checkpoints in "
             "`checkpoints/`; it appears here when it finishes.")

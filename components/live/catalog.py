@@ -12,7 +12,7 @@ from core.inference.onnx_io import OnnxClassifier
 from core.inference.photo import PhotoResult, analyze_photo, draw_boxes
 from core.training.rundir import ONNX, RunStatus, list_runs
 from core.util.fsutil import runs_dir
-from core.views.runviews import best_model, model_label
+from core.views.runviews import best_model, left_out_text, model_label  # noqa: F401 - left_out_text: for the page
 
 if TYPE_CHECKING:
     import numpy as np

@@ -206,3 +206,9 @@ def display_table(table: pd.DataFrame):  # noqa: ANN201 - a pandas Styler
                "wall_time_s": "{:.0f}", **{f"acc_{s}": "{:.3f}" for s in SPLITS}, "accuracy": "{:.3f}"}
     styled = table.style.format(na_rep="—")  # every column; the number formats below keep the dash too
     return styled.format({k: v for k, v in formats.items() if k in table.columns}, na_rep="—")
+
+
+def left_out_text(left_out: list) -> str:
+    """The warning Predict and Live show for runs whose ONNX export cannot be used, one line each with the reason."""
+    return ("Left out, their ONNX export cannot be used (details on Compare):  \n"
+            + "  \n".join(f"`{i.name}`: {i.onnx_problem}" for i in left_out))
