@@ -197,6 +197,21 @@ def click_when_clear(driver, element) -> None:  # noqa: ANN001
     wait(driver, attempt, 15, "the element to be clickable")
 
 
+def open_next_expander(driver) -> bool:  # noqa: ANN001
+    """One step of "open every expander": click the first closed one and report False, or True once none is closed.
+    Elements are found afresh on each step because React may re-render an expander (a stale element never opens),
+    and a pause after the click lets a loaded machine apply it before the next look, so no expander is toggled twice."""
+    closed = [x for x in driver.find_elements(By.CSS_SELECTOR, "[data-testid=stExpander] details")
+              if x.get_attribute("open") is None]
+    if not closed:
+        return True
+    summary = closed[0].find_element(By.TAG_NAME, "summary")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", summary)
+    summary.click()  # covered (a reflowing column) or stale: wait() ignores both and this step runs again
+    time.sleep(1.0)
+    return False
+
+
 def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
     url, runs = server
     d = browser
@@ -351,10 +366,7 @@ def test_predict_fits_a_phone(server, browser, tmp_path: Path) -> None:  # noqa:
         wait(d, lambda dd: "wall.png · no face found" in text_of(dd) and "astronaut.jpg · 1 face(s)" in text_of(dd), 90,
              "both photos analysed (their folded details)")
         settle(d, "Predict")
-        for details in d.find_elements(By.CSS_SELECTOR, "[data-testid=stExpander] details"):
-            if details.get_attribute("open") is None:  # every photo's details open, charts and sliders included
-                click_when_clear(d, details.find_element(By.TAG_NAME, "summary"))
-                wait(d, lambda _: details.get_attribute("open") is not None, 10, "an expander to open")
+        wait(d, open_next_expander, 90, "every photo's details to open (charts and sliders included)")
         settle(d, "Predict")
         assert "No face found in wall.png" in text_of(d) and "Size" in text_of(d)
         scroll, client = overflow(d)
