@@ -335,7 +335,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
             print(msg, file=sys.stderr)
 
     try:
-        rows = compress_run(a.run, cfg, out=a.out, progress=reporter, log=log)
+        rows = compress_run(a.run, cfg, out=a.out, progress=reporter, log=log, force=a.force)
     finally:
         reporter.close()
     if a.json:
@@ -362,7 +362,9 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--finetune-epochs", type=int, default=2, help="epochs of fine-tuning after pruning")
     c.add_argument("--finetune-steps", type=int, default=None, help="cap on fine-tuning steps")
     c.add_argument("--repeats", type=int, default=60, help="latency runs per batch size (medians)")
-    c.add_argument("--out", default=None, help="folder for the variants (default: beside the run)")
+    c.add_argument("--out", default=None, help="folder for the variants (default: beside a run of yours; the runs "
+                   "folder for a shipped checkpoint, since nothing is written into checkpoints/)")
+    c.add_argument("--force", action="store_true", help="replace a variant of the same name (default: refuse)")
     c.add_argument("--progress", default=None, help="also write progress as JSON to this file (for the app)")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.add_argument("--json", action="store_true", help="print one JSON object as the last line")

@@ -30,8 +30,11 @@ with st.form("compress_form"):
     structured = c2.checkbox("structured (whole channels)", key="compress_structured",
                              help="layers really become narrower: fewer parameters, MACs and milliseconds")
     epochs = c3.number_input("Fine-tune epochs", min_value=1, max_value=20, value=2, key="compress_epochs")
-    calibration = st.number_input("Calibration images (int8)", min_value=16, max_value=5000, value=256, step=16,
+    c1, c2 = st.columns(2)
+    calibration = c1.number_input("Calibration images (int8)", min_value=16, max_value=5000, value=256, step=16,
                                   key="compress_calibration")
+    force = c2.checkbox("replace a variant of the same name", key="compress_force",
+                        help="off: a variant that already exists is kept, and the job is refused")
     submitted = st.form_submit_button("Compress in the background", type="primary", key="compress_start")
 
 st.info("Unstructured pruning only writes zeros: dense kernels multiply by zero just as fast, so it saves **no time**, "
@@ -47,7 +50,7 @@ if submitted:
                                           structured=structured and prune_on, calibration=int(calibration),
                                           finetune_epochs=int(epochs))
             out = root if names[run].shipped else None  # shipped checkpoints stay as shipped
-            compress_jobs.start_job(names[run].path, cfg, out=out, root=root)
+            compress_jobs.start_job(names[run].path, cfg, out=out, root=root, force=force)
             st.success(f"Started: {', '.join(cfg.techniques())} of `{run}`. Progress below.")
         except ValueError as exc:
             st.error(str(exc))
@@ -77,7 +80,7 @@ if table.empty:
 else:
     st.dataframe(table, hide_index=True, key="compress_table", column_order=[
         "name", "technique", "params", "onnx_bytes", "gzip_bytes", "size_ratio", "latency_ms_b1", "latency_ms_b64",
-        "speedup_b64", "accuracy", "parent_accuracy", "delta", "split", "sparsity"], column_config={
+        "speedup_b64", "accuracy", "parent_accuracy", "delta", "split", "data", "sparsity"], column_config={
         "onnx_bytes": st.column_config.NumberColumn("ONNX bytes", format="localized"),
         "gzip_bytes": st.column_config.NumberColumn("gzip bytes", format="localized"),
         "size_ratio": st.column_config.NumberColumn("size vs fp32", format="%.2fx"),
@@ -90,7 +93,13 @@ else:
         "sparsity": st.column_config.NumberColumn("zeros", format="%.2f"),
     })
     st.caption("Latency: ONNX Runtime on this machine's CPU, one thread, medians, each variant timed in alternating "
-               "rounds with its parent. Accuracy: ONNX Runtime on the split named.")
+               "rounds with its parent. Accuracy: ONNX Runtime on the split named, of the data named.")
+    other = table[~table["same_data"].fillna(True).astype(bool)]
+    if not other.empty:
+        st.warning("Calibrated and measured on other data than their parent was trained on: "
+                   + ", ".join(f"`{r.name}` (on {r.data})" for r in other.itertuples())
+                   + ". Their accuracies compare with the parent's on that data only, not with its own record.",
+                   icon=":material/warning:")
     st.subheader("Size vs accuracy")
     st.altair_chart(charts.size_accuracy_chart(compressviews.chart_points(table)), width="stretch",
                     key="compress_chart")
