@@ -219,14 +219,15 @@ def show_run(run: rundir.RunStatus) -> None:
 
 @st.fragment(run_every=2)
 def runs_panel() -> None:
-    runs = rundir.list_runs(root, include_shipped=False)
+    runs, variants = runviews.trainings(rundir.list_runs(root, include_shipped=False))
     active = sum(r.active for r in runs)
     st.subheader(f"Runs ({active} running)" if active else "Runs")
     if not runs:
         st.info("No runs yet. Press **Start training**; the run appears here with live progress.")
         return
     st.caption(f"Run folders in `{root}`. Showing the {min(len(runs), MAX_SHOWN)} most recent of "
-               f"{len(runs)}; all are on Compare.")
+               f"{len(runs)}; all are on Compare."
+               + (f" {variants} compression variant(s) are not trainings: they are on Compress." if variants else ""))
     for run in runs[:MAX_SHOWN]:
         show_run(run)
 

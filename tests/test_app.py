@@ -305,3 +305,19 @@ def test_pages_stay_thin() -> None:
         text = page.read_text()
         assert not [w for w in banned if w in text], page.name
     assert os.environ["FER_RUNS_DIR"] == str(runs_dir())
+
+
+def test_a_compression_variant_is_not_listed_as_a_training(tiny_run: Path) -> None:
+    """A variant's record copies its parent's time and curves: under Train's Runs it would pass for a finished
+    training, so Train leaves it out (and says where it is) while its parent stays."""
+    import shutil
+
+    from core.compression.compress import CompressConfig, compress_run
+
+    parent = runs_dir() / "train-parent"
+    shutil.copytree(tiny_run, parent, dirs_exist_ok=True)
+    compress_run(parent, CompressConfig(fp16=True, data="synthetic", repeats=3), force=True)
+    at = app("pages/3_Train.py")
+    shown = " ".join(m.value for m in at.markdown)
+    assert "**train-parent**" in shown and "train-parent--fp16" not in shown
+    assert any("compression variant(s) are not trainings" in c.value for c in at.caption)

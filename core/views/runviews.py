@@ -206,3 +206,10 @@ def display_table(table: pd.DataFrame):  # noqa: ANN201 - a pandas Styler
                "wall_time_s": "{:.0f}", **{f"acc_{s}": "{:.3f}" for s in SPLITS}, "accuracy": "{:.3f}"}
     styled = table.style.format(na_rep="—")  # every column; the number formats below keep the dash too
     return styled.format({k: v for k, v in formats.items() if k in table.columns}, na_rep="—")
+
+
+def trainings(runs: list[RunStatus]) -> tuple[list[RunStatus], int]:
+    """The runs that are trainings, and how many were left out as compression variants: a variant's record is a copy
+    of its parent's (its time, its curves), so among trainings it would pass for a second finished training."""
+    kept = [r for r in runs if r.record is None or r.record.variant is None]
+    return kept, len(runs) - len(kept)
