@@ -49,12 +49,9 @@ class _ProgressWriter:
         self.t0 = self.clock()  # reset at the first batch
         self.last = float("-inf")
         self.first_step: int | None = None  # a resumed run starts part-way; the ETA counts this process's steps
+        self.latest: dict | None = None
 
     def __call__(self, b: dict) -> None:
-        import time
-
-        from core.util.fsutil import atomic_write_json
-
         now = self.clock()
         if self.first_step is None:  # start the clock at the first batch: data loading is not training time
             self.first_step = b["global_step"] - 1
@@ -62,11 +59,24 @@ class _ProgressWriter:
         if now - self.last < self.interval and b["step"] < b["steps"] and b["global_step"] < b["total_steps"]:
             return
         self.last = now
+        self.latest = b
+        self.write(b)
+
+    def write(self, b: dict, **extra: object) -> None:
+        import time
+
+        from core.util.fsutil import atomic_write_json
+
         atomic_write_json(self.path, {
             "epoch": b["epoch"], "epochs": self.epochs, "step": b["step"], "steps": b["steps"],
             "global_step": b["global_step"], "total_steps": b["total_steps"], "first_step": self.first_step,
-            "loss": b["loss"], "lr": b["lr"], "seconds": b["seconds"], "elapsed": now - self.t0, "time": time.time(),
-        })
+            "loss": b["loss"], "lr": b["lr"], "seconds": b["seconds"], "elapsed": self.clock() - self.t0,
+            "time": time.time(), **extra})
+
+    def stage(self, name: str) -> None:
+        """After the last step: the latest position plus the stage now running, so the app shows it, not a full bar."""
+        if self.latest is not None:
+            self.write(self.latest, stage=name)
 
 
 def _progress_bar(quiet: bool, epochs: int, progress: "_ProgressWriter | None"):  # noqa: ANN202 - (hook, close)
@@ -94,8 +104,17 @@ def _progress_bar(quiet: bool, epochs: int, progress: "_ProgressWriter | None"):
     def close() -> None:
         if bar:
             bar[0].close()
+            bar.clear()  # closed once, when the steps end: a later close must not print it again
 
-    return on_batch, write, close
+    def on_stage(name: str) -> None:
+        """The steps are over: close the bar (its time is the training's) and say what runs now."""
+        close()
+        if progress is not None:
+            progress.stage(name)
+        if not quiet:
+            print(f"{name}...", file=sys.stderr)
+
+    return on_batch, write, close, on_stage
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -115,12 +134,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     # Background runs read a small progress file for a per-step bar with ETA; run.json is only written per epoch.
     # Throttled to twice a second so it costs nothing measurable.
     progress = _ProgressWriter(run_dir / rundir.PROGRESS_FILE, cfg.epochs) if a.run_dir else None
-    on_batch, write, close = _progress_bar(a.quiet, cfg.epochs, progress)
+    on_batch, write, close, on_stage = _progress_bar(a.quiet, cfg.epochs, progress)
     last: dict = {}
     try:
-        for m in run_training(cfg, run_dir, on_batch=on_batch, data=data):
+        for m in run_training(cfg, run_dir, on_batch=on_batch, data=data, on_stage=on_stage):
             last = m
-            write(f"epoch {m['epoch']}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | "
+            # "during training": the running average over the epoch's augmented batches, in training mode; the
+            # result's train accuracy is measured afterwards in eval mode on a sample, so it differs
+            write(f"epoch {m['epoch']}: during training loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | "
                   f"{m['val_split']} loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} | {m['images_per_s']:.0f} img/s")
     finally:
         close()

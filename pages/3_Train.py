@@ -17,7 +17,6 @@ from core.util import settings
 from core.util.fsutil import runs_dir
 from core.views import runviews, sweepviews
 from core.views.dataviews import dataset_choices
-from core.views.text import format_eta
 
 MAX_SHOWN = 8  # most recent runs shown here in full; every run is on Compare
 STATUS_BADGE = {"queued": ":violet-badge[queued]", "starting": ":blue-badge[starting]", "running": ":blue-badge[running]",
@@ -147,20 +146,6 @@ def curves(run: rundir.RunStatus) -> None:
         col.altair_chart(chart, width="stretch")
 
 
-def progress_text(run: rundir.RunStatus) -> str:
-    p = run.progress
-    if run.status == "queued":
-        return f"queued: number {run.position} in line; it starts when a running training ends"
-    if run.status == "starting":
-        return "starting: loading data and building the model..."
-    if not p:
-        return f"epoch {len(run.record.epochs) if run.record else 0}/{run.config.get('epochs', '?')}"
-    text = f"epoch {p['epoch']}/{p['epochs']} · step {p['step']}/{p['steps']} · loss {p['loss']:.3f}"
-    if run.status == "running":
-        text += f" · ETA {format_eta(run.eta_s)}"
-    return text
-
-
 def run_button(where, label: str, key: str, action, toast: str | None, **kw: object) -> None:  # noqa: ANN001
     """A button that calls into core.service.jobs: a toast on success, the ValueError's message as st.error otherwise."""
     if where.button(label, key=key, **kw):
@@ -212,7 +197,7 @@ def show_run(run: rundir.RunStatus) -> None:
                       f"{desc} · {data_desc} · batch {cfg.get('batch_size', '?')} · lr {cfg.get('lr', '?')}{params}")
         buttons(run, button_col)
         if run.active or run.status == "interrupted":
-            st.progress(run.fraction, text=progress_text(run))
+            st.progress(run.fraction, text=runviews.progress_text(run))
         outcome(run)
         curves(run)
 

@@ -96,3 +96,29 @@ def test_train_help_and_output_are_clean(tmp_path: Path) -> None:
                "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path))
     # no total-less bar ('0step [00:00, ?step/s]') before the real one: the bar is made with its total
     assert "0step [" not in proc.stderr and re.search(r"\| 0/\d+ \[", proc.stderr), proc.stderr
+
+
+def test_train_says_what_runs_after_the_last_step(tmp_path: Path) -> None:
+    """After the steps, the bar closes once (its time is the training's, not reprinted with the evaluation folded in)
+    and the stages that follow are named; the epoch line says its train figures are from during training."""
+    proc = cli("train", "--arch", "plain_cnn", "--width", "0.125", "--data", "synthetic", "--synthetic-size", "300",
+               "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path))
+    err = proc.stderr
+    assert "final evaluation...\nexport...\n" in err, err
+    assert err.rindex("100%|") < err.index("final evaluation..."), err
+    assert "epoch 1: during training loss" in err
+
+
+def test_background_progress_names_the_stage_and_the_page_shows_it(tmp_path: Path) -> None:
+    from core.training import rundir
+    from core.views.runviews import progress_text
+
+    run = tmp_path / "bg"
+    cli("train", "--arch", "plain_cnn", "--width", "0.125", "--data", "synthetic", "--synthetic-size", "300",
+        "--epochs", "1", "--max-steps", "2", "--run-dir", str(run), "--quiet")
+    p = rundir.read_progress(run)
+    assert p is not None and p["stage"] == "export" and p["global_step"] == p["total_steps"]
+    live = rundir.RunStatus(run, status="running", progress=p, config={"epochs": 1})
+    assert progress_text(live) == "all 1 epochs trained · now: export..."
+    busy = rundir.RunStatus(run, status="running", progress={k: v for k, v in p.items() if k != "stage"})
+    assert progress_text(busy).startswith("epoch 1/1 · step ") and "ETA" in progress_text(busy)
