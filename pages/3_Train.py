@@ -3,7 +3,6 @@ Runs live on disk, so they keep going and stay visible across page switches and 
 generated from core.training.config.TrainConfig's field metadata, like the CLI's flags."""
 import uuid
 
-import altair as alt
 import streamlit as st
 
 from core.data import find_local_fer
@@ -15,14 +14,13 @@ from core.training.config import FormField, config_from_form, form_fields
 from core.training.train import available_devices
 from core.util import settings
 from core.util.fsutil import runs_dir
-from core.views import runviews, sweepviews
+from core.views import charts, runviews, sweepviews
 from core.views.dataviews import dataset_choices
 
 MAX_SHOWN = 8  # most recent runs shown here in full; every run is on Compare
 STATUS_BADGE = {"queued": ":violet-badge[queued]", "starting": ":blue-badge[starting]", "running": ":blue-badge[running]",
                 "stopping": ":orange-badge[stopping]", "done": ":green-badge[done]", "stopped": ":gray-badge[stopped]",
                 "failed": ":red-badge[failed]", "interrupted": ":orange-badge[interrupted]"}
-SPLIT_COLOURS = alt.Scale(domain=["train", "val", "public", "private"], range=["#1f77b4", "#ff7f0e", "#ff7f0e", "#2ca02c"])
 # Widgets keep their values across page switches (persist_state) and browser reloads (bound to the URL).
 KEEP = {"persist_state": "session", "bind": "query-params"}
 
@@ -56,10 +54,10 @@ def widget(spec: FormField, where, fixed_choices: list | None = None):  # noqa: 
 
 
 def form_group(specs: list[FormField], values: dict) -> None:
-    """Lay a group's widgets out four to a row."""
-    for i in range(0, len(specs), 4):
-        cols = st.columns(4)
-        for col, spec in zip(cols, specs[i:i + 4]):
+    """Lay a group's widgets out three to a row: at four, labels such as "Augment" were cut to "A..." at 1400 px."""
+    for i in range(0, len(specs), 3):
+        cols = st.columns(3)
+        for col, spec in zip(cols, specs[i:i + 3]):
             choices = available_devices() if spec.name == "device" else None
             values[spec.name] = widget(spec, col, choices)
 
@@ -81,7 +79,11 @@ with form:
     data = st.radio("Dataset", sources, key="train_data", horizontal=True, index=sources.index(default_source),
                     format_func=lambda s: "synthetic (built-in)" if s == "synthetic" else f"FER2013 at {s}",
                     help="Choose FER2013 on the Data page; the built-in synthetic set needs no download.")
-    form_group([s for s in specs if s.group == "main"], values)
+    # the architecture's names are long ("MobileNet-style (depthwise-separable)"): it gets a wide column of its own
+    arch_col, width_col = st.columns([5, 3])
+    main = {s.name: s for s in specs if s.group == "main"}
+    values["arch"], values["width"] = widget(main.pop("arch"), arch_col), widget(main.pop("width"), width_col)
+    form_group(list(main.values()), values)
     dropout_col, name_col = st.columns(2)
     dropout = dropout_slider(values["arch"], dropout_col)
     run_name = name_col.text_input("Run name (optional)", key="train_name", placeholder="arch-width-time if empty",
@@ -137,12 +139,7 @@ def curves(run: rundir.RunStatus) -> None:
     total = int(run.config.get("epochs") or df["epoch"].max())
     left, right = st.columns(2)
     for col, kind in ((left, "loss"), (right, "accuracy")):
-        chart = alt.Chart(df[df["kind"] == kind]).mark_line(point=True).encode(
-            x=alt.X("epoch:Q", scale=alt.Scale(domain=[1, max(2, total)]), axis=alt.Axis(tickMinStep=1)),
-            y=alt.Y("value:Q", title=kind, scale=alt.Scale(zero=kind == "accuracy")),
-            color=alt.Color("split:N", scale=SPLIT_COLOURS, legend=alt.Legend(orient="bottom", title=None)),
-            tooltip=["epoch", "split", alt.Tooltip("value:Q", format=".4f")],
-        ).properties(height=190)
+        chart = charts.run_curve_chart(df, kind, total)
         col.altair_chart(chart, width="stretch")
 
 

@@ -321,3 +321,18 @@ def test_a_compression_variant_is_not_listed_as_a_training(tiny_run: Path) -> No
     shown = " ".join(m.value for m in at.markdown)
     assert "**train-parent**" in shown and "train-parent--fp16" not in shown
     assert any("compression variant(s) are not trainings" in c.value for c in at.caption)
+
+
+def test_run_curves_have_a_colour_per_split_and_only_their_own_legend() -> None:
+    from core.views import charts
+
+    def df(splits: list[str]) -> pd.DataFrame:
+        return pd.DataFrame([{"epoch": e, "kind": "accuracy", "split": s, "value": 0.1 * e} for e in (1, 2) for s in splits])
+
+    synthetic = charts.run_curve_chart(df(["train", "val"]), "accuracy", 3).to_dict()
+    scale = synthetic["encoding"]["color"]["scale"]
+    assert scale["domain"] == ["train", "val"] and len(set(scale["range"])) == 2  # no public/private in its legend
+    fer = charts.run_curve_chart(df(["train", "public", "private"]), "accuracy", 3).to_dict()["encoding"]["color"]["scale"]
+    assert fer["domain"] == ["train", "public", "private"] and len(set(fer["range"])) == 3
+    assert len(set(charts.SPLIT_COLOURS.values())) == len(charts.SPLIT_COLOURS)  # val and public no longer share one
+    assert synthetic["height"] >= 300  # the whole chart's: the plot itself must not shrink to a strip

@@ -417,3 +417,27 @@ def test_screenshots_are_pngs() -> None:
     for name in ("architectures", "data", "train", "compare", "predict", "inside", "inside-layers", "gallery"):
         path = SHOTS / f"{name}.png"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
+def test_train_form_and_curves_read_at_desktop_width(server, browser) -> None:  # noqa: ANN001
+    """At 1400 px every architecture's name fits its select (it was cut to 'Plain CNN (\\"'), and a finished run's
+    learning curves are drawn tall enough to read (they were squashed into a strip about 30 px tall)."""
+    from core.models import archs
+    from core.training.config import TrainConfig
+    from core.training.runs import run_training
+
+    url, runs = server
+    if not (runs / "curves-demo" / "model.onnx").exists():
+        cfg = TrainConfig(arch="plain_cnn", width=0.125, synthetic_size=300, epochs=2, batch_size=32, augment=False)
+        list(run_training(cfg, runs / "curves-demo"))
+    d = browser
+    open_page(d, url, "/train", "Train")
+    wait(d, lambda dd: len(dd.find_elements(By.CSS_SELECTOR, "[data-testid=stVegaLiteChart]")) >= 2, 60, "the curves")
+    titles = [archs.get_family(a).title for a in archs.list_archs()]
+    widths = d.execute_script("""const i = document.querySelector("input[aria-label='Architecture']"), was = i.value;
+        const out = arguments[0].map(t => { i.value = t; return [t, i.scrollWidth, i.clientWidth]; });
+        i.value = was; return out;""", titles)
+    assert all(scroll <= client for _, scroll, client in widths), widths
+    heights = d.execute_script("return [...document.querySelectorAll('[data-testid=stVegaLiteChart]')]"
+                               ".map(e => e.getBoundingClientRect().height);")
+    assert min(heights) >= 300, heights
