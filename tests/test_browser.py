@@ -441,3 +441,56 @@ def test_train_form_and_curves_read_at_desktop_width(server, browser) -> None:  
     heights = d.execute_script("return [...document.querySelectorAll('[data-testid=stVegaLiteChart]')]"
                                ".map(e => e.getBoundingClientRect().height);")
     assert min(heights) >= 300, heights
+
+
+def phone(driver, width: int = 420) -> None:  # noqa: ANN001
+    """A phone's viewport: headless Chrome keeps its window at least 500 px wide, so the width is emulated."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": True})
+
+
+def main_overflow(driver) -> tuple[int, int]:  # noqa: ANN001
+    """(widest of the document and the main area, the window's width): the main area scrolls on its own, so a wide
+    picture inside it shows up there rather than in the document."""
+    return tuple(driver.execute_script(
+        "const e = document.documentElement, m = document.querySelector('[data-testid=stMain]');"
+        "return [Math.max(e.scrollWidth, m.scrollWidth), e.clientWidth];"))
+
+
+def test_look_inside_and_back_keeps_photos_and_model_and_both_fit_a_phone(server, browser) -> None:  # noqa: ANN001
+    url, _ = server
+    d = browser
+    open_page(d, url, "/predict", "Predict")
+    model = d.find_element(By.CSS_SELECTOR, "input[aria-label='Model']")
+    chosen_before = model.get_attribute("value")
+    click_when_clear(d, model)
+    options = wait(d, lambda dd: dd.find_elements(By.CSS_SELECTOR, "[role=option]"), 20, "the model list")
+    other = next(o for o in options if o.text.strip() and o.text.strip() != chosen_before)
+    chosen = other.text.strip()
+    other.click()
+    settle(d, "Predict")
+    d.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(SAMPLE_PHOTO.resolve()))
+    wait(d, lambda dd: "astronaut.jpg · 1 face(s)" in text_of(dd), 90, "the photo analysed")
+    settle(d, "Predict")
+    click_button(d, "Look inside")
+    settle(d, "Inside")
+    try:
+        phone(d)
+        settle(d, "Inside")
+        scroll, client = main_overflow(d)
+        assert scroll <= client, f"Inside is {scroll} px wide in a {client} px window: it scrolls sideways"
+    finally:
+        d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    # back through the page menu, as a visitor would: the photo and the model are still there
+    click_when_clear(d, next(a for a in d.find_elements(By.CSS_SELECTOR, "[data-testid=stSidebarNav] a")
+                             if a.get_attribute("href").rstrip("/").endswith("/predict")))
+    settle(d, "Predict")
+    wait(d, lambda dd: "astronaut.jpg · 1 face(s)" in text_of(dd), 60, "the photo, still there")
+    assert d.find_element(By.CSS_SELECTOR, "input[aria-label='Model']").get_attribute("value") == chosen
+    try:
+        phone(d)
+        settle(d, "Predict")
+        scroll, client = main_overflow(d)
+        assert scroll <= client, f"Predict is {scroll} px wide in a {client} px window: it scrolls sideways"
+    finally:
+        d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

@@ -337,3 +337,14 @@ def test_compare_gallery_shows_a_cell_and_explains_an_empty_one() -> None:
         at.selectbox(key="gallery_true").set_value(CLASSES[empty[0][0]]).run()
         at.selectbox(key="gallery_predicted").set_value(CLASSES[empty[0][1]]).run()
         assert not at.exception and any("No face in this cell" in i.value for i in at.info)
+
+
+@needs_shipped
+def test_inside_true_class_comes_from_the_photos_file_name(faces) -> None:  # noqa: ANN001
+    from core.inference.photo import analyze_photo
+
+    photo = analyze_photo(SAMPLE_PHOTO.read_bytes(), "anna__happy__1.jpg", SMALL / "model.onnx")
+    at = page("pages/6_Inside.py", **{inside.FACE_KEY: photo.faces[0].crop, inside.MODEL_KEY: str(SMALL),
+                                      inside.PHOTO_KEY: (photo, 0)})
+    assert not at.exception and next(m.value for m in at.metric if m.label == "True class") == "happy"
+    assert inside.label_index("sample: astronaut.jpg") is None and inside.label_index("x__sad__2.png") == 4
