@@ -5,7 +5,7 @@ import uuid
 
 import streamlit as st
 
-from core.data import find_local_fer
+from core.data import find_fer
 from core.models import archs
 from core.models.summary import summarize
 from core.service import jobs
@@ -75,7 +75,7 @@ specs = form_fields()
 values: dict = {}
 form, summary_col = st.columns([3, 2], gap="large")
 with form:
-    sources, default_source = dataset_choices(st.session_state.get("data_source"), find_local_fer())
+    sources, default_source = dataset_choices(st.session_state.get("data_source"), find_fer())
     data = st.radio("Dataset", sources, key="train_data", horizontal=True, index=sources.index(default_source),
                     format_func=lambda s: "synthetic (built-in)" if s == "synthetic" else f"FER2013 at {s}",
                     help="Choose FER2013 on the Data page; the built-in synthetic set needs no download.")

@@ -232,7 +232,7 @@ def test_gallery_on_fer2013_matches_the_training_record(fer_dir: Path) -> None:
 def test_sources_and_handed_faces(tmp_path: Path) -> None:
     record = read_record(SMALL)
     record.data["source"] = str(tmp_path / "missing")
-    assert gallery.gallery_source(None, record) in ("synthetic", str(gallery.find_local_fer()))
+    assert gallery.gallery_source(None, record) in ("synthetic", str(gallery.find_fer()))
     assert gallery.gallery_source(str(tmp_path), None) == str(tmp_path)
     data = gallery.gallery_data("synthetic")
     img, label = inside.dataset_face(data, "val", 0)
@@ -348,3 +348,22 @@ def test_inside_true_class_comes_from_the_photos_file_name(faces) -> None:  # no
                                       inside.PHOTO_KEY: (photo, 0)})
     assert not at.exception and next(m.value for m in at.metric if m.label == "True class") == "happy"
     assert inside.label_index("sample: astronaut.jpg") is None and inside.label_index("x__sad__2.png") == 4
+
+
+@needs_shipped
+def test_gallery_defaults_to_the_data_the_model_was_trained_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FER2013 model's mistakes are shown on FER2013 (found through $FER_DATA when its recorded path is gone),
+    not on the synthetic cartoons; a synthetic run's on synthetic faces even when FER2013 is picked on Data."""
+    from test_data import write_fer2013
+
+    fer = tmp_path / "fer"
+    fer.mkdir()
+    write_fer2013(fer / "fer2013.csv")
+    record = read_record(SMALL)
+    record.data["source"] = str(tmp_path / "missing")
+    monkeypatch.setenv("FER_DATA", str(fer))
+    assert gallery.gallery_source(None, record) == str(fer)
+    assert gallery.gallery_source("synthetic", record) == str(fer)
+    synthetic = read_record(SMALL)
+    synthetic.data = {"source": "synthetic", "synthetic": True}
+    assert gallery.gallery_source(str(fer), synthetic) == "synthetic"
