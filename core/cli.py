@@ -195,13 +195,19 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from core.inference.photo import analyze_photo
     from core.util.classes import CLASSES
 
-    OnnxClassifier.get(a.model)  # a missing or broken model is the first thing to say, before any photo
+    model = Path(a.model)
+    if not model.is_file() and model.suffix != ".onnx":  # a run folder or name, as export and evaluate take
+        from core.training import rundir
+        from core.training.runs import find_run
+
+        model = find_run(a.model) / rundir.ONNX
+    OnnxClassifier.get(model)  # a missing or broken model is the first thing to say, before any photo
     out, failed = [], 0
     for img in a.images:
         p = Path(img)
         try:
             data = p.read_bytes()
-            r = analyze_photo(data, p.name, a.model)
+            r = analyze_photo(data, p.name, model)
         except (OSError, ValueError) as exc:
             failed += 1
             msg = str(exc) if isinstance(exc, ValueError) else f"{p}: cannot read file ({exc.strerror})"
@@ -281,21 +287,31 @@ def _add_model_io(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--json", action="store_true", help=JSON_HELP)
     v.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("predict", help="detect faces in photos and classify their expressions")
-    r.add_argument("--model", required=True, help="an .onnx model following the contract")
+    r = sub.add_parser("predict", help="detect faces in photos and classify their expressions",
+                       description="Find the faces in each photo (MTCNN, else OpenCV's Haar detector; the centre "
+                                   "square when none is found), crop them to 48x48 grayscale as FER2013's are, and "
+                                   "classify them with an ONNX model in ONNX Runtime.")
+    r.add_argument("--model", required=True,
+                   help="a run folder or its name (e.g. checkpoints/mobilenet-w1), or an .onnx model following the contract")
     r.add_argument("images", nargs="+", help="photo files (JPEG, PNG, WebP, BMP, GIF, TIFF)")
-    r.add_argument("--json", action="store_true", help=JSON_HELP)
+    r.add_argument("--json", action="store_true",
+                   help="print a JSON array with one object per photo (its faces, or its error) instead of text")
     r.set_defaults(func=cmd_predict)
 
 
 def _add_docs(sub: argparse._SubParsersAction) -> None:
-    b = sub.add_parser("bench", help="speed benchmarks against plain PyTorch/torchvision; writes docs/benchmarks.md")
+    b = sub.add_parser("bench", help="speed benchmarks against plain PyTorch/torchvision; writes docs/benchmarks.md",
+                       description="Measure training throughput and memory, inference, face detection, Inside and "
+                                   "the gallery, data loading and the model summary on this machine, each side by "
+                                   "side with plain PyTorch/torchvision, and write the report (docs/benchmarks.md).")
     b.add_argument("--quick", action="store_true", help="short run (fewer repeats and steps)")
     b.add_argument("--data", default=None, help="FER2013 path (synthetic data when absent)")
     b.add_argument("--out", default="docs/benchmarks.md", help="where to write the report; default: docs/benchmarks.md")
     b.set_defaults(func=cmd_bench)
 
-    st = sub.add_parser("study", help="regenerate docs/study.md and its charts from the checkpoint records")
+    st = sub.add_parser("study", help="regenerate docs/study.md and its charts from the checkpoint records",
+                        description="Regenerate docs/study.md (the width study's tables and findings) and its charts "
+                                    "from the shipped checkpoints' run.json records; nothing is trained or measured.")
     st.add_argument("--out", default="docs", help="folder for study.md and its charts; default: docs")
     st.set_defaults(func=cmd_study)
 

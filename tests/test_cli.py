@@ -122,3 +122,19 @@ def test_background_progress_names_the_stage_and_the_page_shows_it(tmp_path: Pat
     assert progress_text(live) == "all 1 epochs trained · now: export..."
     busy = rundir.RunStatus(run, status="running", progress={k: v for k, v in p.items() if k != "stage"})
     assert progress_text(busy).startswith("epoch 1/1 · step ") and "ETA" in progress_text(busy)
+
+
+def test_predict_takes_a_run_folder_and_says_what_it_prints() -> None:
+    """The README's example works as written (the shipped sample photo, a run folder as export and evaluate take),
+    --json prints what its help says, and bench, study and predict --help have a description."""
+    proc = cli("predict", "--model", "checkpoints/plain_cnn-w0.125", "assets/astronaut.jpg", "--json")
+    out = json.loads(proc.stdout)
+    assert isinstance(out, list) and out[0]["image"] == "assets/astronaut.jpg" and out[0]["faces"][0]["top"]
+    assert "a JSON array with one object per photo" in cli("predict", "--help").stdout.replace("\n", " ")
+    assert "python -m core predict --model checkpoints/mobilenet-w1 assets/astronaut.jpg --json" in (
+        ROOT / "README.md").read_text()
+    for cmd in ("bench", "study", "predict"):
+        lines = cli(cmd, "--help").stdout.split("\n\n")
+        assert len(lines) > 2 and not lines[1].startswith(("positional", "options")), (cmd, lines[:2])
+    proc = cli("predict", "--model", "no-such-run", "assets/astronaut.jpg", check=False)
+    assert proc.returncode == 2 and "run folder 'no-such-run' not found" in proc.stderr and "Traceback" not in proc.stderr
