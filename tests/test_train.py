@@ -572,3 +572,22 @@ def test_weight_ema_is_what_is_saved_and_resumes_exactly(tmp_path: Path) -> None
     wa, wb = (torch.load(d / rundir.WEIGHTS, weights_only=True) for d in (run, tmp_path / "whole"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert "weight EMA 0.9" in a.recipe
+
+
+def test_time_budget_ends_the_run_on_time_and_done(tmp_path: Path) -> None:
+    """A classroom budget in seconds, not epochs: the steps stop once it is spent, however slow the machine, the
+    epoch under way is evaluated, and the run is done (not stopped), with its weights and export."""
+    import time
+
+    cfg = TrainConfig(epochs=1000, time_budget_s=3, **{**QUICK, "synthetic_size": 600})
+    batches: list[dict] = []
+    t0 = time.perf_counter()
+    history = list(run_training(cfg, tmp_path / "run", on_batch=batches.append))
+    assert 1 <= len(history) < 1000 and batches[-1]["global_step"] < batches[-1]["total_steps"]
+    stepping = sum(m["seconds"] for m in history)
+    assert 2.5 <= stepping < 3 + 2 * max(b["seconds"] for b in batches if b["step"] == 1), stepping  # one step over at most
+    assert time.perf_counter() - t0 < 60
+    record = rundir.read_record(tmp_path / "run")
+    assert record.status == "done" and (tmp_path / "run" / rundir.ONNX).exists()
+    with pytest.raises(ValueError, match="time_budget_s"):
+        TrainConfig(time_budget_s=0)

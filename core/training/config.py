@@ -49,7 +49,14 @@ class TrainConfig:
     subset: int | None = knob(None, "train on only this many images, class balance kept: quick classroom runs",
                               low=7, high=10**9, label="Subset (0 = all)", group="main", step=500)
     epochs: int = knob(10, "full passes over the training split", low=1, high=1000, label="Epochs", group="main",
-                       form_default=3)
+                       form_default=30)  # the time budget below usually ends a quick demo first
+    # A classroom demo must end on time on a busy shared machine, where an epoch count takes 4x longer than on an
+    # idle one: the budget is wall-clock time of training steps, so it is honoured however slow the steps are.
+    time_budget_s: float | None = knob(None, "stop training after this many seconds of steps (start-up, the "
+                                             "final evaluation and the export come on top); the epoch under way "
+                                             "ends early and is evaluated; the run counts as done", low=1,
+                                       high=10**7, label="Time budget, s (0 = none)", group="main", form_default=30,
+                                       step=10)
     max_steps: int | None = knob(None, "stop after this many optimiser steps over the whole run (smoke tests, "
                                        "demos)", low=1, high=10**9, label="Max steps (0 = no cap)", step=10)
     batch_size: int = knob(256, "images per optimiser step (the study: 256)", low=1, high=8192, label="Batch size",
