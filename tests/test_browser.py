@@ -218,6 +218,10 @@ def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
     epochs.send_keys(Keys.CONTROL, "a")
     epochs.send_keys("8", Keys.ENTER)  # long enough that the Stop button is still there after epoch 1
     settle(d, "Train")
+    budget = d.find_element(By.CSS_SELECTOR, "input[aria-label='Time budget, s (0 = none)']")
+    budget.send_keys(Keys.CONTROL, "a")
+    budget.send_keys("0", Keys.ENTER)  # no time budget: the run must still be going when Stop is pressed
+    settle(d, "Train")
 
     def run_folders() -> set[str]:  # the queue keeps its files in a hidden folder beside the runs
         return {p.name for p in runs.iterdir() if not p.name.startswith(".")}

@@ -591,3 +591,18 @@ def test_time_budget_ends_the_run_on_time_and_done(tmp_path: Path) -> None:
     assert record.status == "done" and (tmp_path / "run" / rundir.ONNX).exists()
     with pytest.raises(ValueError, match="time_budget_s"):
         TrainConfig(time_budget_s=0)
+
+
+def test_the_train_forms_quick_defaults_learn_visibly_within_their_budget(tmp_path: Path) -> None:
+    """The classroom demo as the form starts it: 30 seconds of steps, however busy the machine, and accuracy well
+    above the largest class's share (22%) by the end, climbing from epoch to epoch."""
+    from core.training.config import FORM_DROPOUT, config_from_form, form_fields
+
+    cfg = config_from_form({f.name: f.default for f in form_fields()}, data="synthetic", dropout=FORM_DROPOUT)
+    assert cfg.time_budget_s == 30 and cfg.epochs >= 10  # the budget, not the epoch count, ends the demo
+    history = list(run_training(cfg, tmp_path / "run"))
+    assert sum(m["seconds"] for m in history) < 30 + 2 * max(m["seconds"] for m in history)
+    record = rundir.read_record(tmp_path / "run")
+    assert record.status == "done" and record.final.accuracy["val"] > 0.35, [m["val_acc"] for m in history]
+    if len(history) > 1:
+        assert history[-1]["val_acc"] > history[0]["val_acc"], [m["val_acc"] for m in history]
