@@ -5,6 +5,7 @@ import altair as alt
 import streamlit as st
 
 from core.data import SPLIT_TITLES, find_fer, load_data
+from core.data.synthetic import CLASS_WEIGHTS
 from core.util.classes import CLASSES
 from core.util.fsutil import mtime
 from core.views.dataviews import class_balance, gallery
@@ -80,8 +81,8 @@ with balance_col:
         tooltip=["split", "class", alt.Tooltip("count:Q", format=","), alt.Tooltip("share:Q", format=".1%")],
     ).properties(height=420)
     st.altair_chart(chart, width="stretch")
-    st.caption("FER2013 is imbalanced (disgust has about 1.5% of the images); the synthetic set copies that on "
-               "purpose.")
+    st.caption(f"FER2013 is imbalanced (disgust has about 1.5% of the images). The synthetic set keeps disgust rare "
+               f"on purpose ({CLASS_WEIGHTS[1]:.0%} of its faces, enough to learn it from), so imbalance shows there too.")
 
 with gallery_col:
     st.subheader("Samples per class")

@@ -336,3 +336,18 @@ def test_run_curves_have_a_colour_per_split_and_only_their_own_legend() -> None:
     assert fer["domain"] == ["train", "public", "private"] and len(set(fer["range"])) == 3
     assert len(set(charts.SPLIT_COLOURS.values())) == len(charts.SPLIT_COLOURS)  # val and public no longer share one
     assert synthetic["height"] >= 300  # the whole chart's: the plot itself must not shrink to a strip
+
+
+def test_small_texts_say_what_the_charts_show() -> None:
+    """The depthwise explainer names both counts, axis titles carry one unit and one '(log scale)', and the Data
+    caption quotes the synthetic set's own disgust share."""
+    from core.data.synthetic import CLASS_WEIGHTS
+    from core.views import charts
+
+    b = archviews.conv_breakdown("mobilenet", width=1.0)
+    text = archviews._pairs_text("MobileNet-style", 1.0, b)
+    dw = b["pairs_depthwise"]
+    assert f"({dw:,} depthwise + {b['pairs_separable'] - dw:,} pointwise)" in text and dw > 0
+    assert all("(" not in t for t in charts.X_AXES.values())
+    at = app("pages/2_Data.py")
+    assert any(f"({CLASS_WEIGHTS[1]:.0%} of its faces" in c.value for c in at.caption)

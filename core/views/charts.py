@@ -16,8 +16,8 @@ TOOLTIP = ["name", "family", "technique", alt.Tooltip("width:Q", format=".3g"), 
 
 
 # The choice of x axis on Compare: a model's cost measured four ways (all log scale).
-X_AXES = {"params": "parameters", "macs": "MACs per image", "onnx_kb": "ONNX file size (KB)",
-          "latency_ms": "ONNX Runtime latency, batch 64 (ms)"}
+X_AXES = {"params": "parameters", "macs": "MACs per image", "onnx_kb": "ONNX file size, KB",
+          "latency_ms": "ONNX Runtime latency, batch 64, ms"}  # units after a comma: "(log scale)" follows
 
 
 def params_accuracy_chart(points: pd.DataFrame, *, title: str | None = None, height: int = 420,
