@@ -218,13 +218,10 @@ g_t = c1.selectbox("True class", CLASSES, key="gallery_true")
 g_p = c2.selectbox("Predicted class", CLASSES, key="gallery_predicted")
 g_n = c3.number_input("Faces", 1, 96, 24, key="gallery_n")
 g_cell = gallery.cell(g_pred, g_t, g_p, int(g_n))
-g_count, g_support = int(g_pred.confusion()[CLASSES.index(g_t), CLASSES.index(g_p)]), int((g_pred.labels == CLASSES.index(g_t)).sum())
 if g_cell.empty:
     st.info(gallery.cell_message(g_pred, g_t, g_p))
 else:
-    st.caption(f"{g_count} of the {g_support} '{g_t}' faces in {g_pred.split} were called '{g_p}' by {g_info.name}; "
-               f"{'most confident first' if g_t == g_p else 'most confident mistake first'}. Under each face: the "
-               f"model's probability for '{g_p}' (and for '{g_t}').")
+    st.caption(gallery.cell_caption(g_pred, g_t, g_p, g_info.name))
     st.image([upscale(g_pred.images[i], 2) for i in g_cell["index"]], width=96,
              caption=[f"#{i}: {c:.0%}" + ("" if g_t == g_p else f" ({t:.0%})")
                       for i, c, t in zip(g_cell["index"], g_cell["confidence"], g_cell["p_true"])])

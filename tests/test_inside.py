@@ -367,3 +367,10 @@ def test_gallery_defaults_to_the_data_the_model_was_trained_on(tmp_path: Path, m
     synthetic = read_record(SMALL)
     synthetic.data = {"source": "synthetic", "synthetic": True}
     assert gallery.gallery_source(str(fer), synthetic) == "synthetic"
+
+
+def test_a_diagonal_cells_caption_names_its_class_once(synthetic_predictions: gallery.Predictions) -> None:
+    same = gallery.cell_caption(synthetic_predictions, "happy", "happy", "run")
+    assert same.endswith("probability for 'happy'.") and "(and for" not in same
+    other = gallery.cell_caption(synthetic_predictions, "sad", "happy", "run")
+    assert "probability for 'happy' (and for 'sad')" in other

@@ -164,6 +164,17 @@ def cell_message(pred: Predictions, true: int | str, predicted: int | str) -> st
             f"'{CLASSES[p]}'. Pick another cell.")
 
 
+def cell_caption(pred: Predictions, true: int | str, predicted: int | str, run: str) -> str:
+    """The words above a cell's faces; on the diagonal there is one class to name, so it is named once."""
+    t, p = _class(true, "true"), _class(predicted, "predicted")
+    count, support = int(pred.confusion()[t, p]), int((pred.labels == t).sum())
+    head = f"{count} of the {support} '{CLASSES[t]}' faces in {pred.split} were called '{CLASSES[p]}' by {run}; "
+    if t == p:
+        return head + f"most confident first. Under each face: the model's probability for '{CLASSES[t]}'."
+    return head + (f"most confident mistake first. Under each face: the model's probability for '{CLASSES[p]}' "
+                   f"(and for '{CLASSES[t]}').")
+
+
 def biggest_mistake(pred: Predictions) -> tuple[int, int]:
     """(true, predicted) of the fullest off-diagonal cell: the gallery's starting point."""
     conf = pred.confusion().astype(float)
