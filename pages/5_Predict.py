@@ -190,7 +190,7 @@ for k, r in enumerate(results):
             detected += " · " + ("your box" if r.faces[0].source == "manual" else "centre square")
         photo_col, faces_col = st.columns([1, 1], gap="large")
         photo_col.image(draw_boxes(r), width="stretch",
-                        caption=f"{r.size[0]}x{r.size[1]} px · {detected} · detect "
+                        caption=f"{'x'.join(map(str, r.file_size or r.size))} px · {detected} · detect "
                                 f"{r.timings_ms['detect']:.0f} ms · classify {r.timings_ms['classify']:.1f} ms")
         with faces_col:
             for i, face in enumerate(r.faces, 1):

@@ -217,3 +217,18 @@ def test_group_photo_labels_are_complete_and_do_not_overlap(monkeypatch: pytest.
     assert all(size >= 0.4 for _, _, size in drawn)
     (x1, y1), (x2, y2) = drawn[0][1], drawn[1][1]
     assert abs(y1 - y2) > 10 or abs(x1 - x2) > 120, drawn  # not drawn on top of each other
+
+
+def test_a_large_jpegs_own_size_is_kept(tiny_run: Path) -> None:
+    """A large JPEG is decoded at a reduced scale for speed; the photo's caption must still give its real size."""
+    from PIL import Image
+
+    from core.inference.photo import file_dimensions
+    from core.training import rundir
+
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 2400, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    big.save(buf, "JPEG")
+    r = analyze_photo(buf.getvalue(), "big.jpg", tiny_run / rundir.ONNX, detector="haar")
+    assert r.file_size == (2400, 1600) and r.size[0] <= 2400
+    assert file_dimensions(b"not an image") is None

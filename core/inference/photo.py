@@ -49,11 +49,26 @@ class PhotoResult:
     display: np.ndarray  # RGB uint8, longest side <= DISPLAY_SIDE
     faces: list[Face]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # the file's own width and height, upright: a large JPEG is decoded at 1/2-1/8 scale, so `size` is smaller
+    file_size: tuple[int, int] | None = None
 
     @property
     def no_face(self) -> bool:
         """No detector found a face: the centre square, or the user's own box, stands in."""
         return not any(f.source in ("mtcnn", "haar") for f in self.faces)
+
+
+def file_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the file's header gives them, turned upright by its EXIF orientation; None if unreadable."""
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap width and height
+    except Exception:  # noqa: BLE001 - the decoder already accepted these bytes; a header quirk only loses the figure
+        return None
+    return (h, w) if turned else (w, h)
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
@@ -149,7 +164,8 @@ def analyze_photo(data: bytes, name: str, model_path: str | Path, detector: str 
     t3 = time.perf_counter()
     result = [Face(b, c, p, src == "centre", src, lm) for (b, src, lm), c, p in zip(kinds, crops, probs)]
     return PhotoResult(name, (gray.shape[1], gray.shape[0]), faces.downscale(rgb, DISPLAY_SIDE)[0], result,
-                       {"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3})
+                       {"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3},
+                       file_dimensions(data))
 
 
 def manual_box(size: tuple[int, int], centre_x: float, centre_y: float, side: float) -> tuple[int, int, int, int]:
