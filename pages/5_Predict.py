@@ -93,7 +93,7 @@ if kept:
     if k2.button("Remove these", key="predict_kept_remove"):
         st.session_state[KEPT], kept = [], []
 c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="center")
-if c1.button("Try a sample photo", key="predict_sample", icon="🖼️"):
+if c1.button("Try a sample photo", key="predict_sample", icon=":material/image:"):
     st.session_state["predict_show_sample"] = True
 if st.session_state.get("predict_show_sample") and c2.button("Remove sample", key="predict_sample_remove"):
     st.session_state["predict_show_sample"] = False
@@ -211,7 +211,7 @@ with overview:
     })
     rows = photo_rows(results)
     st.download_button("Download results as CSV", rows.to_csv(index=False).encode(), file_name="fer_predictions.csv",
-                       mime="text/csv", key="predict_csv", icon="⬇️")
+                       mime="text/csv", key="predict_csv", icon=":material/download:")
     with st.expander("All probabilities (the CSV's table)"):
         st.dataframe(rows, hide_index=True, key="predict_table")
     st.caption(f"Model: {runviews.model_label(model)} · `{Path(onnx_file).relative_to(PROJECT_ROOT) if onnx_file.is_relative_to(PROJECT_ROOT) else onnx_file}`"
