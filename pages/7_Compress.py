@@ -58,7 +58,13 @@ if submitted:
 
 @st.fragment(run_every=2)
 def show_jobs() -> None:
-    for job in compress_jobs.list_jobs(root)[:5]:
+    listed = compress_jobs.list_jobs(root)[:5]
+    running = {j.path.name for j in listed if j.status == "running"}
+    ended = st.session_state.get("compress_running", set()) - running
+    st.session_state["compress_running"] = running
+    if ended:  # a job ended since the last look: the variants table and chart below are stale until the page reruns
+        st.rerun(scope="app")
+    for job in listed:
         label = f"`{job.path.name}`: {', '.join(job.techniques)} of `{job.run}`"
         if job.status == "running":
             p = job.progress or {}
@@ -101,5 +107,8 @@ else:
                    + ". Their accuracies compare with the parent's on that data only, not with its own record.",
                    icon=":material/warning:")
     st.subheader("Size vs accuracy")
-    st.altair_chart(charts.size_accuracy_chart(compressviews.chart_points(table)), width="stretch",
-                    key="compress_chart")
+    # one chart per data set: a synthetic run's val accuracy and FER2013's public accuracy are not on one scale
+    for n, (source, part) in enumerate(table.groupby(table["data"].fillna("unknown data"), sort=False)):
+        st.altair_chart(charts.size_accuracy_chart(compressviews.chart_points(part),
+                                                   title=f"measured on {'synthetic faces' if source == 'synthetic' else source}"),
+                        width="stretch", key="compress_chart" if n == 0 else f"compress_chart_{n}")

@@ -76,3 +76,7 @@ def test_variant_on_other_data_than_its_parent_is_flagged() -> None:
     assert "`plain_cnn-w0.125--fp16` (on synthetic)" in warn and "plain_cnn-w0.125--int8`" not in warn
     tables = [d.value for d in at.dataframe if "technique" in d.value.columns]
     assert "data" in tables[0].columns
+    # one size-accuracy chart per data set: synthetic val and FER2013 public accuracies never share a front
+    charts = [c for c in at.get("vega_lite_chart") if "measured on" in str(c.proto.spec)]
+    titles = {t for t in ("measured on synthetic faces", "measured on data/fer2013") if any(t in str(c.proto.spec) for c in charts)}
+    assert len(charts) >= 2 and len(titles) == 2, titles
