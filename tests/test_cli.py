@@ -119,7 +119,7 @@ def test_background_progress_names_the_stage_and_the_page_shows_it(tmp_path: Pat
     p = rundir.read_progress(run)
     assert p is not None and p["stage"] == "export" and p["global_step"] == p["total_steps"]
     live = rundir.RunStatus(run, status="running", progress=p, config={"epochs": 1})
-    assert progress_text(live) == "all 1 epochs trained · now: export..."
+    assert progress_text(live) == "training steps done · now: export..."
     busy = rundir.RunStatus(run, status="running", progress={k: v for k, v in p.items() if k != "stage"})
     assert progress_text(busy).startswith("epoch 1/1 · step ") and "ETA" in progress_text(busy)
 

@@ -227,7 +227,7 @@ def progress_text(run: RunStatus) -> str:
     if not p:
         return f"epoch {len(run.record.epochs) if run.record else 0}/{run.config.get('epochs', '?')}"
     if run.status == "running" and isinstance(p.get("stage"), str):  # the steps are done; this can take a while
-        return f"all {p['epochs']} epochs trained · now: {p['stage']}..."
+        return f"training steps done · now: {p['stage']}..."
     text = f"epoch {p['epoch']}/{p['epochs']} · step {p['step']}/{p['steps']} · loss {p['loss']:.3f}"
     if run.status == "running":
         text += f" · ETA {format_eta(run.eta_s)}"
