@@ -1,10 +1,11 @@
 """FER Compact-CNN Explorer: the Streamlit router. Each page lives in pages/ and calls into core."""
 import streamlit as st
 
-# Emoji icons: they need no icon font, so the menu and the tab look the same offline.
-st.set_page_config(page_title="FER Compact-CNN Explorer", page_icon="🙂", layout="wide")
+# Material Symbols icons: Streamlit bundles their font, so the menu draws offline; emoji would need a system emoji
+# font, and Debian's Chromium without fonts-noto-color-emoji showed them as empty boxes.
+st.set_page_config(page_title="FER Compact-CNN Explorer", page_icon=":material/sentiment_satisfied:", layout="wide")
 
-ARCHITECTURES = st.Page("pages/1_Architectures.py", title="Architectures", icon="🧱", url_path="architectures")
+ARCHITECTURES = st.Page("pages/1_Architectures.py", title="Architectures", icon=":material/account_tree:", url_path="architectures")
 
 
 def home() -> None:
@@ -16,13 +17,13 @@ def home() -> None:
 PAGES = [
     st.Page(home, title="Home", default=True, visibility="hidden"),
     ARCHITECTURES,
-    st.Page("pages/2_Data.py", title="Data", icon="🗂️", url_path="data"),
-    st.Page("pages/3_Train.py", title="Train", icon="🏋️", url_path="train"),
-    st.Page("pages/4_Compare.py", title="Compare", icon="📊", url_path="compare"),
-    st.Page("pages/5_Predict.py", title="Predict", icon="🙂", url_path="predict"),
-    st.Page("pages/6_Inside.py", title="Inside", icon="🔬", url_path="inside"),
-    st.Page("pages/7_Compress.py", title="Compress", icon="🗜️", url_path="compress"),
-    st.Page("pages/8_Live.py", title="Live", icon="🎥", url_path="live"),
+    st.Page("pages/2_Data.py", title="Data", icon=":material/dataset:", url_path="data"),
+    st.Page("pages/3_Train.py", title="Train", icon=":material/fitness_center:", url_path="train"),
+    st.Page("pages/4_Compare.py", title="Compare", icon=":material/bar_chart:", url_path="compare"),
+    st.Page("pages/5_Predict.py", title="Predict", icon=":material/sentiment_satisfied:", url_path="predict"),
+    st.Page("pages/6_Inside.py", title="Inside", icon=":material/biotech:", url_path="inside"),
+    st.Page("pages/7_Compress.py", title="Compress", icon=":material/compress:", url_path="compress"),
+    st.Page("pages/8_Live.py", title="Live", icon=":material/videocam:", url_path="live"),
 ]
 
 page = st.navigation(PAGES)

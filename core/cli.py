@@ -49,12 +49,9 @@ class _ProgressWriter:
         self.t0 = self.clock()  # reset at the first batch
         self.last = float("-inf")
         self.first_step: int | None = None  # a resumed run starts part-way; the ETA counts this process's steps
+        self.latest: dict | None = None
 
     def __call__(self, b: dict) -> None:
-        import time
-
-        from core.util.fsutil import atomic_write_json
-
         now = self.clock()
         if self.first_step is None:  # start the clock at the first batch: data loading is not training time
             self.first_step = b["global_step"] - 1
@@ -62,11 +59,24 @@ class _ProgressWriter:
         if now - self.last < self.interval and b["step"] < b["steps"] and b["global_step"] < b["total_steps"]:
             return
         self.last = now
+        self.latest = b
+        self.write(b)
+
+    def write(self, b: dict, **extra: object) -> None:
+        import time
+
+        from core.util.fsutil import atomic_write_json
+
         atomic_write_json(self.path, {
             "epoch": b["epoch"], "epochs": self.epochs, "step": b["step"], "steps": b["steps"],
             "global_step": b["global_step"], "total_steps": b["total_steps"], "first_step": self.first_step,
-            "loss": b["loss"], "lr": b["lr"], "seconds": b["seconds"], "elapsed": now - self.t0, "time": time.time(),
-        })
+            "loss": b["loss"], "lr": b["lr"], "seconds": b["seconds"], "elapsed": self.clock() - self.t0,
+            "time": time.time(), **extra})
+
+    def stage(self, name: str) -> None:
+        """After the last step: the latest position plus the stage now running, so the app shows it, not a full bar."""
+        if self.latest is not None:
+            self.write(self.latest, stage=name)
 
 
 def _progress_bar(quiet: bool, epochs: int, progress: "_ProgressWriter | None"):  # noqa: ANN202 - (hook, close)
@@ -94,8 +104,17 @@ def _progress_bar(quiet: bool, epochs: int, progress: "_ProgressWriter | None"):
     def close() -> None:
         if bar:
             bar[0].close()
+            bar.clear()  # closed once, when the steps end: a later close must not print it again
 
-    return on_batch, write, close
+    def on_stage(name: str) -> None:
+        """The steps are over: close the bar (its time is the training's) and say what runs now."""
+        close()
+        if progress is not None:
+            progress.stage(name)
+        if not quiet:
+            print(f"{name}...", file=sys.stderr)
+
+    return on_batch, write, close, on_stage
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -115,12 +134,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     # Background runs read a small progress file for a per-step bar with ETA; run.json is only written per epoch.
     # Throttled to twice a second so it costs nothing measurable.
     progress = _ProgressWriter(run_dir / rundir.PROGRESS_FILE, cfg.epochs) if a.run_dir else None
-    on_batch, write, close = _progress_bar(a.quiet, cfg.epochs, progress)
+    on_batch, write, close, on_stage = _progress_bar(a.quiet, cfg.epochs, progress)
     last: dict = {}
     try:
-        for m in run_training(cfg, run_dir, on_batch=on_batch, data=data):
+        for m in run_training(cfg, run_dir, on_batch=on_batch, data=data, on_stage=on_stage):
             last = m
-            write(f"epoch {m['epoch']}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | "
+            # "during training": the running average over the epoch's augmented batches, in training mode; the
+            # result's train accuracy is measured afterwards in eval mode on a sample, so it differs
+            write(f"epoch {m['epoch']}: during training loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | "
                   f"{m['val_split']} loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} | {m['images_per_s']:.0f} img/s")
     finally:
         close()
@@ -174,13 +195,19 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from core.inference.photo import analyze_photo
     from core.util.classes import CLASSES
 
-    OnnxClassifier.get(a.model)  # a missing or broken model is the first thing to say, before any photo
+    model = Path(a.model)
+    if not model.is_file() and model.suffix != ".onnx":  # a run folder or name, as export and evaluate take
+        from core.training import rundir
+        from core.training.runs import find_run
+
+        model = find_run(a.model) / rundir.ONNX
+    OnnxClassifier.get(model)  # a missing or broken model is the first thing to say, before any photo
     out, failed = [], 0
     for img in a.images:
         p = Path(img)
         try:
             data = p.read_bytes()
-            r = analyze_photo(data, p.name, a.model)
+            r = analyze_photo(data, p.name, model)
         except (OSError, ValueError) as exc:
             failed += 1
             msg = str(exc) if isinstance(exc, ValueError) else f"{p}: cannot read file ({exc.strerror})"
@@ -260,21 +287,31 @@ def _add_model_io(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--json", action="store_true", help=JSON_HELP)
     v.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("predict", help="detect faces in photos and classify their expressions")
-    r.add_argument("--model", required=True, help="an .onnx model following the contract")
+    r = sub.add_parser("predict", help="detect faces in photos and classify their expressions",
+                       description="Find the faces in each photo (MTCNN, else OpenCV's Haar detector; the centre "
+                                   "square when none is found), crop them to 48x48 grayscale as FER2013's are, and "
+                                   "classify them with an ONNX model in ONNX Runtime.")
+    r.add_argument("--model", required=True,
+                   help="a run folder or its name (e.g. checkpoints/mobilenet-w1), or an .onnx model following the contract")
     r.add_argument("images", nargs="+", help="photo files (JPEG, PNG, WebP, BMP, GIF, TIFF)")
-    r.add_argument("--json", action="store_true", help=JSON_HELP)
+    r.add_argument("--json", action="store_true",
+                   help="print a JSON array with one object per photo (its faces, or its error) instead of text")
     r.set_defaults(func=cmd_predict)
 
 
 def _add_docs(sub: argparse._SubParsersAction) -> None:
-    b = sub.add_parser("bench", help="speed benchmarks against plain PyTorch/torchvision; writes docs/benchmarks.md")
+    b = sub.add_parser("bench", help="speed benchmarks against plain PyTorch/torchvision; writes docs/benchmarks.md",
+                       description="Measure training throughput and memory, inference, face detection, Inside and "
+                                   "the gallery, data loading and the model summary on this machine, each side by "
+                                   "side with plain PyTorch/torchvision, and write the report (docs/benchmarks.md).")
     b.add_argument("--quick", action="store_true", help="short run (fewer repeats and steps)")
     b.add_argument("--data", default=None, help="FER2013 path (synthetic data when absent)")
     b.add_argument("--out", default="docs/benchmarks.md", help="where to write the report; default: docs/benchmarks.md")
     b.set_defaults(func=cmd_bench)
 
-    st = sub.add_parser("study", help="regenerate docs/study.md and its charts from the checkpoint records")
+    st = sub.add_parser("study", help="regenerate docs/study.md and its charts from the checkpoint records",
+                        description="Regenerate docs/study.md (the width study's tables and findings) and its charts "
+                                    "from the shipped checkpoints' run.json records; nothing is trained or measured.")
     st.add_argument("--out", default="docs", help="folder for study.md and its charts; default: docs")
     st.set_defaults(func=cmd_study)
 
@@ -335,7 +372,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
             print(msg, file=sys.stderr)
 
     try:
-        rows = compress_run(a.run, cfg, out=a.out, progress=reporter, log=log)
+        rows = compress_run(a.run, cfg, out=a.out, progress=reporter, log=log, force=a.force)
     finally:
         reporter.close()
     if a.json:
@@ -362,7 +399,9 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--finetune-epochs", type=int, default=2, help="epochs of fine-tuning after pruning")
     c.add_argument("--finetune-steps", type=int, default=None, help="cap on fine-tuning steps")
     c.add_argument("--repeats", type=int, default=60, help="latency runs per batch size (medians)")
-    c.add_argument("--out", default=None, help="folder for the variants (default: beside the run)")
+    c.add_argument("--out", default=None, help="folder for the variants (default: beside a run of yours; the runs "
+                   "folder for a shipped checkpoint, since nothing is written into checkpoints/)")
+    c.add_argument("--force", action="store_true", help="replace a variant of the same name (default: refuse)")
     c.add_argument("--progress", default=None, help="also write progress as JSON to this file (for the app)")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.add_argument("--json", action="store_true", help="print one JSON object as the last line")

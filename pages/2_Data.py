@@ -4,7 +4,8 @@ a gallery of samples per class, and the data's known quirks."""
 import altair as alt
 import streamlit as st
 
-from core.data import SPLIT_TITLES, find_local_fer, load_data
+from core.data import SPLIT_TITLES, find_fer, load_data
+from core.data.synthetic import CLASS_WEIGHTS
 from core.util.classes import CLASSES
 from core.util.fsutil import mtime
 from core.views.dataviews import class_balance, gallery
@@ -22,7 +23,7 @@ def load(source: str, stamp: float, synthetic_size: int):  # noqa: ANN201 - core
     return load_data(source, synthetic_size=synthetic_size)
 
 
-detected = find_local_fer()
+detected = find_fer()
 # Both widgets keep their values across page switches and browser reloads, so switching to synthetic and back
 # keeps the typed FER2013 path.
 KEEP = {"persist_state": "session", "bind": "query-params"}
@@ -43,9 +44,9 @@ else:
                                 "(label,feature), image folders train/<class>/*.jpg (+test/), or torchvision's "
                                 "ROOT/fer2013/ layout.").strip()
     if detected:
-        st.caption(f"Found FER2013 in the project at `{detected}`.")
+        st.caption(f"Found FER2013 at `{detected}` (`$FER_DATA`, else the project's `data/` folder).")
     if not source:
-        st.info("Enter the path to a FER2013 copy. Nothing found in the project's `data/` folder.")
+        st.info("Enter the path to a FER2013 copy. Nothing found at `$FER_DATA` or in the project's `data/` folder.")
         st.stop()
 
 try:
@@ -80,8 +81,8 @@ with balance_col:
         tooltip=["split", "class", alt.Tooltip("count:Q", format=","), alt.Tooltip("share:Q", format=".1%")],
     ).properties(height=420)
     st.altair_chart(chart, width="stretch")
-    st.caption("FER2013 is imbalanced (disgust has about 1.5% of the images); the synthetic set copies that on "
-               "purpose.")
+    st.caption(f"FER2013 is imbalanced (disgust has about 1.5% of the images). The synthetic set keeps disgust rare "
+               f"on purpose ({CLASS_WEIGHTS[1]:.0%} of its faces, enough to learn it from), so imbalance shows there too.")
 
 with gallery_col:
     st.subheader("Samples per class")

@@ -3,27 +3,24 @@ Runs live on disk, so they keep going and stay visible across page switches and 
 generated from core.training.config.TrainConfig's field metadata, like the CLI's flags."""
 import uuid
 
-import altair as alt
 import streamlit as st
 
-from core.data import find_local_fer
+from core.data import find_fer
 from core.models import archs
 from core.models.summary import summarize
 from core.service import jobs
 from core.training import rundir
-from core.training.config import FormField, config_from_form, form_fields
+from core.training.config import FORM_DROPOUT, FormField, config_from_form, form_fields
 from core.training.train import available_devices
 from core.util import settings
 from core.util.fsutil import runs_dir
-from core.views import runviews, sweepviews
+from core.views import charts, runviews, sweepviews
 from core.views.dataviews import dataset_choices
-from core.views.text import format_eta
 
 MAX_SHOWN = 8  # most recent runs shown here in full; every run is on Compare
 STATUS_BADGE = {"queued": ":violet-badge[queued]", "starting": ":blue-badge[starting]", "running": ":blue-badge[running]",
                 "stopping": ":orange-badge[stopping]", "done": ":green-badge[done]", "stopped": ":gray-badge[stopped]",
                 "failed": ":red-badge[failed]", "interrupted": ":orange-badge[interrupted]"}
-SPLIT_COLOURS = alt.Scale(domain=["train", "val", "public", "private"], range=["#1f77b4", "#ff7f0e", "#ff7f0e", "#2ca02c"])
 # Widgets keep their values across page switches (persist_state) and browser reloads (bound to the URL).
 KEEP = {"persist_state": "session", "bind": "query-params"}
 
@@ -57,10 +54,10 @@ def widget(spec: FormField, where, fixed_choices: list | None = None):  # noqa: 
 
 
 def form_group(specs: list[FormField], values: dict) -> None:
-    """Lay a group's widgets out four to a row."""
-    for i in range(0, len(specs), 4):
-        cols = st.columns(4)
-        for col, spec in zip(cols, specs[i:i + 4]):
+    """Lay a group's widgets out three to a row: at four, labels such as "Augment" were cut to "A..." at 1400 px."""
+    for i in range(0, len(specs), 3):
+        cols = st.columns(3)
+        for col, spec in zip(cols, specs[i:i + 3]):
             choices = available_devices() if spec.name == "device" else None
             values[spec.name] = widget(spec, col, choices)
 
@@ -71,18 +68,24 @@ def dropout_slider(arch: str, where):  # noqa: ANN001, ANN201 - a column; the va
     if knob is None:
         where.caption("This family has no dropout knob.")
         return None
-    return where.slider("Dropout", knob.low, knob.high, knob.default, knob.step, key=f"train_dropout_{arch}", **KEEP)
+    start = min(max(FORM_DROPOUT, knob.low), knob.high)  # the quick default: little dropout learns in few steps
+    return where.slider("Dropout", knob.low, knob.high, start, knob.step, key=f"train_dropout_{arch}", **KEEP,
+                        help=f"the family's own default is {knob.default:g}; the form starts lower for quick runs")
 
 
 specs = form_fields()
 values: dict = {}
 form, summary_col = st.columns([3, 2], gap="large")
 with form:
-    sources, default_source = dataset_choices(st.session_state.get("data_source"), find_local_fer())
+    sources, default_source = dataset_choices(st.session_state.get("data_source"), find_fer())
     data = st.radio("Dataset", sources, key="train_data", horizontal=True, index=sources.index(default_source),
                     format_func=lambda s: "synthetic (built-in)" if s == "synthetic" else f"FER2013 at {s}",
                     help="Choose FER2013 on the Data page; the built-in synthetic set needs no download.")
-    form_group([s for s in specs if s.group == "main"], values)
+    # the architecture's names are long ("MobileNet-style (depthwise-separable)"): it gets a wide column of its own
+    arch_col, width_col = st.columns([5, 3])
+    main = {s.name: s for s in specs if s.group == "main"}
+    values["arch"], values["width"] = widget(main.pop("arch"), arch_col), widget(main.pop("width"), width_col)
+    form_group(list(main.values()), values)
     dropout_col, name_col = st.columns(2)
     dropout = dropout_slider(values["arch"], dropout_col)
     run_name = name_col.text_input("Run name (optional)", key="train_name", placeholder="arch-width-time if empty",
@@ -104,9 +107,10 @@ with summary_col:
         st.metric("Model parameters", f"{s.params:,}", border=True, help=f"{s.macs:,} MACs per image")
     except ValueError as exc:
         st.error(str(exc))
-    st.caption("Quick defaults (plain CNN at width 0.25, batch 64, lr 0.003, 3 epochs on 3,000 synthetic faces) "
-               "take about 30 seconds on a 2-core CPU, start-up included. The study's MobileNet learns slowly on few steps: give it "
-               "more epochs.")
+    st.caption("Quick defaults: a plain CNN at width 0.125 trains on 1,500 synthetic faces for a **30-second time "
+               "budget** (batch 32, lr 0.003, dropout 0.1), which holds on a busy machine too: it trains fewer steps there, not "
+               "longer. Start-up, the final evaluation and the export come on top. Set the budget to 0 to train for "
+               "the epochs given. The study's MobileNet learns slowly on few steps: give it more time.")
     try:
         if note := settings.micro_batch_note():
             st.caption(note)
@@ -138,27 +142,8 @@ def curves(run: rundir.RunStatus) -> None:
     total = int(run.config.get("epochs") or df["epoch"].max())
     left, right = st.columns(2)
     for col, kind in ((left, "loss"), (right, "accuracy")):
-        chart = alt.Chart(df[df["kind"] == kind]).mark_line(point=True).encode(
-            x=alt.X("epoch:Q", scale=alt.Scale(domain=[1, max(2, total)]), axis=alt.Axis(tickMinStep=1)),
-            y=alt.Y("value:Q", title=kind, scale=alt.Scale(zero=kind == "accuracy")),
-            color=alt.Color("split:N", scale=SPLIT_COLOURS, legend=alt.Legend(orient="bottom", title=None)),
-            tooltip=["epoch", "split", alt.Tooltip("value:Q", format=".4f")],
-        ).properties(height=190)
+        chart = charts.run_curve_chart(df, kind, total)
         col.altair_chart(chart, width="stretch")
-
-
-def progress_text(run: rundir.RunStatus) -> str:
-    p = run.progress
-    if run.status == "queued":
-        return f"queued: number {run.position} in line; it starts when a running training ends"
-    if run.status == "starting":
-        return "starting: loading data and building the model..."
-    if not p:
-        return f"epoch {len(run.record.epochs) if run.record else 0}/{run.config.get('epochs', '?')}"
-    text = f"epoch {p['epoch']}/{p['epochs']} · step {p['step']}/{p['steps']} · loss {p['loss']:.3f}"
-    if run.status == "running":
-        text += f" · ETA {format_eta(run.eta_s)}"
-    return text
 
 
 def run_button(where, label: str, key: str, action, toast: str | None, **kw: object) -> None:  # noqa: ANN001
@@ -212,21 +197,22 @@ def show_run(run: rundir.RunStatus) -> None:
                       f"{desc} · {data_desc} · batch {cfg.get('batch_size', '?')} · lr {cfg.get('lr', '?')}{params}")
         buttons(run, button_col)
         if run.active or run.status == "interrupted":
-            st.progress(run.fraction, text=progress_text(run))
+            st.progress(run.fraction, text=runviews.progress_text(run))
         outcome(run)
         curves(run)
 
 
 @st.fragment(run_every=2)
 def runs_panel() -> None:
-    runs = rundir.list_runs(root, include_shipped=False)
+    runs, variants = runviews.trainings(rundir.list_runs(root, include_shipped=False))
     active = sum(r.active for r in runs)
     st.subheader(f"Runs ({active} running)" if active else "Runs")
     if not runs:
         st.info("No runs yet. Press **Start training**; the run appears here with live progress.")
         return
     st.caption(f"Run folders in `{root}`. Showing the {min(len(runs), MAX_SHOWN)} most recent of "
-               f"{len(runs)}; all are on Compare.")
+               f"{len(runs)}; all are on Compare."
+               + (f" {variants} compression variant(s) are not trainings: they are on Compress." if variants else ""))
     for run in runs[:MAX_SHOWN]:
         show_run(run)
 

@@ -163,8 +163,13 @@ with st.expander("Delete a run"):
 
 
 @st.cache_resource(max_entries=3, show_spinner=False)
+def gallery_dataset(source: str):  # noqa: ANN201 - core.data.FERData
+    return gallery.gallery_data(source)
+
+
+@st.cache_resource(max_entries=3, show_spinner=False)
 def gallery_predictions(onnx_path: str, stamp: float, source: str):  # noqa: ANN201 - core.explain.gallery.Predictions
-    return gallery.predict_split(onnx_path, gallery.gallery_data(source))
+    return gallery.predict_split(onnx_path, gallery_dataset(source))
 
 
 st.subheader("Confusion gallery")
@@ -177,16 +182,21 @@ g_default = st.session_state.get("compare_detail_run")
 g_info = gallery_runs[st.selectbox("Run", g_names, key="gallery_run",
                                    index=g_names.index(g_default) if g_default in g_names else 0)]
 g_onnx = g_info.path / rundir.ONNX
-try:
-    with st.spinner("Classifying the evaluation split with ONNX Runtime (once per model; cached on disk)..."):
-        g_pred = gallery_predictions(str(g_onnx), g_onnx.stat().st_mtime,
-                                     gallery.gallery_source(st.session_state.get("data_source"), g_info.record))
+g_source = gallery.gallery_source(st.session_state.get("data_source"), g_info.record)
+try:  # two steps, each named while it runs: the first read of FER2013 and the first classification take a while
+    with st.spinner(f"Loading {'the synthetic faces' if g_source == 'synthetic' else g_source} (the first read of "
+                    "FER2013 takes a while; later ones use a cache)..."):
+        g_data = gallery_dataset(g_source)
+    with st.spinner(f"Classifying {len(g_data.splits[g_data.val_split]):,} faces with {g_info.name} in ONNX Runtime "
+                    "(once per model; cached on disk)..."):
+        g_pred = gallery_predictions(str(g_onnx), g_onnx.stat().st_mtime, g_source)
 except (ValueError, OSError) as exc:
     st.error(f"Cannot classify the faces with {g_info.name}: {exc}")
     st.stop()
-if g_pred.synthetic:
-    st.info("FER2013 was not found, so the gallery shows the built-in **synthetic** faces (choose FER2013 on the "
-            "**Data** page for the real ones).")
+if g_pred.synthetic and g_info.record is not None and not g_info.record.synthetic:
+    st.warning(f"{g_info.name} was trained on FER2013, but no FER2013 copy was found (its recorded path, the Data "
+               "page's, `$FER_DATA`, `data/`), so the gallery shows the built-in **synthetic** faces, which it was "
+               "not trained on: its mistakes here say little. Choose FER2013 on the **Data** page.")
 g_true, g_predicted = gallery.biggest_mistake(g_pred)
 st.session_state.setdefault("gallery_true", CLASSES[g_true])
 st.session_state.setdefault("gallery_predicted", CLASSES[g_predicted])
@@ -208,13 +218,10 @@ g_t = c1.selectbox("True class", CLASSES, key="gallery_true")
 g_p = c2.selectbox("Predicted class", CLASSES, key="gallery_predicted")
 g_n = c3.number_input("Faces", 1, 96, 24, key="gallery_n")
 g_cell = gallery.cell(g_pred, g_t, g_p, int(g_n))
-g_count, g_support = int(g_pred.confusion()[CLASSES.index(g_t), CLASSES.index(g_p)]), int((g_pred.labels == CLASSES.index(g_t)).sum())
 if g_cell.empty:
     st.info(gallery.cell_message(g_pred, g_t, g_p))
 else:
-    st.caption(f"{g_count} of the {g_support} '{g_t}' faces in {g_pred.split} were called '{g_p}' by {g_info.name}; "
-               f"{'most confident first' if g_t == g_p else 'most confident mistake first'}. Under each face: the "
-               f"model's probability for '{g_p}' (and for '{g_t}').")
+    st.caption(gallery.cell_caption(g_pred, g_t, g_p, g_info.name))
     st.image([upscale(g_pred.images[i], 2) for i in g_cell["index"]], width=96,
              caption=[f"#{i}: {c:.0%}" + ("" if g_t == g_p else f" ({t:.0%})")
                       for i, c, t in zip(g_cell["index"], g_cell["confidence"], g_cell["p_true"])])

@@ -61,8 +61,11 @@ if not models:
 by_path = {str(i.path): i for i in models}
 default = runviews.best_model(models)
 paths = list(by_path)
+if st.session_state.get("predict_model") not in by_path:  # first visit, or the chosen run was deleted since
+    st.session_state.pop("predict_model", None)
+# persist_state: the choice survives a trip to Inside and back (a widget's state ends with its page otherwise)
 model_path = st.selectbox("Model", paths, index=paths.index(str(default.path)), key="predict_model",
-                          format_func=lambda p: runviews.model_label(by_path[p]),
+                          format_func=lambda p: runviews.model_label(by_path[p]), persist_state="session",
                           help="every checkpoint with an ONNX export; the default is the best shipped one")
 model = by_path[model_path]
 if model.record.synthetic:
@@ -70,18 +73,34 @@ if model.record.synthetic:
                "demonstrate the pipeline. Pick a model trained on FER2013 for meaningful predictions.")
 onnx_file = model.path / ONNX
 
+KEPT = "predict_kept_photos"  # [(name, bytes)]: the uploads, kept for a trip to Inside and back
+
+
+def keep_uploads() -> None:
+    """Called only when the user changes the uploader (adds or removes photos), never when the page is left: the
+    uploader itself forgets its files on a page switch, so the page shows these instead until they are replaced."""
+    st.session_state[KEPT] = [(u.name, u.getvalue()) for u in st.session_state.get("predict_upload") or []]
+
+
 uploads = st.file_uploader("Photos (JPEG, PNG, WebP, BMP, GIF, TIFF; several at once)", type=TYPES,
-                           accept_multiple_files=True, key="predict_upload",
+                           accept_multiple_files=True, key="predict_upload", on_change=keep_uploads,
                            help=f"up to {MAX_FILE_BYTES // 2**20} MB each")
+kept = [] if uploads else st.session_state.get(KEPT) or []
+if kept:
+    k1, k2 = st.columns([3, 1], vertical_alignment="center")
+    k1.caption(f"Still here from before: {', '.join(md_escape(n) for n, _ in kept)}. Upload others to replace them.")
+    if k2.button("Remove these", key="predict_kept_remove"):
+        st.session_state[KEPT], kept = [], []
 c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="center")
-if c1.button("Try a sample photo", key="predict_sample", icon="🖼️"):
+if c1.button("Try a sample photo", key="predict_sample", icon=":material/image:"):
     st.session_state["predict_show_sample"] = True
 if st.session_state.get("predict_show_sample") and c2.button("Remove sample", key="predict_sample_remove"):
     st.session_state["predict_show_sample"] = False
-camera_on = c3.toggle("Take a photo with the camera", key="predict_camera_on",
+camera_on = c3.toggle("Take a photo with the camera", key="predict_camera_on", persist_state="session",
                       help="the browser asks for camera access only when this is on")
 shot = st.camera_input("Camera", key="predict_camera") if camera_on else None
 typed = st.text_input("Expected expression (optional)", key="predict_label", placeholder="e.g. happy",
+                      persist_state="session",
                       help="checked against every photo whose file name names no expression; a name like "
                            "'anna__angry__1.jpg' carries its own label")
 try:
@@ -93,8 +112,7 @@ except ValueError as exc:
 photos: list[tuple[str, bytes]] = []
 if st.session_state.get("predict_show_sample"):
     photos.append((f"sample: {SAMPLE.name}", SAMPLE.read_bytes()))
-for up in uploads or []:
-    photos.append((up.name, up.getvalue()))
+photos += [(up.name, up.getvalue()) for up in uploads or []] or kept
 if shot is not None:
     photos.append(("camera photo", shot.getvalue()))
 
@@ -171,7 +189,7 @@ for k, r in enumerate(results):
             detected += " · " + ("your box" if r.faces[0].source == "manual" else "centre square")
         photo_col, faces_col = st.columns([1, 1], gap="large")
         photo_col.image(draw_boxes(r), width="stretch",
-                        caption=f"{r.size[0]}x{r.size[1]} px · {detected} · detect "
+                        caption=f"{'x'.join(map(str, r.file_size or r.size))} px · {detected} · detect "
                                 f"{r.timings_ms['detect']:.0f} ms · classify {r.timings_ms['classify']:.1f} ms")
         with faces_col:
             for i, face in enumerate(r.faces, 1):
@@ -183,14 +201,16 @@ with overview:
     matches = label_summary(grid)
     if matches:
         st.info(matches)
-    st.dataframe(grid, hide_index=True, key="predict_grid", row_height=56, column_config={
+    # what a phone shows without scrolling sideways comes first: the face, its expression, confidence and match
+    order = ["crop", "expression", "confidence", *(["matches", "label"] if matches else []), "face", "photo", "found by"]
+    st.dataframe(grid, hide_index=True, key="predict_grid", row_height=56, column_order=order, column_config={
         "crop": st.column_config.ImageColumn("face", width="small"),
         "confidence": st.column_config.ProgressColumn("confidence", format="percent", min_value=0.0, max_value=1.0),
         "matches": st.column_config.CheckboxColumn("matches label"),
     })
     rows = photo_rows(results)
     st.download_button("Download results as CSV", rows.to_csv(index=False).encode(), file_name="fer_predictions.csv",
-                       mime="text/csv", key="predict_csv", icon="⬇️")
+                       mime="text/csv", key="predict_csv", icon=":material/download:")
     with st.expander("All probabilities (the CSV's table)"):
         st.dataframe(rows, hide_index=True, key="predict_table")
     st.caption(f"Model: {runviews.model_label(model)} · `{Path(onnx_file).relative_to(PROJECT_ROOT) if onnx_file.is_relative_to(PROJECT_ROOT) else onnx_file}`"

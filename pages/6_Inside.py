@@ -112,6 +112,8 @@ try:
 except ValueError as exc:
     st.error(md_escape(exc))
     st.stop()
+if true_label is None and photo_result is not None:  # a file name like 'anna__happy__1.jpg' carries its class
+    true_label = inside.label_index(photo_result.name)
 
 # --- the answer, Grad-CAM and occlusion -------------------------------------------------------------------------
 level = st.session_state.get("inside_level", "layers")
@@ -121,7 +123,8 @@ probs = featuremaps.probabilities(rows)
 top = int(probs.argmax())
 m1, m2, m3 = st.columns(3)
 m1.metric("Prediction", CLASSES[top], f"{probs[top]:.0%} probability", delta_color="off", delta_arrow="off")
-m2.metric("True class", CLASSES[true_label] if true_label is not None else "unknown")
+m2.metric("True class", CLASSES[true_label] if true_label is not None else "unknown",
+          help="from the dataset, or from the photo's file name (e.g. anna__happy__1.jpg)")
 m3.metric("Parameters", f"{sum(r.params for r in rows):,}", help="the sum of the rows below")
 
 st.subheader("Where it looks")
@@ -169,7 +172,7 @@ shown = c2.slider("Channels per row (most active first)", 1, 64, 16, key="inside
 grid, caption = featuremaps.first_filters(model)
 with st.container(border=True):
     st.markdown("**First layer's filters**")
-    st.image(grid, caption=caption, width=min(grid.shape[1], 720))
+    st.image(grid, caption=caption, width="content")  # its own width, never wider than the screen (a phone's)
 st.caption("Blue rows are depthwise convolutions (each channel filtered alone, `groups == channels`); orange rows are "
            "pointwise 1x1 convolutions (channels mixed, no spatial filtering). Maps share one colour scale per row: "
            "brighter is more active.")

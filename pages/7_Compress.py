@@ -30,8 +30,11 @@ with st.form("compress_form"):
     structured = c2.checkbox("structured (whole channels)", key="compress_structured",
                              help="layers really become narrower: fewer parameters, MACs and milliseconds")
     epochs = c3.number_input("Fine-tune epochs", min_value=1, max_value=20, value=2, key="compress_epochs")
-    calibration = st.number_input("Calibration images (int8)", min_value=16, max_value=5000, value=256, step=16,
+    c1, c2 = st.columns(2)
+    calibration = c1.number_input("Calibration images (int8)", min_value=16, max_value=5000, value=256, step=16,
                                   key="compress_calibration")
+    force = c2.checkbox("replace a variant of the same name", key="compress_force",
+                        help="off: a variant that already exists is kept, and the job is refused")
     submitted = st.form_submit_button("Compress in the background", type="primary", key="compress_start")
 
 st.info("Unstructured pruning only writes zeros: dense kernels multiply by zero just as fast, so it saves **no time**, "
@@ -47,7 +50,7 @@ if submitted:
                                           structured=structured and prune_on, calibration=int(calibration),
                                           finetune_epochs=int(epochs))
             out = root if names[run].shipped else None  # shipped checkpoints stay as shipped
-            compress_jobs.start_job(names[run].path, cfg, out=out, root=root)
+            compress_jobs.start_job(names[run].path, cfg, out=out, root=root, force=force)
             st.success(f"Started: {', '.join(cfg.techniques())} of `{run}`. Progress below.")
         except ValueError as exc:
             st.error(str(exc))
@@ -55,7 +58,13 @@ if submitted:
 
 @st.fragment(run_every=2)
 def show_jobs() -> None:
-    for job in compress_jobs.list_jobs(root)[:5]:
+    listed = compress_jobs.list_jobs(root)[:5]
+    running = {j.path.name for j in listed if j.status == "running"}
+    ended = st.session_state.get("compress_running", set()) - running
+    st.session_state["compress_running"] = running
+    if ended:  # a job ended since the last look: the variants table and chart below are stale until the page reruns
+        st.rerun(scope="app")
+    for job in listed:
         label = f"`{job.path.name}`: {', '.join(job.techniques)} of `{job.run}`"
         if job.status == "running":
             p = job.progress or {}
@@ -77,7 +86,7 @@ if table.empty:
 else:
     st.dataframe(table, hide_index=True, key="compress_table", column_order=[
         "name", "technique", "params", "onnx_bytes", "gzip_bytes", "size_ratio", "latency_ms_b1", "latency_ms_b64",
-        "speedup_b64", "accuracy", "parent_accuracy", "delta", "split", "sparsity"], column_config={
+        "speedup_b64", "accuracy", "parent_accuracy", "delta", "split", "data", "sparsity"], column_config={
         "onnx_bytes": st.column_config.NumberColumn("ONNX bytes", format="localized"),
         "gzip_bytes": st.column_config.NumberColumn("gzip bytes", format="localized"),
         "size_ratio": st.column_config.NumberColumn("size vs fp32", format="%.2fx"),
@@ -90,7 +99,16 @@ else:
         "sparsity": st.column_config.NumberColumn("zeros", format="%.2f"),
     })
     st.caption("Latency: ONNX Runtime on this machine's CPU, one thread, medians, each variant timed in alternating "
-               "rounds with its parent. Accuracy: ONNX Runtime on the split named.")
+               "rounds with its parent. Accuracy: ONNX Runtime on the split named, of the data named.")
+    other = table[~table["same_data"].fillna(True).astype(bool)]
+    if not other.empty:
+        st.warning("Calibrated and measured on other data than their parent was trained on: "
+                   + ", ".join(f"`{r.name}` (on {r.data})" for r in other.itertuples())
+                   + ". Their accuracies compare with the parent's on that data only, not with its own record.",
+                   icon=":material/warning:")
     st.subheader("Size vs accuracy")
-    st.altair_chart(charts.size_accuracy_chart(compressviews.chart_points(table)), width="stretch",
-                    key="compress_chart")
+    # one chart per data set: a synthetic run's val accuracy and FER2013's public accuracy are not on one scale
+    for n, (source, part) in enumerate(table.groupby(table["data"].fillna("unknown data"), sort=False)):
+        st.altair_chart(charts.size_accuracy_chart(compressviews.chart_points(part),
+                                                   title=f"measured on {'synthetic faces' if source == 'synthetic' else source}"),
+                        width="stretch", key="compress_chart" if n == 0 else f"compress_chart_{n}")

@@ -305,3 +305,49 @@ def test_pages_stay_thin() -> None:
         text = page.read_text()
         assert not [w for w in banned if w in text], page.name
     assert os.environ["FER_RUNS_DIR"] == str(runs_dir())
+
+
+def test_a_compression_variant_is_not_listed_as_a_training(tiny_run: Path) -> None:
+    """A variant's record copies its parent's time and curves: under Train's Runs it would pass for a finished
+    training, so Train leaves it out (and says where it is) while its parent stays."""
+    import shutil
+
+    from core.compression.compress import CompressConfig, compress_run
+
+    parent = runs_dir() / "train-parent"
+    shutil.copytree(tiny_run, parent, dirs_exist_ok=True)
+    compress_run(parent, CompressConfig(fp16=True, data="synthetic", repeats=3), force=True)
+    at = app("pages/3_Train.py")
+    shown = " ".join(m.value for m in at.markdown)
+    assert "**train-parent**" in shown and "train-parent--fp16" not in shown
+    assert any("compression variant(s) are not trainings" in c.value for c in at.caption)
+
+
+def test_run_curves_have_a_colour_per_split_and_only_their_own_legend() -> None:
+    from core.views import charts
+
+    def df(splits: list[str]) -> pd.DataFrame:
+        return pd.DataFrame([{"epoch": e, "kind": "accuracy", "split": s, "value": 0.1 * e} for e in (1, 2) for s in splits])
+
+    synthetic = charts.run_curve_chart(df(["train", "val"]), "accuracy", 3).to_dict()
+    scale = synthetic["encoding"]["color"]["scale"]
+    assert scale["domain"] == ["train", "val"] and len(set(scale["range"])) == 2  # no public/private in its legend
+    fer = charts.run_curve_chart(df(["train", "public", "private"]), "accuracy", 3).to_dict()["encoding"]["color"]["scale"]
+    assert fer["domain"] == ["train", "public", "private"] and len(set(fer["range"])) == 3
+    assert len(set(charts.SPLIT_COLOURS.values())) == len(charts.SPLIT_COLOURS)  # val and public no longer share one
+    assert synthetic["height"] >= 300  # the whole chart's: the plot itself must not shrink to a strip
+
+
+def test_small_texts_say_what_the_charts_show() -> None:
+    """The depthwise explainer names both counts, axis titles carry one unit and one '(log scale)', and the Data
+    caption quotes the synthetic set's own disgust share."""
+    from core.data.synthetic import CLASS_WEIGHTS
+    from core.views import charts
+
+    b = archviews.conv_breakdown("mobilenet", width=1.0)
+    text = archviews._pairs_text("MobileNet-style", 1.0, b)
+    dw = b["pairs_depthwise"]
+    assert f"({dw:,} depthwise + {b['pairs_separable'] - dw:,} pointwise)" in text and dw > 0
+    assert all("(" not in t for t in charts.X_AXES.values())
+    at = app("pages/2_Data.py")
+    assert any(f"({CLASS_WEIGHTS[1]:.0%} of its faces" in c.value for c in at.caption)

@@ -233,6 +233,10 @@ def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
     epochs.send_keys(Keys.CONTROL, "a")
     epochs.send_keys("8", Keys.ENTER)  # long enough that the Stop button is still there after epoch 1
     settle(d, "Train")
+    budget = d.find_element(By.CSS_SELECTOR, "input[aria-label='Time budget, s (0 = none)']")
+    budget.send_keys(Keys.CONTROL, "a")
+    budget.send_keys("0", Keys.ENTER)  # no time budget: the run must still be going when Stop is pressed
+    settle(d, "Train")
 
     def run_folders() -> set[str]:  # the queue keeps its files in a hidden folder beside the runs
         return {p.name for p in runs.iterdir() if not p.name.startswith(".")}
@@ -429,3 +433,80 @@ def test_screenshots_are_pngs() -> None:
     for name in ("architectures", "data", "train", "compare", "predict", "inside", "inside-layers", "gallery"):
         path = SHOTS / f"{name}.png"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
+def test_train_form_and_curves_read_at_desktop_width(server, browser) -> None:  # noqa: ANN001
+    """At 1400 px every architecture's name fits its select (it was cut to 'Plain CNN (\\"'), and a finished run's
+    learning curves are drawn tall enough to read (they were squashed into a strip about 30 px tall)."""
+    from core.models import archs
+    from core.training.config import TrainConfig
+    from core.training.runs import run_training
+
+    url, runs = server
+    if not (runs / "curves-demo" / "model.onnx").exists():
+        cfg = TrainConfig(arch="plain_cnn", width=0.125, synthetic_size=300, epochs=2, batch_size=32, augment=False)
+        list(run_training(cfg, runs / "curves-demo"))
+    d = browser
+    open_page(d, url, "/train", "Train")
+    wait(d, lambda dd: len(dd.find_elements(By.CSS_SELECTOR, "[data-testid=stVegaLiteChart]")) >= 2, 60, "the curves")
+    titles = [archs.get_family(a).title for a in archs.list_archs()]
+    widths = d.execute_script("""const i = document.querySelector("input[aria-label='Architecture']"), was = i.value;
+        const out = arguments[0].map(t => { i.value = t; return [t, i.scrollWidth, i.clientWidth]; });
+        i.value = was; return out;""", titles)
+    assert all(scroll <= client for _, scroll, client in widths), widths
+    heights = d.execute_script("return [...document.querySelectorAll('[data-testid=stVegaLiteChart]')]"
+                               ".map(e => e.getBoundingClientRect().height);")
+    assert min(heights) >= 300, heights
+
+
+def phone(driver, width: int = 420) -> None:  # noqa: ANN001
+    """A phone's viewport: headless Chrome keeps its window at least 500 px wide, so the width is emulated."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": True})
+
+
+def main_overflow(driver) -> tuple[int, int]:  # noqa: ANN001
+    """(widest of the document and the main area, the window's width): the main area scrolls on its own, so a wide
+    picture inside it shows up there rather than in the document."""
+    return tuple(driver.execute_script(
+        "const e = document.documentElement, m = document.querySelector('[data-testid=stMain]');"
+        "return [Math.max(e.scrollWidth, m.scrollWidth), e.clientWidth];"))
+
+
+def test_look_inside_and_back_keeps_photos_and_model_and_both_fit_a_phone(server, browser) -> None:  # noqa: ANN001
+    url, _ = server
+    d = browser
+    open_page(d, url, "/predict", "Predict")
+    model = d.find_element(By.CSS_SELECTOR, "input[aria-label='Model']")
+    chosen_before = model.get_attribute("value")
+    click_when_clear(d, model)
+    options = wait(d, lambda dd: dd.find_elements(By.CSS_SELECTOR, "[role=option]"), 20, "the model list")
+    other = next(o for o in options if o.text.strip() and o.text.strip() != chosen_before)
+    chosen = other.text.strip()
+    other.click()
+    settle(d, "Predict")
+    d.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(SAMPLE_PHOTO.resolve()))
+    wait(d, lambda dd: "astronaut.jpg · 1 face(s)" in text_of(dd), 90, "the photo analysed")
+    settle(d, "Predict")
+    click_button(d, "Look inside")
+    settle(d, "Inside")
+    try:
+        phone(d)
+        settle(d, "Inside")
+        scroll, client = main_overflow(d)
+        assert scroll <= client, f"Inside is {scroll} px wide in a {client} px window: it scrolls sideways"
+    finally:
+        d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    # back through the page menu, as a visitor would: the photo and the model are still there
+    click_when_clear(d, next(a for a in d.find_elements(By.CSS_SELECTOR, "[data-testid=stSidebarNav] a")
+                             if a.get_attribute("href").rstrip("/").endswith("/predict")))
+    settle(d, "Predict")
+    wait(d, lambda dd: "astronaut.jpg · 1 face(s)" in text_of(dd), 60, "the photo, still there")
+    assert d.find_element(By.CSS_SELECTOR, "input[aria-label='Model']").get_attribute("value") == chosen
+    try:
+        phone(d)
+        settle(d, "Predict")
+        scroll, client = main_overflow(d)
+        assert scroll <= client, f"Predict is {scroll} px wide in a {client} px window: it scrolls sideways"
+    finally:
+        d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

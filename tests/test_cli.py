@@ -96,3 +96,45 @@ def test_train_help_and_output_are_clean(tmp_path: Path) -> None:
                "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path))
     # no total-less bar ('0step [00:00, ?step/s]') before the real one: the bar is made with its total
     assert "0step [" not in proc.stderr and re.search(r"\| 0/\d+ \[", proc.stderr), proc.stderr
+
+
+def test_train_says_what_runs_after_the_last_step(tmp_path: Path) -> None:
+    """After the steps, the bar closes once (its time is the training's, not reprinted with the evaluation folded in)
+    and the stages that follow are named; the epoch line says its train figures are from during training."""
+    proc = cli("train", "--arch", "plain_cnn", "--width", "0.125", "--data", "synthetic", "--synthetic-size", "300",
+               "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path))
+    err = proc.stderr
+    assert "final evaluation...\nexport...\n" in err, err
+    assert err.rindex("100%|") < err.index("final evaluation..."), err
+    assert "epoch 1: during training loss" in err
+
+
+def test_background_progress_names_the_stage_and_the_page_shows_it(tmp_path: Path) -> None:
+    from core.training import rundir
+    from core.views.runviews import progress_text
+
+    run = tmp_path / "bg"
+    cli("train", "--arch", "plain_cnn", "--width", "0.125", "--data", "synthetic", "--synthetic-size", "300",
+        "--epochs", "1", "--max-steps", "2", "--run-dir", str(run), "--quiet")
+    p = rundir.read_progress(run)
+    assert p is not None and p["stage"] == "export" and p["global_step"] == p["total_steps"]
+    live = rundir.RunStatus(run, status="running", progress=p, config={"epochs": 1})
+    assert progress_text(live) == "training steps done · now: export..."
+    busy = rundir.RunStatus(run, status="running", progress={k: v for k, v in p.items() if k != "stage"})
+    assert progress_text(busy).startswith("epoch 1/1 · step ") and "ETA" in progress_text(busy)
+
+
+def test_predict_takes_a_run_folder_and_says_what_it_prints() -> None:
+    """The README's example works as written (the shipped sample photo, a run folder as export and evaluate take),
+    --json prints what its help says, and bench, study and predict --help have a description."""
+    proc = cli("predict", "--model", "checkpoints/plain_cnn-w0.125", "assets/astronaut.jpg", "--json")
+    out = json.loads(proc.stdout)
+    assert isinstance(out, list) and out[0]["image"] == "assets/astronaut.jpg" and out[0]["faces"][0]["top"]
+    assert "a JSON array with one object per photo" in cli("predict", "--help").stdout.replace("\n", " ")
+    assert "python -m core predict --model checkpoints/mobilenet-w1 assets/astronaut.jpg --json" in (
+        ROOT / "README.md").read_text()
+    for cmd in ("bench", "study", "predict"):
+        lines = cli(cmd, "--help").stdout.split("\n\n")
+        assert len(lines) > 2 and not lines[1].startswith(("positional", "options")), (cmd, lines[:2])
+    proc = cli("predict", "--model", "no-such-run", "assets/astronaut.jpg", check=False)
+    assert proc.returncode == 2 and "run folder 'no-such-run' not found" in proc.stderr and "Traceback" not in proc.stderr

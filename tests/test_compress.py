@@ -236,3 +236,68 @@ def test_shipped_int8_accuracy_is_what_onnx_runtime_measures(fer_dir: Path) -> N
         # uint8 x int8 products saturate in ONNX Runtime's kernels without VNNI and not with it
         # (core.compression.quantize.cpu_has_vnni): the two kinds of CPU differ by up to ~1.2 points here
         assert got == pytest.approx(recorded, abs=0.02)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shipped checkpoints are never modified by a user command: their variants go to the runs folder, an existing
+# variant is replaced only with --force, and a variant measured on other data than its parent's says so.
+# ---------------------------------------------------------------------------------------------------------
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def shipped_digest() -> dict[str, dict[str, str]]:
+    return {d.name: digest(d) for d in sorted(SHIPPED.iterdir()) if d.is_dir()}
+
+
+def test_a_shipped_checkpoints_variant_goes_to_the_runs_folder(capsys: pytest.CaptureFixture) -> None:
+    from core.cli import main
+    from core.util.fsutil import runs_dir
+
+    before = shipped_digest()
+    argv = ["compress", str(SHIPPED / "plain_cnn-w0.125"), "--int8", "--calibration", "32", "--data", "synthetic",
+            "--repeats", "3"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    made = runs_dir() / "plain_cnn-w0.125--int8"
+    assert f"wrote {made}" in out and "not on data/fer2013" in err, (out, err)
+    assert shipped_digest() == before, "a user command changed checkpoints/"
+    settings = rundir.read_record(made).variant.settings
+    assert settings["data"] == "synthetic" and settings["parent_data"] == "data/fer2013"
+    assert settings["same_data"] is False
+    row = next(r for r in variants_table(runs_dir()).to_dict("records") if r["path"] == str(made))
+    assert row["data"] == "synthetic" and row["same_data"] is False
+    shipped_row = next(r for r in variants_table(runs_dir()).to_dict("records") if r["name"] == "plain_cnn-w0.125--int8"
+                       and r["path"] != str(made))
+    assert shipped_row["same_data"] is True and shipped_row["data"] == "data/fer2013"
+
+    # a second run refuses to replace it without --force (one error line, nothing changed), and replaces it with it
+    stamp = digest(made)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err and "Traceback" not in err
+    assert digest(made) == stamp
+    assert main([*argv, "--force", "--quiet"]) == 0
+    assert digest(made) != stamp and shipped_digest() == before
+
+
+def test_out_inside_checkpoints_is_refused(capsys: pytest.CaptureFixture) -> None:
+    from core.cli import main
+
+    before = shipped_digest()
+    for out in (SHIPPED, SHIPPED / "mine"):
+        assert main(["compress", str(SHIPPED / "plain_cnn-w0.125"), "--fp16", "--data", "synthetic",
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "error: --out" in err and "shipped checkpoints folder" in err, err
+    assert shipped_digest() == before and not (SHIPPED / "mine").exists()
+
+
+def test_existing_variant_is_kept_without_force(tiny_run: Path, tmp_path: Path) -> None:
+    cfg = CompressConfig(fp16=True, **QUICK)
+    (row,) = compress_run(tiny_run, cfg, out=tmp_path)
+    stamp = digest(Path(row["path"]))
+    with pytest.raises(ValueError, match=r"tiny-run--fp16: already exists; give --force"):
+        compress_run(tiny_run, cfg, out=tmp_path)
+    assert digest(Path(row["path"])) == stamp
+    (again,) = compress_run(tiny_run, cfg, out=tmp_path, force=True)
+    assert again["path"] == row["path"] and again["same_data"] is True

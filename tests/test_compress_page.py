@@ -61,3 +61,22 @@ def test_background_fp16_job_shows_its_variant(tiny_run: Path) -> None:
     assert any("page-tiny--fp16" in s.value for s in at.success)
     tables = [d.value for d in at.dataframe if "technique" in d.value.columns]
     assert tables and "page-tiny--fp16" in tables[0]["name"].tolist()
+
+
+def test_variant_on_other_data_than_its_parent_is_flagged() -> None:
+    """A shipped FER2013 model compressed on synthetic faces: its variant lands in the runs folder, and the page says
+    its accuracy was measured on other data than the parent was trained on."""
+    from core.compression.compress import CompressConfig, compress_run
+    from core.util.fsutil import SHIPPED_DIR
+
+    compress_run(SHIPPED_DIR / "plain_cnn-w0.125", CompressConfig(fp16=True, data="synthetic", repeats=3), force=True)
+    assert (runs_dir() / "plain_cnn-w0.125--fp16").is_dir() and not (SHIPPED_DIR / "plain_cnn-w0.125--fp16").exists()
+    at = page()
+    (warn,) = [w.value for w in at.warning if "other data than their parent" in w.value]
+    assert "`plain_cnn-w0.125--fp16` (on synthetic)" in warn and "plain_cnn-w0.125--int8`" not in warn
+    tables = [d.value for d in at.dataframe if "technique" in d.value.columns]
+    assert "data" in tables[0].columns
+    # one size-accuracy chart per data set: synthetic val and FER2013 public accuracies never share a front
+    charts = [c for c in at.get("vega_lite_chart") if "measured on" in str(c.proto.spec)]
+    titles = {t for t in ("measured on synthetic faces", "measured on data/fer2013") if any(t in str(c.proto.spec) for c in charts)}
+    assert len(charts) >= 2 and len(titles) == 2, titles

@@ -202,3 +202,20 @@ def test_project_data_folder_is_found(tmp_path: Path) -> None:
     (tmp_path / "data" / "fer2013").mkdir(parents=True)
     write_fer2013(tmp_path / "data" / "fer2013" / "fer2013.csv")
     assert find_local_fer(tmp_path) == tmp_path / "data" / "fer2013"
+
+
+def test_the_app_finds_fer2013_at_fer_data_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$FER_DATA, then the project's data/ folder: the order the tests and the README use, now the app's too."""
+    from core.data import find_fer
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_fer2013(elsewhere / "fer2013.csv")
+    (tmp_path / "data" / "fer2013").mkdir(parents=True)
+    write_fer2013(tmp_path / "data" / "fer2013" / "fer2013.csv")
+    monkeypatch.setenv("FER_DATA", str(elsewhere))
+    assert find_fer(tmp_path) == elsewhere
+    monkeypatch.setenv("FER_DATA", str(tmp_path / "gone"))  # stale: the project's copy, no error
+    assert find_fer(tmp_path) == tmp_path / "data" / "fer2013"
+    monkeypatch.delenv("FER_DATA")
+    assert find_fer(tmp_path) == tmp_path / "data" / "fer2013"

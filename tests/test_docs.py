@@ -58,3 +58,12 @@ def test_readme_target_sentence() -> None:
     for label, run in (("MobileNet w1.0", "mobilenet-w1"), ("plain CNN w1.0", "plain_cnn-w1")):
         for quoted in re.findall(re.escape(label) + r" (0\.\d{3})", text):
             assert abs(float(quoted) - SHIPPED[run]) <= 0.0005, f"README quotes {label} {quoted}"
+
+
+def test_readme_says_what_the_tests_need_and_uses_one_data_path() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for need in ("apt-get install\nchromium chromium-driver", "/usr/bin/chromedriver", "`$FER_PHOTOS`",
+                 "`../shared/photos`", "browser tests for about 6"):
+        assert need in readme, need
+    cli_block = readme.split("## CLI", 1)[1].split("```", 2)[1]
+    assert "../shared/data" not in cli_block and cli_block.count("data/fer2013") >= 5

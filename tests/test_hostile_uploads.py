@@ -270,3 +270,15 @@ def test_cli_predict_with_good_and_bad_files(tiny_run: Path, tmp_path: Path) -> 
     for entry, (name, _) in zip(out[1:], BAD):
         assert Path(entry["image"]).name == name and name in entry["error"], entry
 
+
+
+def test_streamlit_watches_no_files() -> None:
+    """The app's own config turns the file watcher off, so a .venv inside the project cannot overflow inotify and
+    fill the terminal with warnings; Streamlit itself reports the value it read from the project's config."""
+    import subprocess
+    import sys
+
+    assert tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["fileWatcherType"] == "none"
+    shown = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120).stdout
+    assert '\nfileWatcherType = "none"' in shown and str(ROOT / ".streamlit" / "config.toml") in shown

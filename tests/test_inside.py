@@ -232,7 +232,7 @@ def test_gallery_on_fer2013_matches_the_training_record(fer_dir: Path) -> None:
 def test_sources_and_handed_faces(tmp_path: Path) -> None:
     record = read_record(SMALL)
     record.data["source"] = str(tmp_path / "missing")
-    assert gallery.gallery_source(None, record) in ("synthetic", str(gallery.find_local_fer()))
+    assert gallery.gallery_source(None, record) in ("synthetic", str(gallery.find_fer()))
     assert gallery.gallery_source(str(tmp_path), None) == str(tmp_path)
     data = gallery.gallery_data("synthetic")
     img, label = inside.dataset_face(data, "val", 0)
@@ -337,3 +337,40 @@ def test_compare_gallery_shows_a_cell_and_explains_an_empty_one() -> None:
         at.selectbox(key="gallery_true").set_value(CLASSES[empty[0][0]]).run()
         at.selectbox(key="gallery_predicted").set_value(CLASSES[empty[0][1]]).run()
         assert not at.exception and any("No face in this cell" in i.value for i in at.info)
+
+
+@needs_shipped
+def test_inside_true_class_comes_from_the_photos_file_name(faces) -> None:  # noqa: ANN001
+    from core.inference.photo import analyze_photo
+
+    photo = analyze_photo(SAMPLE_PHOTO.read_bytes(), "anna__happy__1.jpg", SMALL / "model.onnx")
+    at = page("pages/6_Inside.py", **{inside.FACE_KEY: photo.faces[0].crop, inside.MODEL_KEY: str(SMALL),
+                                      inside.PHOTO_KEY: (photo, 0)})
+    assert not at.exception and next(m.value for m in at.metric if m.label == "True class") == "happy"
+    assert inside.label_index("sample: astronaut.jpg") is None and inside.label_index("x__sad__2.png") == 4
+
+
+@needs_shipped
+def test_gallery_defaults_to_the_data_the_model_was_trained_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FER2013 model's mistakes are shown on FER2013 (found through $FER_DATA when its recorded path is gone),
+    not on the synthetic cartoons; a synthetic run's on synthetic faces even when FER2013 is picked on Data."""
+    from test_data import write_fer2013
+
+    fer = tmp_path / "fer"
+    fer.mkdir()
+    write_fer2013(fer / "fer2013.csv")
+    record = read_record(SMALL)
+    record.data["source"] = str(tmp_path / "missing")
+    monkeypatch.setenv("FER_DATA", str(fer))
+    assert gallery.gallery_source(None, record) == str(fer)
+    assert gallery.gallery_source("synthetic", record) == str(fer)
+    synthetic = read_record(SMALL)
+    synthetic.data = {"source": "synthetic", "synthetic": True}
+    assert gallery.gallery_source(str(fer), synthetic) == "synthetic"
+
+
+def test_a_diagonal_cells_caption_names_its_class_once(synthetic_predictions: gallery.Predictions) -> None:
+    same = gallery.cell_caption(synthetic_predictions, "happy", "happy", "run")
+    assert same.endswith("probability for 'happy'.") and "(and for" not in same
+    other = gallery.cell_caption(synthetic_predictions, "sad", "happy", "run")
+    assert "probability for 'happy' (and for 'sad')" in other

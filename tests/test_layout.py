@@ -38,3 +38,14 @@ def test_run_folder_file_names_are_spelled_only_in_rundir() -> None:
     found = [f"{p.relative_to(ROOT)}:{node.lineno} {node.value!r}" for p in files if p.name != "rundir.py"
              for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Constant) and node.value in names]
     assert not found, "run-folder file names spelled outside core/training/rundir.py: " + ", ".join(found)
+
+
+def test_icons_need_no_emoji_font() -> None:
+    """Icons are Material Symbols, which Streamlit bundles, so they draw offline on a machine without an emoji font
+    (Debian's Chromium without fonts-noto-color-emoji showed empty boxes); no emoji is used as an icon."""
+    import re
+
+    icon = re.compile(r"""\b(?:page_)?icon\s*=\s*["']([^"']*)["']""")
+    for path in [ROOT / "streamlit_app.py", *sorted((ROOT / "pages").glob("*.py"))]:
+        for value in icon.findall(path.read_text()):
+            assert re.fullmatch(r":material/[a-z0-9_]+:", value), f"{path.name}: icon {value!r} needs an emoji font"

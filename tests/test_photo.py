@@ -188,3 +188,47 @@ def test_labels_stay_inside_the_photo(box: tuple[int, int, int, int]) -> None:
     x0, y0, x1, y1 = put_label(img, "1: surprise 100% (no face found: centre)", box, (235, 130, 0), 0.7)
     assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 100
     assert (img[y0:y1, x0:x1] == (235, 130, 0)).all(axis=2).mean() > 0.5  # a filled background behind the text
+
+
+def test_group_photo_labels_are_complete_and_do_not_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two small faces side by side: each box gets its full label ("1: happy 83%"), not just its number, and the
+    labels are placed clear of each other."""
+    import cv2
+
+    from core.inference.photo import Face, PhotoResult
+
+    drawn: list[tuple[str, tuple[int, int], float]] = []
+    real = cv2.putText
+
+    def spy(img, text, org, font, size, *a):  # noqa: ANN001, ANN002, ANN202
+        drawn.append((text, org, size))
+        return real(img, text, org, font, size, *a)
+
+    monkeypatch.setattr(cv2, "putText", spy)
+
+    def face(x: int, top: int, p: float) -> Face:
+        probs = np.full(7, (1 - p) / 6, np.float32)
+        probs[top] = p
+        return Face((x, 150, 40, 40), np.zeros((48, 48), np.uint8), probs, False)
+
+    r = PhotoResult("pair.jpg", (600, 400), np.zeros((400, 600, 3), np.uint8), [face(200, 3, 0.83), face(250, 4, 0.6)])
+    draw_boxes(r)
+    assert [t for t, _, _ in drawn] == ["1: happy 83%", "2: sad 60%"]
+    assert all(size >= 0.4 for _, _, size in drawn)
+    (x1, y1), (x2, y2) = drawn[0][1], drawn[1][1]
+    assert abs(y1 - y2) > 10 or abs(x1 - x2) > 120, drawn  # not drawn on top of each other
+
+
+def test_a_large_jpegs_own_size_is_kept(tiny_run: Path) -> None:
+    """A large JPEG is decoded at a reduced scale for speed; the photo's caption must still give its real size."""
+    from PIL import Image
+
+    from core.inference.photo import file_dimensions
+    from core.training import rundir
+
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 2400, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    big.save(buf, "JPEG")
+    r = analyze_photo(buf.getvalue(), "big.jpg", tiny_run / rundir.ONNX, detector="haar")
+    assert r.file_size == (2400, 1600) and r.size[0] <= 2400
+    assert file_dimensions(b"not an image") is None

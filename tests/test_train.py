@@ -604,3 +604,37 @@ def test_teacher_logits_once_match_a_live_teacher_without_augmentation(tiny_run:
     assert "teacher logits computed once" in rundir.read_record(tmp_path / "once").recipe
     with pytest.raises(ValueError, match="teacher_mode 'once'"):
         TrainConfig(teacher_mode="once", mixup_alpha=0.2, teacher=str(tiny_run))
+
+
+def test_time_budget_ends_the_run_on_time_and_done(tmp_path: Path) -> None:
+    """A classroom budget in seconds, not epochs: the steps stop once it is spent, however slow the machine, the
+    epoch under way is evaluated, and the run is done (not stopped), with its weights and export."""
+    import time
+
+    cfg = TrainConfig(epochs=1000, time_budget_s=3, **{**QUICK, "synthetic_size": 600})
+    batches: list[dict] = []
+    t0 = time.perf_counter()
+    history = list(run_training(cfg, tmp_path / "run", on_batch=batches.append))
+    assert 1 <= len(history) < 1000 and batches[-1]["global_step"] < batches[-1]["total_steps"]
+    stepping = sum(m["seconds"] for m in history)
+    assert 2.5 <= stepping < 3 + 2 * max(b["seconds"] for b in batches if b["step"] == 1), stepping  # one step over at most
+    assert time.perf_counter() - t0 < 60
+    record = rundir.read_record(tmp_path / "run")
+    assert record.status == "done" and (tmp_path / "run" / rundir.ONNX).exists()
+    with pytest.raises(ValueError, match="time_budget_s"):
+        TrainConfig(time_budget_s=0)
+
+
+def test_the_train_forms_quick_defaults_learn_visibly_within_their_budget(tmp_path: Path) -> None:
+    """The classroom demo as the form starts it: 30 seconds of steps, however busy the machine, and accuracy well
+    above the largest class's share (22%) by the end, climbing from epoch to epoch."""
+    from core.training.config import FORM_DROPOUT, config_from_form, form_fields
+
+    cfg = config_from_form({f.name: f.default for f in form_fields()}, data="synthetic", dropout=FORM_DROPOUT)
+    assert cfg.time_budget_s == 30 and cfg.epochs >= 10  # the budget, not the epoch count, ends the demo
+    history = list(run_training(cfg, tmp_path / "run"))
+    assert sum(m["seconds"] for m in history) < 30 + 2 * max(m["seconds"] for m in history)
+    record = rundir.read_record(tmp_path / "run")
+    assert record.status == "done" and record.final.accuracy["val"] > 0.35, [m["val_acc"] for m in history]
+    if len(history) > 1:
+        assert history[-1]["val_acc"] > history[0]["val_acc"], [m["val_acc"] for m in history]

@@ -1,5 +1,6 @@
 """Compression variants of a run (int8, fp16, pruned): each written whole into its own folder beside its parent
-(`<parent>--<technique>`) and measured side by side with the fp32 parent. Their table is core.views.compressviews,
+(`<parent>--<technique>`; variants of shipped checkpoints go to the runs folder, since no user command writes into
+checkpoints/) and measured side by side with the fp32 parent. Their table is core.views.compressviews,
 their chart core.views.charts.size_accuracy_chart and their command `python -m core compress` (core.cli)."""
 from __future__ import annotations
 
@@ -136,6 +137,57 @@ def resolve_data(parent: Parent, source: str | None) -> tuple[Any, str]:
     if len(data.splits[split]) == 0:
         raise ValueError(f"{src}: the {split!r} split is empty, so accuracy cannot be measured")
     return data, split
+
+
+def data_note(parent: Parent, data: Any, given: str | None) -> dict[str, Any]:
+    """Which data set calibrated, fine-tuned and measured the variant, the parent's, and whether they are the same
+    (the same folder, or a copy with the same split sizes as the parent's record): a variant measured on other data
+    than its parent was trained on is not comparable with the parent's own record, and says so."""
+    from core.util.fsutil import PROJECT_ROOT
+
+    pdata = parent.record.get("data") or {}
+    psrc = parent.record.get("config", {}).get("data") or pdata.get("source")
+    src = given or psrc
+
+    def where(s: str | None) -> str | None:
+        if not s or s == "synthetic":
+            return s
+        p = Path(s) if Path(s).is_absolute() else PROJECT_ROOT / s
+        return str(p.resolve())
+
+    same = where(src) == where(psrc) if src == "synthetic" or psrc == "synthetic" else (
+        where(src) == where(psrc) or {k: len(v) for k, v in data.splits.items() if len(v)} == pdata.get("splits"))
+    return {"data": src, "parent_data": psrc, "same_data": bool(same)}
+
+
+def output_folder(parent: Parent, out: str | os.PathLike | None) -> Path:
+    """Where the variants go: `out`, else beside the parent, except that a shipped checkpoint's variants go to the
+    runs folder. Nothing is ever written into checkpoints/: the shipped models and their variants stay as shipped."""
+    from core.util.fsutil import SHIPPED_DIR, runs_dir
+
+    shipped = SHIPPED_DIR.resolve()
+
+    def inside_shipped(p: Path) -> bool:
+        r = p.resolve()
+        return r == shipped or shipped in r.parents
+
+    if out is not None:
+        if inside_shipped(Path(out)):
+            raise ValueError(f"--out {out}: is inside the shipped checkpoints folder ({SHIPPED_DIR}), which no command "
+                             "writes into; give another folder, or leave --out out to use the runs folder")
+        return Path(out)
+    return runs_dir() if inside_shipped(parent.path) else parent.path.parent
+
+
+def check_free(parent: Parent, techniques: list[str], out_root: Path, force: bool) -> None:
+    """Refuse before any work when a variant of that name already exists and `force` was not given."""
+    from core.training import rundir
+
+    taken = [str(out_root / n) for n in (f"{parent.name}{SEP}{t}" for t in techniques)
+             if (out_root / rundir.check_run_name(n)).exists()]
+    if taken and not force:
+        raise ValueError(f"{', '.join(taken)}: already exist{'s' if len(taken) == 1 else ''}; "
+                         "give --force to replace, or --out FOLDER to write elsewhere")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -316,7 +368,7 @@ def stamp_metadata(path: Path, parent: Parent, name: str, compression: str, para
 
 
 def variant_record(parent: Parent, name: str, technique: str, built: Built, measured: dict[str, Any],
-                   metrics: dict[str, Any], split: str) -> dict[str, Any]:
+                   metrics: dict[str, Any], split: str, note: dict[str, Any] | None = None) -> dict[str, Any]:
     """A deep copy of the parent's record with the variant's name, its measured accuracy as `final`, and `variant`."""
     from core.training import rundir
     from core.training.record import now_iso
@@ -331,7 +383,7 @@ def variant_record(parent: Parent, name: str, technique: str, built: Built, meas
     rec["final"] = {"accuracy": {split: metrics["accuracy"]}, "per_class": {split: metrics["per_class"]},
                     "confusion": {split: metrics["confusion"]}, "n": {split: metrics["n"]}}
     rec["onnx"] = {"file": rundir.ONNX, "compression": built.compression}
-    rec["variant"] = {"parent": parent.name, "technique": technique, "settings": built.settings,
+    rec["variant"] = {"parent": parent.name, "technique": technique, "settings": {**built.settings, **(note or {})},
                       "measured": {**measured, **built.extra}}
     return rec
 
@@ -357,7 +409,7 @@ def _measure(parent: Parent, onnx_path: Path, data: Any, split: str, parent_eval
 
 
 def write_variant(parent: Parent, technique: str, out_root: Path, cfg: CompressConfig, data: Any, split: str,
-                  parent_eval: dict, progress: Progress | None = None) -> Path:
+                  parent_eval: dict, progress: Progress | None = None, note: dict[str, Any] | None = None) -> Path:
     """Build, stamp, check and measure one variant in a hidden temp folder, then rename it into place (replacing
     an older variant of the same name only at that last step). On any error the temp folder is removed."""
     from core.inference.onnx_io import check_onnx_file
@@ -373,7 +425,7 @@ def write_variant(parent: Parent, technique: str, out_root: Path, cfg: CompressC
         stamp_metadata(tmp / rundir.ONNX, parent, name, built.compression, built.params)
         check_onnx_file(tmp / rundir.ONNX)
         measured, metrics = _measure(parent, tmp / rundir.ONNX, data, split, parent_eval, cfg, progress)
-        record = RunRecord.from_json(variant_record(parent, name, technique, built, measured, metrics, split))
+        record = RunRecord.from_json(variant_record(parent, name, technique, built, measured, metrics, split, note))
         rundir.write_record(tmp, record)
         os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private; a run folder gets normal permissions
         old = None
@@ -390,22 +442,29 @@ def write_variant(parent: Parent, technique: str, out_root: Path, cfg: CompressC
 
 
 def compress_run(run_dir: str | os.PathLike, cfg: CompressConfig, *, out: str | os.PathLike | None = None,
-                 progress: Progress | None = None, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Write every variant cfg asks for, each of the parent itself, beside the parent (or into `out`), and return
-    their table rows. To chain techniques (int8 of a pruned model), compress the pruned variant."""
+                 progress: Progress | None = None, log: Callable[[str], None] | None = None,
+                 force: bool = False) -> list[dict[str, Any]]:
+    """Write every variant cfg asks for, each of the parent itself, into output_folder (beside a user run, the runs
+    folder for a shipped one, or `out`), and return their table rows. An existing variant is replaced only with
+    `force`. To chain techniques (int8 of a pruned model), compress the pruned variant."""
     from core.training import rundir
 
     techniques = cfg.techniques()
     parent = load_parent(run_dir, techniques)
-    out_root = Path(out) if out is not None else parent.path.parent
-    out_root.mkdir(parents=True, exist_ok=True)
+    out_root = output_folder(parent, out)
+    check_free(parent, techniques, out_root, force)
     data, split = resolve_data(parent, cfg.data)
+    note = data_note(parent, data, cfg.data)
+    if log is not None and not note["same_data"]:
+        log(f"note: measuring on {note['data']}, not on {note['parent_data']} that {parent.name} was trained on; "
+            "the variant's record says so")
+    out_root.mkdir(parents=True, exist_ok=True)
     parent_eval = onnx_accuracy(parent.path / rundir.ONNX, data.splits[split], progress)
     if log is not None:
         log(f"{parent.name}: fp32 accuracy {parent_eval['accuracy']:.4f} on {split} ({parent_eval['n']:,} images)")
     rows = []
     for technique in techniques:
-        path = write_variant(parent, technique, out_root, cfg, data, split, parent_eval, progress)
+        path = write_variant(parent, technique, out_root, cfg, data, split, parent_eval, progress, note)
         rows.append(variant_row(path, rundir.read_record(path)))
         if log is not None:
             r = rows[-1]
@@ -420,7 +479,7 @@ def compress_run(run_dir: str | os.PathLike, cfg: CompressConfig, *, out: str | 
 VARIANT_COLUMNS = ("name", "parent", "technique", "arch", "width", "params", "macs", "onnx_bytes", "gzip_bytes",
                    "latency_ms_b1", "latency_ms_b64", "accuracy", "split", "parent_accuracy", "delta", "size_ratio",
                    "speedup_b1", "speedup_b64", "sparsity", "parent_onnx_bytes", "parent_gzip_bytes",
-                   "parent_latency_ms_b1", "parent_latency_ms_b64", "load_avg_1min", "path")
+                   "parent_latency_ms_b1", "parent_latency_ms_b64", "load_avg_1min", "data", "same_data", "path")
 
 
 def variant_row(path: Path, record: "RunRecord") -> dict[str, Any]:
@@ -428,4 +487,7 @@ def variant_row(path: Path, record: "RunRecord") -> dict[str, Any]:
     row = {"name": record.name or path.name, "parent": v.parent, "technique": v.technique, "arch": record.model.arch,
            "width": record.model.knobs.get("width"), "params": record.params, "macs": record.macs, "path": str(path)}
     row.update({k: v.measured.get(k) for k in VARIANT_COLUMNS if k not in row})
+    # variants made before the record named its data were made on their parent's (the shipped ones on FER2013)
+    row["data"] = v.settings.get("data") or (record.data or {}).get("source")
+    row["same_data"] = v.settings.get("same_data", True)
     return row

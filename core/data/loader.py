@@ -20,7 +20,7 @@ from core.util.fsutil import PROJECT_ROOT
 
 __all__ = [
     "CACHE_VERSION", "CSV_LAYOUTS", "IMAGE_EXTS", "IMAGE_FOLDER_SPLITS", "IMAGE_SIDE", "N_PIXELS", "SPLIT_TITLES",
-    "USAGE_TO_SPLIT", "FERData", "Split", "find_local_fer", "load_data", "load_fer", "parse_pixel_rows",
+    "USAGE_TO_SPLIT", "FERData", "Split", "find_fer", "find_local_fer", "load_data", "load_fer", "parse_pixel_rows",
     "read_csv_file", "read_image_folder", "resolve_source",
 ]
 
@@ -123,6 +123,22 @@ def load_data(source: str | os.PathLike, *, synthetic_size: int = 6000, seed: in
     if str(source) == "synthetic":
         return synthetic_dataset(synthetic_size, seed=seed)
     return load_fer(source, use_cache=use_cache)
+
+
+FER_DATA_ENV = "FER_DATA"  # where the user keeps FER2013, as the CLI's docs and the tests read it
+
+
+def find_fer(start: Path | None = None) -> Path | None:
+    """The FER2013 copy the app offers by default: $FER_DATA where it holds one, else the project's data/ folder
+    (the order the tests use), so the app, the CLI examples and the tests find the same copy."""
+    env = os.environ.get(FER_DATA_ENV, "").strip()
+    if env:
+        try:
+            resolve_source(Path(env).expanduser())
+            return Path(env).expanduser()
+        except ValueError:
+            pass  # a stale $FER_DATA: fall back to the project's copy; the Data page still accepts any path
+    return find_local_fer(start)
 
 
 def find_local_fer(start: Path | None = None) -> Path | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.data import FERData, find_local_fer, load_data
+from core.data import FERData, find_fer, load_data
 from core.inference.onnx_io import OnnxClassifier
 from core.training.record import RunRecord
 from core.util.classes import CLASSES, NUM_CLASSES
@@ -45,10 +45,13 @@ class Predictions:
 
 
 def gallery_source(chosen: str | None, record: RunRecord | None) -> str:
-    """Which data to show: the path picked on the Data page, else the run's own FER2013 copy where it still exists,
-    else FER2013 in the project's data/ folder, else the synthetic set."""
-    candidates = [chosen if chosen and chosen != "synthetic" else None,
-                  record.data.get("source") if record is not None else None]
+    """The data the model was trained on, so its matrix shows its own kind of mistakes: synthetic faces for a
+    synthetic run; for a FER2013 run, FER2013 at its recorded path where that still exists, else the copy picked
+    on the Data page, $FER_DATA or the project's data/ folder; the synthetic set only when no FER2013 is found
+    (the pages say so). Without a record: the Data page's pick, else FER2013 where found."""
+    if record is not None and record.synthetic:
+        return "synthetic"
+    candidates = [record.data.get("source") if record is not None else None, chosen]
     for cand in candidates:
         if not cand or cand == "synthetic":
             continue
@@ -56,8 +59,8 @@ def gallery_source(chosen: str | None, record: RunRecord | None) -> str:
         path = path if path.is_absolute() else PROJECT_ROOT / path
         if path.exists():
             return str(path)
-    local = find_local_fer()
-    return str(local) if local else "synthetic"
+    found = find_fer()
+    return str(found) if found else "synthetic"
 
 
 def gallery_data(source: str) -> FERData:
@@ -159,6 +162,17 @@ def cell_message(pred: Predictions, true: int | str, predicted: int | str) -> st
         return f"The {pred.split} split has no '{CLASSES[t]}' faces, so this row of the matrix is empty."
     return (f"No face in this cell: of the {support} '{CLASSES[t]}' faces in {pred.split}, the model called none "
             f"'{CLASSES[p]}'. Pick another cell.")
+
+
+def cell_caption(pred: Predictions, true: int | str, predicted: int | str, run: str) -> str:
+    """The words above a cell's faces; on the diagonal there is one class to name, so it is named once."""
+    t, p = _class(true, "true"), _class(predicted, "predicted")
+    count, support = int(pred.confusion()[t, p]), int((pred.labels == t).sum())
+    head = f"{count} of the {support} '{CLASSES[t]}' faces in {pred.split} were called '{CLASSES[p]}' by {run}; "
+    if t == p:
+        return head + f"most confident first. Under each face: the model's probability for '{CLASSES[t]}'."
+    return head + (f"most confident mistake first. Under each face: the model's probability for '{CLASSES[p]}' "
+                   f"(and for '{CLASSES[t]}').")
 
 
 def biggest_mistake(pred: Predictions) -> tuple[int, int]:

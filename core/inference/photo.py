@@ -49,11 +49,26 @@ class PhotoResult:
     display: np.ndarray  # RGB uint8, longest side <= DISPLAY_SIDE
     faces: list[Face]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # the file's own width and height, upright: a large JPEG is decoded at 1/2-1/8 scale, so `size` is smaller
+    file_size: tuple[int, int] | None = None
 
     @property
     def no_face(self) -> bool:
         """No detector found a face: the centre square, or the user's own box, stands in."""
         return not any(f.source in ("mtcnn", "haar") for f in self.faces)
+
+
+def file_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the file's header gives them, turned upright by its EXIF orientation; None if unreadable."""
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap width and height
+    except Exception:  # noqa: BLE001 - the decoder already accepted these bytes; a header quirk only loses the figure
+        return None
+    return (h, w) if turned else (w, h)
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
@@ -149,7 +164,8 @@ def analyze_photo(data: bytes, name: str, model_path: str | Path, detector: str 
     t3 = time.perf_counter()
     result = [Face(b, c, p, src == "centre", src, lm) for (b, src, lm), c, p in zip(kinds, crops, probs)]
     return PhotoResult(name, (gray.shape[1], gray.shape[0]), faces.downscale(rgb, DISPLAY_SIDE)[0], result,
-                       {"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3})
+                       {"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3},
+                       file_dimensions(data))
 
 
 def manual_box(size: tuple[int, int], centre_x: float, centre_y: float, side: float) -> tuple[int, int, int, int]:
@@ -190,9 +206,10 @@ def face_label(i: int, face: Face) -> str:
 
 
 def put_label(img: np.ndarray, text: str, box: tuple[int, int, int, int], colour: tuple[int, int, int],
-              size: float) -> tuple[int, int, int, int]:
-    """Text on a filled background of the box's colour, above the box (or inside its top when there is no room),
-    shrunk and shifted as needed so it never leaves the image. Returns the label's rectangle (x0, y0, x1, y1)."""
+              size: float, avoid: list[tuple[int, int, int, int]] | None = None) -> tuple[int, int, int, int]:
+    """Text on a filled background of the box's colour, above the box (or below it, or inside its top, where that
+    keeps it clear of the labels in `avoid` or of the image's edge), shrunk and shifted as needed so it never leaves
+    the image. Returns the label's rectangle (x0, y0, x1, y1)."""
     import cv2
 
     H, W = img.shape[:2]
@@ -202,20 +219,25 @@ def put_label(img: np.ndarray, text: str, box: tuple[int, int, int, int], colour
         size *= (W - 8) / tw
         (tw, th), base = cv2.getTextSize(text, font, size, weight)
     pad = max(2, th // 4)
-    lh = th + base + 2 * pad
-    x, y, _, _ = box
-    top = y - lh if y - lh >= 0 else max(0, min(y, H - lh))
-    left = min(max(0, x), max(0, W - tw - 2 * pad))
-    cv2.rectangle(img, (left, top), (left + tw + 2 * pad, top + lh), colour, cv2.FILLED)
+    lh, lw = th + base + 2 * pad, tw + 2 * pad
+    x, y, _, h = box
+    left = min(max(0, x), max(0, W - lw))
+    tops = [t for t in (y - lh, y + h) if 0 <= t <= H - lh] + [max(0, min(y, H - lh))]
+
+    def clear(t: int) -> bool:
+        return not any(left < r[2] and r[0] < left + lw and t < r[3] and r[1] < t + lh for r in avoid or [])
+
+    top = next((t for t in tops if clear(t)), tops[0])
+    cv2.rectangle(img, (left, top), (left + lw, top + lh), colour, cv2.FILLED)
     ink = (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150 else (255, 255, 255)
     cv2.putText(img, text, (left + pad, top + pad + th), font, size, ink, weight, cv2.LINE_AA)
-    return left, top, left + tw + 2 * pad, top + lh
+    return left, top, left + lw, top + lh
 
 
 def draw_boxes(result: PhotoResult) -> np.ndarray:
-    """The display copy with each face boxed and labelled (number, top class, probability). Sizes follow the photo's,
-    so labels read alike on a thumbnail and on a 1024 px photo; where a full label would cover the neighbours of a
-    small face in a group photo, only its number is drawn (the results list has the rest)."""
+    """The display copy with each face boxed and labelled in full (number, top class, probability). Sizes follow
+    the photo's, so labels read alike on a thumbnail and on a 1024 px photo; in a group photo a label much wider
+    than its face is drawn smaller (down to a readable floor) and placed clear of the labels already drawn."""
     import cv2
 
     img = result.display.copy()
@@ -226,11 +248,13 @@ def draw_boxes(result: PhotoResult) -> np.ndarray:
     boxes = [tuple(int(round(v * scale)) for v in f.box) for f in result.faces]
     for (x, y, w, h), f in zip(boxes, result.faces):
         cv2.rectangle(img, (x, y), (x + w, y + h), BOX_COLOURS.get(f.source, (0, 170, 70)), thick)
+    placed: list[tuple[int, int, int, int]] = []
     for i, (b, f) in enumerate(zip(boxes, result.faces), 1):
-        text = face_label(i, f)
+        text, fit = face_label(i, f), size
         full_w = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, size, max(1, round(size * 2)))[0][0]
-        crowded = len(result.faces) > 1 and full_w > 1.8 * b[2]
-        put_label(img, str(i) if crowded else text, b, BOX_COLOURS.get(f.source, (0, 170, 70)), size)
+        if len(result.faces) > 1 and full_w > 1.8 * b[2]:
+            fit = max(min(size, 0.4), size * 1.8 * b[2] / full_w)
+        placed.append(put_label(img, text, b, BOX_COLOURS.get(f.source, (0, 170, 70)), fit, placed))
     return img
 
 

@@ -22,13 +22,13 @@ JOBS_DIR = ".compress-jobs"  # hidden: list_runs skips dot-folders
 JOB_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "job.json", "progress.json", "stdout.txt", "log.txt"
 
 
-def cli_args(run_dir: Path, cfg: CompressConfig, out: Path | None) -> list[str]:
+def cli_args(run_dir: Path, cfg: CompressConfig, out: Path | None, force: bool = False) -> list[str]:
     """The `core compress` command line that does what cfg says."""
     args = [sys.executable, "-m", "core", "compress", str(run_dir), "--calibration", str(cfg.calibration),
             "--int8-method", cfg.int8_method, "--finetune-epochs", str(cfg.finetune_epochs), "--repeats", str(cfg.repeats)]
     args += [flag for flag, on in (("--int8", cfg.int8), ("--fp16", cfg.fp16), ("--structured", cfg.structured),
                                    ("--quantize-stem", not cfg.keep_stem_fp32),
-                                   ("--exclude-depthwise", cfg.exclude_depthwise)) if on]
+                                   ("--exclude-depthwise", cfg.exclude_depthwise), ("--force", force)) if on]
     if cfg.prune is not None:
         args += ["--prune", repr(cfg.prune)]
     if cfg.finetune_steps is not None:
@@ -41,16 +41,18 @@ def cli_args(run_dir: Path, cfg: CompressConfig, out: Path | None) -> list[str]:
 
 
 def start_job(run_dir: str | os.PathLike, cfg: CompressConfig, out: str | os.PathLike | None = None,
-              root: str | os.PathLike | None = None) -> Path:
-    """Launch a compression in the background; returns its job folder. The run is checked first, so bad input
-    is a ValueError here rather than a failed job."""
-    from core.compression.compress import load_parent
+              root: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Launch a compression in the background; returns its job folder. The run and the variants' folder are
+    checked first (an existing variant is replaced only with `force`), so bad input is a ValueError here rather
+    than a failed job."""
+    from core.compression.compress import check_free, load_parent, output_folder
 
-    load_parent(run_dir, cfg.techniques())
+    parent = load_parent(run_dir, cfg.techniques())
+    check_free(parent, cfg.techniques(), output_folder(parent, out), force)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     job = runs_dir(root) / JOBS_DIR / f"{stamp}-{secrets.token_hex(3)}"
     job.mkdir(parents=True)
-    cmd = cli_args(Path(run_dir), cfg, Path(out) if out else None) + [
+    cmd = cli_args(Path(run_dir), cfg, Path(out) if out else None, force) + [
         "--progress", str(job / PROGRESS_FILE), "--json", "--quiet"]
     pid = spawn_detached(cmd, job / LOG_FILE, stdout_path=job / RESULT_FILE)
     atomic_write_json(job / JOB_FILE, {"pid": pid, "command": cmd, "run": str(run_dir),

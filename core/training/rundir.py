@@ -253,7 +253,10 @@ class RunStatus:
             return 1.0
         p = self.progress
         if p and p.get("total_steps"):
-            return max(0.0, min(1.0, p["global_step"] / p["total_steps"]))
+            steps = p["global_step"] / p["total_steps"]
+            budget = self.config.get("time_budget_s")  # a time budget may end the run long before its steps
+            timed = p.get("elapsed", 0) / budget if is_num(budget) and budget > 0 else 0.0
+            return max(0.0, min(1.0, max(steps, timed)))
         total = self.config.get("epochs") or 0
         done = len(self.record.epochs) if self.record else 0
         return min(1.0, done / total) if total else 0.0
@@ -270,7 +273,9 @@ class RunStatus:
         left = p["total_steps"] - p["global_step"]
         # The file is written at most twice a second; count the time since it was written as well.
         behind = max(0.0, time.time() - p.get("time", time.time()))
-        return max(0.0, p["elapsed"] / done * left - behind)
+        eta = max(0.0, p["elapsed"] / done * left - behind)
+        budget = self.config.get("time_budget_s")
+        return min(eta, max(0.0, budget - p["elapsed"] - behind)) if is_num(budget) and budget > 0 else eta
 
 
 def _live_status(st: RunStatus, alive: bool, stop_requested: bool, fresh_launch: bool) -> None:

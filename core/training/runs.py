@@ -193,17 +193,24 @@ def _save_epoch(run: _Run, seconds: float) -> None:
     rundir.write_record(run.dir, run.record)
 
 
-def _finish(run: _Run, stopped: bool, seconds: float) -> None:
+STAGES = ("final evaluation", "export")  # what runs after the last step, told through run_training's on_stage
+
+
+def _finish(run: _Run, stopped: bool, seconds: float, on_stage: Callable[[str], None] | None = None) -> None:
     """Final metrics in fp32 on the training device (seconds on a GPU, where the CPU would take minutes for the large
-    models), then weights and the ONNX export from the CPU copy, checked against each other."""
+    models), then weights and the ONNX export from the CPU copy, checked against each other. on_stage hears each
+    stage's name as it starts: after the last step the progress bar is full, and this can still take a while."""
+    stage = on_stage or (lambda name: None)
     if not run.state.history:
         raise StopRun("stopped before the first epoch finished" if stopped else "no epoch was run")
     if stopped:  # a stop keeps the last finished epoch's weights (already on disk)
         run.deployed.load_state_dict(ck.load_state_dict(run.dir / rundir.WEIGHTS))
     release_free_memory()  # the last epoch's freed memory, before the final evaluation and the export
     model = run.deployed.float().eval()  # evaluated in the training's memory format (channels-last on the CPU)
+    stage(STAGES[0])
     run.record.final = final_evaluation(model, run.data, run.device, run.cfg.seed)
     release_free_memory()  # the evaluation's, before the export builds its graphs
+    stage(STAGES[1])
     cpu_model = model.to("cpu").to(memory_format=torch.contiguous_format)
     ck.save_state_dict(run.dir / rundir.WEIGHTS, {k: v.contiguous() for k, v in cpu_model.state_dict().items()})
     onnx_path = run.dir / rundir.ONNX
@@ -232,8 +239,10 @@ def run_training(
     on_batch: BatchHook | None = None,
     should_stop: Callable[[], bool] | None = None,
     data: FERData | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> Iterator[dict]:
     """Train into a run folder, yielding each epoch's metrics; resumes if the folder holds a resume state.
+    on_stage hears the STAGES after the last epoch (final evaluation, export) as each starts.
 
     After the last yield the folder holds model.pt, model.onnx and run.json with status 'done' (or 'stopped'
     after a stop request, or 'failed' with the reason)."""
@@ -255,7 +264,7 @@ def run_training(
                            teacher=run.teacher, on_batch=on_batch, should_stop=stop_requested, ema=run.ema):
             _save_epoch(run, wall0 + time.perf_counter() - t_start)
             yield metrics
-        _finish(run, stop_requested(), wall0 + time.perf_counter() - t_start)
+        _finish(run, stop_requested(), wall0 + time.perf_counter() - t_start, on_stage)
     except (StopRun, ValueError, RuntimeError, MemoryError) as exc:
         _record_failure(cfg, run_dir, run.record if run else None, exc)
         raise

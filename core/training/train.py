@@ -538,12 +538,14 @@ def _read_loss(acc: Accum, epoch: int, step: int) -> float:
 
 
 def run_epoch(stepper: Stepper, su: Setup, cfg: TrainConfig, state: TrainState, acc: Accum, plan: tuple,
-              lr_scale: float, on_batch: BatchHook | None, should_stop: Callable[[], bool] | None) -> tuple[int, bool, float]:
-    """Steps of one epoch; returns images seen, whether a stop was requested, and the last lr."""
+              lr_scale: float, on_batch: BatchHook | None, should_stop: Callable[[], bool] | None,
+              deadline: float | None = None) -> tuple[int, bool, float]:
+    """Steps of one epoch, cut short at `deadline` (time.perf_counter); returns images seen, whether a stop was
+    requested, and the last lr."""
     epoch, (order, r, mix) = state.epoch, plan
     t0, seen, lr, loss = time.perf_counter(), 0, cfg.lr, float("nan")
     for i in range(su.steps_per_epoch):
-        if cfg.max_steps and state.steps >= cfg.max_steps:
+        if (cfg.max_steps and state.steps >= cfg.max_steps) or (deadline is not None and time.perf_counter() >= deadline):
             break
         if should_stop is not None and should_stop():
             return seen, True, lr
@@ -616,14 +618,18 @@ def fit(
     step = make_step(model, optimizer, cfg, su, None if cached is not None else teacher, acc, teacher_logits=cached)
     stepper = Stepper(step, model, optimizer, su, static=False, capture=su.graph, ema=ema)
     sched = plateau_scheduler(cfg, state.history)
-    while state.epoch < cfg.epochs and (not cfg.max_steps or state.steps < cfg.max_steps):
+    # the budget counts this process's steps (a resumed run gets its own), not its data loading or evaluations
+    budget, spent = cfg.time_budget_s or math.inf, 0.0
+    while state.epoch < cfg.epochs and (not cfg.max_steps or state.steps < cfg.max_steps) and spent < budget:
         # Dropout masks from a per-epoch seed: a resumed run draws exactly what an uninterrupted one would.
         torch.manual_seed(cfg.seed * 100_003 + state.epoch)
         plan = epoch_plan(cfg, state.epoch, su, n)
         model.train()
         acc.zero_()
         t0 = time.perf_counter()
-        seen, stopped, lr = run_epoch(stepper, su, cfg, state, acc, plan, plateau_multiplier(sched), on_batch, should_stop)
+        seen, stopped, lr = run_epoch(stepper, su, cfg, state, acc, plan, plateau_multiplier(sched), on_batch, should_stop,
+                                      None if budget == math.inf else t0 + budget - spent)
+        spent += time.perf_counter() - t0
         release_free_memory()  # the steps' freed activations, before evaluation allocates its own (core.training.memory)
         if stopped or seen == 0:
             return

@@ -76,7 +76,7 @@ def conv_breakdown(arch: str, **knobs: float) -> dict[str, Any]:
             nxt = rows[i + 1] if i + 1 < len(rows) else None
             if nxt is not None and nxt[3] == 1 and nxt[4] == 1 and nxt[1] == cout:
                 pairs.append({"depthwise": name, "pointwise": nxt[0], "cin": cin, "cout": nxt[2], "k": k,
-                              "separable": n + nxt[5], "standard": k * cin * nxt[2]})
+                              "separable": n + nxt[5], "depthwise_weights": n, "standard": k * cin * nxt[2]})
         elif groups > 1:
             kinds["grouped"] += n
         elif k == 1:
@@ -90,6 +90,7 @@ def conv_breakdown(arch: str, **knobs: float) -> dict[str, Any]:
         "arch": arch, "knobs": resolved, "conv_params": total, **{f"{k}_params": v for k, v in kinds.items()},
         "pairs": pairs, "standard_convs": standards,
         "pairs_separable": sum(p["separable"] for p in pairs), "pairs_standard": sum(p["standard"] for p in pairs),
+        "pairs_depthwise": sum(p["depthwise_weights"] for p in pairs),
         "standard_total": sum(s["standard"] for s in standards),
         "standard_as_separable": sum(s["separable"] for s in standards),
     }
@@ -101,7 +102,8 @@ def _pairs_text(title: str, width: float, b: dict[str, Any]) -> str:
     share = b["pointwise_params"] / max(1, b["conv_params"])
     return (
         f"**This {title} at width {width:g}:** its {len(b['pairs'])} depthwise-separable blocks hold "
-        f"{b['pairs_separable']:,} weights ({b['depthwise_params']:,} depthwise + pointwise). The 1x1 pointwise "
+        f"{b['pairs_separable']:,} weights ({b['pairs_depthwise']:,} depthwise + "
+        f"{b['pairs_separable'] - b['pairs_depthwise']:,} pointwise). The 1x1 pointwise "
         f"convolutions carry {share:.0%} of all convolution weights ({b['pointwise_params']:,} of "
         f"{b['conv_params']:,}). As standard {k}x{k} convolutions with the same channels the blocks would need "
         f"**{b['pairs_standard']:,}** weights, {b['pairs_standard'] / max(1, b['pairs_separable']):.1f}x more. "

@@ -16,8 +16,8 @@ TOOLTIP = ["name", "family", "technique", alt.Tooltip("width:Q", format=".3g"), 
 
 
 # The choice of x axis on Compare: a model's cost measured four ways (all log scale).
-X_AXES = {"params": "parameters", "macs": "MACs per image", "onnx_kb": "ONNX file size (KB)",
-          "latency_ms": "ONNX Runtime latency, batch 64 (ms)"}
+X_AXES = {"params": "parameters", "macs": "MACs per image", "onnx_kb": "ONNX file size, KB",
+          "latency_ms": "ONNX Runtime latency, batch 64, ms"}  # units after a comma: "(log scale)" follows
 
 
 def params_accuracy_chart(points: pd.DataFrame, *, title: str | None = None, height: int = 420,
@@ -67,3 +67,22 @@ def size_accuracy_chart(points: pd.DataFrame, *, title: str | None = None, heigh
             shape=alt.Shape("family:N", legend=alt.Legend(orient="bottom")), tooltip=tips),
     ).properties(height=height)
     return chart.properties(title=title) if title else chart
+
+
+# Each split its own colour (val and public were one orange, and a run has either, but the legend showed both).
+SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "public": "#9467bd", "private": "#2ca02c"}
+
+
+def run_curve_chart(curves: pd.DataFrame, kind: str, epochs: int, height: int = 340) -> alt.Chart:
+    """One run's loss or accuracy per epoch (curves: runviews.run_curves), one line per split it has: the legend
+    lists only those, so a synthetic run's shows train and val, not FER2013's public and private. The height is
+    the whole chart's in the app (axes and legend included), so the plot itself gets about 200 px of it."""
+    df = curves[curves["kind"] == kind]
+    splits = [s for s in SPLIT_COLOURS if s in set(df["split"])] + sorted(set(df["split"]) - set(SPLIT_COLOURS))
+    scale = alt.Scale(domain=splits, range=[SPLIT_COLOURS.get(s, "#7f7f7f") for s in splits])
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("epoch:Q", scale=alt.Scale(domain=[1, max(2, epochs)]), axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("value:Q", title=kind, scale=alt.Scale(zero=kind == "accuracy")),
+        color=alt.Color("split:N", scale=scale, legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["epoch", "split", alt.Tooltip("value:Q", format=".4f")],
+    ).properties(height=height)

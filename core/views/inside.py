@@ -7,8 +7,10 @@ from typing import Any
 import numpy as np
 
 from core.data import FERData
+from core.inference.photo import label_from_name
 from core.training.record import FINISHED
 from core.training.rundir import WEIGHTS, RunStatus
+from core.util.classes import CLASSES
 from core.util.fsutil import PROJECT_ROOT
 
 # Predict hands a face over by setting these two session keys and switching to the Inside page.
@@ -41,3 +43,9 @@ def handed_face(value: Any) -> np.ndarray:
         shape = None if a is None else (a.shape, str(a.dtype))
         raise ValueError(f"the face handed over from Predict must be a uint8 48x48 array, got {shape}")
     return a
+
+
+def label_index(name: str) -> int | None:
+    """The class index a photo's file name carries ('anna__happy__1.jpg' -> 3), or None when it names none."""
+    label = label_from_name(name.removeprefix("sample: "))
+    return CLASSES.index(label) if label is not None else None

@@ -12,6 +12,7 @@ from core.models import archs
 from core.training.record import EPOCH_NUMBERS, Final, ModelSpec, RunRecord
 from core.training.rundir import ONNX, RunStatus
 from core.util.classes import CLASSES
+from core.views.text import format_eta
 
 if TYPE_CHECKING:
     from core.explain.gallery import Predictions
@@ -212,3 +213,28 @@ def left_out_text(left_out: list) -> str:
     """The warning Predict and Live show for runs whose ONNX export cannot be used, one line each with the reason."""
     return ("Left out, their ONNX export cannot be used (details on Compare):  \n"
             + "  \n".join(f"`{i.name}`: {i.onnx_problem}" for i in left_out))
+
+
+def trainings(runs: list[RunStatus]) -> tuple[list[RunStatus], int]:
+    """The runs that are trainings, and how many were left out as compression variants: a variant's record is a copy
+    of its parent's (its time, its curves), so among trainings it would pass for a second finished training."""
+    kept = [r for r in runs if r.record is None or r.record.variant is None]
+    return kept, len(runs) - len(kept)
+
+
+def progress_text(run: RunStatus) -> str:
+    """The text on a live run's progress bar: its place in the queue, its step and ETA, or, once the steps are
+    done, the stage that runs before the run is finished (the bar is full then, and this can take a while)."""
+    p = run.progress
+    if run.status == "queued":
+        return f"queued: number {run.position} in line; it starts when a running training ends"
+    if run.status == "starting":
+        return "starting: loading data and building the model..."
+    if not p:
+        return f"epoch {len(run.record.epochs) if run.record else 0}/{run.config.get('epochs', '?')}"
+    if run.status == "running" and isinstance(p.get("stage"), str):  # the steps are done; this can take a while
+        return f"training steps done · now: {p['stage']}..."
+    text = f"epoch {p['epoch']}/{p['epochs']} · step {p['step']}/{p['steps']} · loss {p['loss']:.3f}"
+    if run.status == "running":
+        text += f" · ETA {format_eta(run.eta_s)}"
+    return text
