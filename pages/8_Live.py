@@ -63,7 +63,7 @@ def snapshot_mode(path: str) -> None:
     st.subheader("Snapshot mode")
     shot = st.camera_input("Take a photo", key="live_camera")
     st.page_link("pages/5_Predict.py", label="Predict: upload photos, see the crops and where the model looks",
-                 icon="🙂")
+                 icon=":material/sentiment_satisfied:")
     if shot is None:
         return
     try:
