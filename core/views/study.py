@@ -9,6 +9,7 @@ import pandas as pd
 from core.models import archs
 from core.models.summary import summarize
 from core.training.rundir import list_runs
+from core.training.runs import TRAIN_EVAL_SAMPLE
 from core.views import charts
 from core.views.archviews import conv_breakdown
 from core.views.runviews import runs_table
@@ -106,7 +107,10 @@ def ablation_section(df: pd.DataFrame, arch: str = "mobilenet", width: float = 1
     ref_acc = float(ref["acc"].iloc[0]) if len(ref) else float("nan")
     lines = [f"## What each part of the recipe gave ({sel['family'].iloc[0]}, {int(sel['params'].iloc[0]):,} parameters)", "",
              f"Each variant changes the recipe of `{ref_name}`; train accuracy far above public accuracy means "
-             "overfitting, both low means the model or schedule is the limit.", "",
+             "overfitting, both low means the model or schedule is the limit. Train accuracy is measured on a "
+             f"stratified sample of {TRAIN_EVAL_SAMPLE:,} training images, not the whole split. Every row is a single "
+             "run (seed 0), and the rows were trained on different devices and precisions (last column), so a "
+             "difference of a point or so is within what the seed alone can change.", "",
              f"| run | recipe | epochs | train acc | public acc | vs `{ref_name}` | device |", "|---|---|---|---|---|---|---|"]
     for _, r in sel.iterrows():
         delta = "" if r["name"] == ref_name or not np.isfinite(ref_acc) else f"{(r['acc'] - ref_acc) * 100:+.1f} points"
