@@ -81,3 +81,15 @@ def test_compare_shows_the_campaign_with_unfinished_trials_as_in_progress() -> N
     pending = shown[points["seeds_done"].to_numpy() == 0]
     assert (pending["public acc (mean ± spread)"] == "—").all()  # no result without a finished seed
     assert shown["in progress"].str.contains("pending|in progress|—").all()
+
+
+def test_chart_axis_spans_the_data_even_with_one_finished_trial() -> None:
+    """One trial done (min = max = mean): the y axis must still span the accuracy, never start at 0 or label it "1"."""
+    pts = cv.points_frame(trials([("grid-mobilenet", "mobilenet", 0.25, 9_191, 0, "done", 0.5283),
+                                  ("grid-mobilenet", "mobilenet", 0.5, 30_359, 0, "in progress", math.nan)]))
+    spec = cv.spread_chart(pts).to_dict()
+    bars, line = spec["layer"]
+    lo, hi = line["encoding"]["y"]["scale"]["domain"]
+    assert 0.45 < lo < 0.5283 < hi < 0.6
+    assert bars["encoding"]["y"]["scale"]["domain"] == [lo, hi]  # both layers share the span
+    assert line["encoding"]["y"]["axis"]["format"] == ".2f"

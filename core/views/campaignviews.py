@@ -117,10 +117,15 @@ def spread_chart(points: pd.DataFrame, *, height: int = 360) -> alt.LayerChart:
     color = alt.Color("family:N", legend=alt.Legend(orient="bottom", columns=2, labelLimit=0, title=None))
     tip = ["block", "arch", alt.Tooltip("width:Q", format="g"), alt.Tooltip("params:Q", format=","),
            alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("std:Q", format=".4f"), "seeds_done", "seeds"]
-    y = alt.Y("mean:Q", title="public accuracy (mean over seeds)", scale=alt.Scale(zero=False))
+    # an explicit domain two points past the data: with one trial done (min = max) Vega's own domain has no span,
+    # and its axis then labelled an accuracy of 0.53 as "1"
+    # (pandas skips the NaN min/max of a point with one seed)
+    lo, hi = (float(data[["min", "mean"]].min().min()), float(data[["max", "mean"]].max().max())) if len(data) else (0, 1)
+    scale = alt.Scale(domain=[max(0.0, lo - 0.02), min(1.0, hi + 0.02)])  # both layers: a shared scale would add 0
+    y = alt.Y("mean:Q", title="public accuracy (mean over seeds)", axis=alt.Axis(format=".2f"), scale=scale)
     line = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=70, filled=True)).encode(x=x, y=y, color=color,
                                                                                               tooltip=tip)
-    bars = alt.Chart(data).mark_rule(strokeWidth=2).encode(x=x, y="min:Q", y2="max:Q", color=color)
+    bars = alt.Chart(data).mark_rule(strokeWidth=2).encode(x=x, y=alt.Y("min:Q", scale=scale), y2="max:Q", color=color)
     return alt.layer(bars, line).properties(height=height)
 
 
