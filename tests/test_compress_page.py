@@ -63,10 +63,13 @@ def test_background_fp16_job_shows_its_variant(tiny_run: Path) -> None:
     assert tables and "page-tiny--fp16" in tables[0]["name"].tolist()
 
 
-def test_variant_on_other_data_than_its_parent_is_flagged() -> None:
+def test_variant_on_other_data_than_its_parent_is_flagged(tmp_path: Path, monkeypatch) -> None:
     """A shipped FER2013 model compressed on synthetic faces: its variant lands in the runs folder, and the page says
     its accuracy was measured on other data than the parent was trained on."""
     from core.compression.compress import CompressConfig, compress_run
+
+    # a runs folder of its own: test_compress leaves a synthetic int8 variant of the same model in the session's one
+    monkeypatch.setenv("FER_RUNS_DIR", str(tmp_path / "runs"))
     from core.util.fsutil import SHIPPED_DIR
 
     compress_run(SHIPPED_DIR / "plain_cnn-w0.125", CompressConfig(fp16=True, data="synthetic", repeats=3), force=True)

@@ -111,9 +111,10 @@ def test_form_fields_build_the_same_config() -> None:
     values = {name: s.default for name, s in specs.items()}
     cfg = config_from_form(values, data="synthetic", dropout=None)
     assert cfg.subset is None and cfg.max_steps is None and cfg.teacher is None
-    assert (cfg.arch, cfg.width, cfg.batch_size, cfg.epochs) == ("plain_cnn", 0.25, 64, 3)
-    with pytest.raises(ValueError, match="warmup_epochs must be an integer from 0 to 3"):
-        config_from_form({**values, "warmup_epochs": 5}, data="synthetic")
+    # the quick demo's defaults (config.py says why these): a 30 s budget usually ends the run before its 30 epochs
+    assert (cfg.arch, cfg.width, cfg.batch_size, cfg.epochs, cfg.time_budget_s) == ("plain_cnn", 0.125, 32, 30, 30)
+    with pytest.raises(ValueError, match="warmup_epochs must be an integer from 0 to 30"):  # bounded by the epochs
+        config_from_form({**values, "warmup_epochs": 31}, data="synthetic")
 
 
 def test_a_double_click_starts_one_run() -> None:
