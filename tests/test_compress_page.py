@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.service import compress_jobs
@@ -63,7 +64,7 @@ def test_background_fp16_job_shows_its_variant(tiny_run: Path) -> None:
     assert tables and "page-tiny--fp16" in tables[0]["name"].tolist()
 
 
-def test_variant_on_other_data_than_its_parent_is_flagged(tmp_path: Path, monkeypatch) -> None:
+def test_variant_on_other_data_than_its_parent_is_flagged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shipped FER2013 model compressed on synthetic faces: its variant lands in the runs folder, and the page says
     its accuracy was measured on other data than the parent was trained on."""
     from core.compression.compress import CompressConfig, compress_run
