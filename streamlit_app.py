@@ -1,6 +1,8 @@
 """FER Compact-CNN Explorer: the Streamlit router. Each page lives in pages/ and calls into core."""
 import streamlit as st
 
+from components import identity
+
 # Material Symbols icons: Streamlit bundles their font, so the menu draws offline; emoji would need a system emoji
 # font, and Debian's Chromium without fonts-noto-color-emoji showed them as empty boxes.
 st.set_page_config(page_title="FER Compact-CNN Explorer", page_icon=":material/sentiment_satisfied:", layout="wide")
@@ -29,4 +31,9 @@ PAGES = [
 page = st.navigation(PAGES)
 st.sidebar.markdown("**FER Compact-CNN Explorer**")
 st.sidebar.caption("How small can a facial-expression classifier get, and what does it cost in accuracy?")
+# Every page first: the browser's identity (a cookie) is set on whichever page a visitor opens first, and an
+# ?operator= secret leaves the address bar at once.
+identity.current_user()
+if identity.operator():
+    st.sidebar.caption(":material/admin_panel_settings: Operator: you may stop, resume and delete every run.")
 page.run()

@@ -1,14 +1,13 @@
 """Train page: launch background training runs (core.service.jobs) and watch them: progress with ETA, live curves, stop.
 Runs live on disk, so they keep going and stay visible across page switches and browser reloads. The form is
 generated from core.training.config.TrainConfig's field metadata, like the CLI's flags."""
-import uuid
-
 import streamlit as st
 
+from components import identity
 from core.data import find_fer
 from core.models import archs
 from core.models.summary import summarize
-from core.service import jobs
+from core.service import jobs, owners
 from core.training import rundir
 from core.training.config import FORM_DROPOUT, FormField, config_from_form, form_fields
 from core.training.train import available_devices
@@ -124,9 +123,11 @@ if start:
         cfg = config_from_form(values, data=data, dropout=dropout)
         if jobs.repeat_click(st.session_state.get("train_last_start"), cfg):
             raise ValueError("that run was just started (one click, one run); change a setting to start another")
-        # one id per browser session: the server's limit of queued runs per user ($FER_MAX_QUEUED) counts by it
-        run_dir = jobs.start_run(cfg, root, run_name or None,
-                                 session=st.session_state.setdefault("train_session_id", uuid.uuid4().hex))
+        # the browser's identity, not the Streamlit session's: the limit of queued runs per user ($FER_MAX_QUEUED)
+        # holds across reloads, and only this browser (or the operator) may stop the run
+        user = identity.current_user()
+        run_dir = jobs.start_run(cfg, root, run_name or None, session=user)
+        owners.record_owner(run_dir, user)
     except (ValueError, OSError) as exc:  # OSError: the runs folder is not writable, or no disk space
         started_box.error(f"Could not start: {exc}")
     else:
@@ -159,6 +160,13 @@ def run_button(where, label: str, key: str, action, toast: str | None, **kw: obj
 
 
 def buttons(run: rundir.RunStatus, where) -> None:  # noqa: ANN001 - a column
+    # Checked as the buttons are drawn, which is also when a click is handled: a click on a run that changed hands
+    # since the browser drew it finds no button, and does nothing.
+    if not owners.may_control(run.path, identity.current_user(), identity.operator()):
+        if run.active or run.resumable:
+            where.caption("another user's run", help="Only the browser that started a run, or this server's "
+                          "operator, may stop or resume it.")
+        return
     if run.status == "queued":
         run_button(where, "Cancel", f"cancel_{run.name}", lambda: jobs.stop_run(run.path), f"Cancelled {run.name}")
     elif run.status in ("starting", "running"):

@@ -3,7 +3,9 @@ front and the study's reference points; learning curves; confusion matrix and pe
 import altair as alt
 import streamlit as st
 
+from components import identity
 from core.explain import gallery
+from core.service import owners
 from core.training import rundir
 from core.util.classes import CLASSES
 from core.util.fsutil import runs_dir
@@ -139,10 +141,15 @@ else:
 
 # --- delete ----------------------------------------------------------------------------------------------------
 user_runs = table.loc[~table["shipped"], "name"].tolist() + [r.name for r in broken if not r.shipped]
+me, operator = identity.current_user(), identity.operator()
+others = [n for n in user_runs if not owners.may_control(root / n, me, operator)]  # runs other browsers started
+user_runs = [n for n in user_runs if n not in others]
 live = {r.name: r.status for r in runs}
 with st.expander("Delete a run"):
+    if others:
+        st.caption(f"{len(others)} run(s) other users started are theirs to delete, and are not listed.")
     if not user_runs:
-        st.caption("No user runs to delete. Shipped checkpoints are protected.")
+        st.caption("No runs of yours to delete. Shipped checkpoints are protected.")
     else:
         target = st.selectbox("Run to delete", user_runs, key="compare_delete_pick")
         sure = st.checkbox(f"Yes, delete `{target}` and its files", key=f"compare_delete_confirm_{target}")
@@ -151,6 +158,7 @@ with st.expander("Delete a run"):
                 st.error(f"{target} is still running: stop it on the Train page first.")
             else:
                 try:
+                    owners.check_control(root / target, me, operator)
                     rundir.delete_run(root / target, root)
                 except (ValueError, OSError) as exc:
                     st.error(f"Could not delete {target}: {exc}")

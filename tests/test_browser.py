@@ -510,3 +510,34 @@ def test_look_inside_and_back_keeps_photos_and_model_and_both_fit_a_phone(server
         assert scroll <= client, f"Predict is {scroll} px wide in a {client} px window: it scrolls sideways"
     finally:
         d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_a_run_stays_its_starters_across_reloads_and_typed_urls(server, browser) -> None:  # noqa: ANN001
+    """Issue 23: the identity lives in a cookie, so a reload or a typed /train (no ?user=) keeps the owner's Stop
+    button; another browser (no cookie) sees the run without it."""
+    from core.service import jobs, owners
+    from core.training.config import TrainConfig
+
+    url, runs = server
+    d = browser
+    open_page(d, url, "/train", "Train")
+    wait(d, lambda dd: dd.get_cookie("fer_user"), 30, "the identity cookie")
+    token = d.get_cookie("fer_user")["value"]
+    cfg = TrainConfig(arch="plain_cnn", width=0.125, synthetic_size=3000, epochs=50, batch_size=16, lr=3e-3,
+                      augment=False)
+    run_dir = jobs.start_run(cfg, runs, "owned-by-browser", session=token)
+    owners.record_owner(run_dir, token)
+    try:
+        d.get(f"{url}/train")  # typed, without ?user=: the cookie alone says who this is
+        settle(d, "Train")
+        assert "user=" not in d.current_url
+        wait(d, lambda dd: any(b.text.strip() in ("Stop", "Cancel") for b in dd.find_elements(By.CSS_SELECTOR, "button")),
+             60, "the owner's Stop button")
+        d.delete_all_cookies()  # now another browser
+        d.get(f"{url}/train")
+        settle(d, "Train")
+        wait(d, lambda dd: "another user's run" in text_of(dd), 60, "the run marked as another user's")
+        assert not any(b.text.strip() in ("Stop", "Cancel") for b in d.find_elements(By.CSS_SELECTOR, "button"))
+        assert d.get_cookie("fer_user")["value"] != token
+    finally:
+        jobs.stop_run(run_dir, kill=True)

@@ -6,10 +6,13 @@ FER_ALLOW_DELETE        1/0: whether users may delete runs from the app (default
 FER_DATA_ROOTS          folders (separated by ':') the app may read FER2013 from; unset = any path (a single user)
 FER_MICRO_BATCH         CPU trainings started from the app run in micro-batches of at most this many images
                         (16 keeps plain_cnn-w1 on FER2013 under 1 GiB); 0 or unset = the whole batch
+FER_OPERATOR_TOKEN      a secret (12+ characters) that gives the browser opening the app with ?operator=SECRET
+                        rights over every run (a teacher); unset = each run is its starter's alone
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 # Peak resident memory of one CPU training of plain_cnn-w1 (the largest shipped family) on FER2013, as a fixed part
@@ -118,3 +121,14 @@ def check_data_path(source: str | os.PathLike) -> None:
     if not any(target == r or r in target.parents for r in roots):
         allowed = ", ".join(str(r) for r in roots)
         raise ValueError(f"{source}: this server only reads data from {allowed} ($FER_DATA_ROOTS)")
+
+
+def operator_token() -> str | None:
+    """$FER_OPERATOR_TOKEN, or None when unset (ValueError when it could be guessed or mistyped)."""
+    raw = os.environ.get("FER_OPERATOR_TOKEN", "").strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_-]{12,64}", raw):
+        raise ValueError("$FER_OPERATOR_TOKEN must be 12 to 64 letters, digits, '-' or '_' (a secret the teacher "
+                         f"opens the app with, as ?operator=...), got {len(raw)} characters")
+    return raw
