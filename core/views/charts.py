@@ -7,6 +7,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from core.util.classes import CLASSES
 from core.views.archviews import reference_points
 from core.views.runviews import pareto_front
 
@@ -86,3 +87,35 @@ def run_curve_chart(curves: pd.DataFrame, kind: str, epochs: int, height: int = 
         color=alt.Color("split:N", scale=scale, legend=alt.Legend(orient="bottom", title=None)),
         tooltip=["epoch", "split", alt.Tooltip("value:Q", format=".4f")],
     ).properties(height=height)
+
+
+def learning_curves_chart(curves: pd.DataFrame, metric: str, height: int = 300) -> alt.Chart:
+    """Several runs' `metric` per epoch (curves: runviews.learning_curves, one metric), a line per run."""
+    return alt.Chart(curves).mark_line(point=True).encode(
+        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
+        color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=2, labelLimit=0)),
+        tooltip=["run", "epoch", alt.Tooltip("value:Q", format=".4f")]).properties(height=height)
+
+
+def confusion_chart(conf: pd.DataFrame, title: str, height: int = 340, pick: Any = None) -> alt.LayerChart:
+    """A confusion matrix (conf: runviews.confusion_long) as a heatmap with counts, shaded by the share of each true
+    class. With `pick` (an alt.selection_point on true and predicted) a click selects a cell, which is outlined."""
+    base = alt.Chart(conf).encode(x=alt.X("predicted:N", sort=list(CLASSES)), y=alt.Y("true:N", sort=list(CLASSES)))
+    heat = base.mark_rect(stroke="black").encode(
+        color=alt.Color("rate:Q", scale=alt.Scale(scheme="blues"), title="share of true class"),
+        strokeWidth=alt.condition(pick, alt.value(2), alt.value(0)) if pick is not None else alt.value(0),
+        tooltip=["true", "predicted", "count", alt.Tooltip("rate:Q", format=".1%")])
+    if pick is not None:
+        heat = heat.add_params(pick)
+    text = base.mark_text(fontSize=11).encode(
+        text="count:Q", color=alt.condition("datum.rate > 0.5", alt.value("white"), alt.value("black")))
+    return (heat + text).properties(height=height, title=title)
+
+
+def per_class_chart(per: pd.DataFrame, title: str, height: int = 340) -> alt.Chart:
+    """Accuracy per class (per: runviews.per_class_accuracy) as bars, red to green."""
+    return alt.Chart(per).mark_bar().encode(
+        x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        y=alt.Y("class:N", sort=list(CLASSES), title=None),
+        color=alt.Color("accuracy:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1]), legend=None),
+        tooltip=["class", alt.Tooltip("accuracy:Q", format=".1%"), "support"]).properties(height=height, title=title)
