@@ -45,13 +45,43 @@ def params_accuracy_chart(points: pd.DataFrame, *, title: str | None = None, hei
     if show_reference:
         refs = reference_points().assign(
             acc=lambda d: d["public"], short=lambda d: "study " + d["arch"] + ": " + d["public"].map("{:.3f}".format))
-        layers.append(alt.Chart(refs).mark_point(shape="diamond", size=170, filled=True, color="#d62728").encode(
-            x=x, y=y, tooltip=["label", alt.Tooltip("public:Q", format=".3f"), alt.Tooltip("private:Q", format=".3f")]))
         # labels sit above-left of the diamond, inside the plot, so they never run over the axis
-        layers.append(alt.Chart(refs).mark_text(align="right", baseline="bottom", dx=-8, dy=-8, color="#d62728",
-                                                fontSize=11).encode(x=x, y=y, text="short"))
+        layers += study_diamonds(refs, x, y, dict(baseline="bottom", dx=-8, dy=-8))
     chart = alt.layer(*layers).properties(height=height)
     return chart.properties(title=title) if title else chart
+
+
+STUDY_RED = "#d62728"
+
+
+def study_diamonds(refs: pd.DataFrame, x: alt.X, y: alt.Y, label_at: dict, halo: bool = False) -> list[alt.Chart]:
+    """The study's models as red diamonds labelled with their `short` column, in every chart the same way;
+    `label_at` places the label (offsets, baseline); `halo` draws a white outline under it, legible over lines."""
+    diamonds = alt.Chart(refs).mark_point(shape="diamond", size=170, filled=True, color=STUDY_RED).encode(
+        x=x, y=y, tooltip=["label", alt.Tooltip("public:Q", format=".3f"), alt.Tooltip("private:Q", format=".3f")])
+    text = alt.Chart(refs).mark_text(align="right", color=STUDY_RED, fontSize=11, **label_at).encode(x=x, y=y, text="short")
+    halos = [text.mark_text(align="right", fontSize=11, stroke="white", strokeWidth=4, **label_at)] if halo else []
+    return [diamonds, *halos, text]
+
+
+def params_width_chart(grid: pd.DataFrame, current: pd.DataFrame, height: int = 420) -> alt.LayerChart:
+    """Parameters (log) against the width multiplier, a line per family (dashed: standard convolutions), the study's
+    models, and the current choice (`current`: family, width, params, label) circled and labelled."""
+    refs = reference_points().assign(short=lambda d: "study " + d["arch"] + ": " + d["params"].map("{:,}".format))
+    y = alt.Y("params:Q", scale=alt.Scale(type="log"), title="parameters (log scale)", axis=alt.Axis(format="~s"))
+    x = alt.X("width:Q", title="width multiplier", scale=alt.Scale(domain=[0, 3.1]))
+    lines = alt.Chart(grid).mark_line(point=alt.OverlayMarkDef(size=25)).encode(
+        x=x, y=y, color=alt.Color("family:N", title="family", legend=alt.Legend(orient="bottom", columns=2, labelLimit=0)),
+        strokeDash=alt.StrokeDash("depthwise:N", legend=None,
+                                  scale=alt.Scale(domain=[True, False], range=[[1, 0], [6, 4]])),
+        tooltip=["family", "width", alt.Tooltip("params:Q", format=",")])
+    chosen = alt.Chart(current).mark_point(size=260, shape="circle", filled=False, strokeWidth=3, color="black").encode(
+        x=x, y=y, tooltip=["label", "width"])
+    chosen_text = alt.Chart(current).mark_text(align="left", dx=12, dy=-10, fontWeight="bold").encode(
+        x=x, y=y, text="label")
+    chosen_halo = chosen_text.mark_text(align="left", dx=12, dy=-10, fontWeight="bold", stroke="white", strokeWidth=4)
+    layers = [lines, *study_diamonds(refs, x, y, dict(dx=-12, dy=14), halo=True), chosen, chosen_halo, chosen_text]
+    return alt.layer(*layers).properties(height=height)
 
 
 def size_accuracy_chart(points: pd.DataFrame, *, title: str | None = None, height: int = 400) -> Any:
