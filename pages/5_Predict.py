@@ -2,10 +2,9 @@
 expression probabilities from an ONNX model; a results table with CSV download."""
 from pathlib import Path
 
-import altair as alt
-import numpy as np
 import streamlit as st
 
+from components.cached import occlusion
 from core.inference.photo import (
     MAX_FILE_BYTES,
     PhotoResult,
@@ -16,25 +15,18 @@ from core.inference.photo import (
     face_label,
     label_summary,
     manual_box,
-    occlusion_map,
     overlay_heatmap,
     parse_label,
 )
-from core.training.rundir import ONNX, list_runs
-from core.util.classes import CLASSES
+from core.training.rundir import ONNX, RunStatus, list_runs
 from core.util.fsutil import PROJECT_ROOT, runs_dir
-from core.views import inside, runviews
+from core.views import charts, inside, runviews
 from core.views.dataviews import upscale
-from core.views.photoviews import photo_rows, probabilities_frame
+from core.views.photoviews import UPLOAD_TYPES, photo_rows
 from core.views.text import md_escape
 
 SAMPLE = PROJECT_ROOT / "assets" / "astronaut.jpg"
-TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
-
-st.title("Predict")
-st.caption("Faces are found with MTCNN (OpenCV's Haar detector where it finds none), turned so the eyes are level and "
-           "cropped to 48x48 grayscale the way FER2013's faces are, and classified by an ONNX model in ONNX Runtime. "
-           "Photos stay on this machine.")
+KEPT = "predict_kept_photos"  # [(name, bytes)]: the uploads, kept for a trip to Inside and back
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -43,37 +35,27 @@ def analyze(data: bytes, name: str, model_path: str, stamp: float):  # noqa: ANN
     return analyze_photo(data, name, model_path)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def occlusion(crop_bytes: bytes, model_path: str, stamp: float):  # noqa: ANN201 - (heatmap, class index)
-    # bytes in, so the cache key is cheap to hash; `stamp` (the model's mtime) invalidates it on re-export
-    return occlusion_map(np.frombuffer(crop_bytes, np.uint8).reshape(48, 48), model_path)
-
-
-infos = list_runs(runs_dir())
-models = [i for i in infos if i.has_onnx]
-left_out = [i for i in infos if i.ok and i.onnx_problem]
-if left_out:
-    st.warning(runviews.left_out_text(left_out))
-if not models:
-    st.info("No model with an ONNX export yet. Train one on the **Train** page (about a minute on the built-in "
-            "synthetic data) or put shipped checkpoints in `checkpoints/`; it appears here when it finishes.")
-    st.stop()
-by_path = {str(i.path): i for i in models}
-default = runviews.best_model(models)
-paths = list(by_path)
-if st.session_state.get("predict_model") not in by_path:  # first visit, or the chosen run was deleted since
-    st.session_state.pop("predict_model", None)
-# persist_state: the choice survives a trip to Inside and back (a widget's state ends with its page otherwise)
-model_path = st.selectbox("Model", paths, index=paths.index(str(default.path)), key="predict_model",
-                          format_func=lambda p: runviews.model_label(by_path[p]), persist_state="session",
-                          help="every checkpoint with an ONNX export; the default is the best shipped one")
-model = by_path[model_path]
-if model.record.synthetic:
-    st.warning("This model was trained on the synthetic cartoon faces, so its guesses on real photos only "
-               "demonstrate the pipeline. Pick a model trained on FER2013 for meaningful predictions.")
-onnx_file = model.path / ONNX
-
-KEPT = "predict_kept_photos"  # [(name, bytes)]: the uploads, kept for a trip to Inside and back
+def pick_model() -> RunStatus | None:
+    runs = list_runs(runs_dir())
+    models = [r for r in runs if r.has_onnx]
+    if left_out := [r for r in runs if r.ok and r.onnx_problem]:
+        st.warning(runviews.left_out_text(left_out))
+    if not models:
+        st.info("No model with an ONNX export yet. Train one on the **Train** page (about a minute on the built-in "
+                "synthetic data) or put shipped checkpoints in `checkpoints/`; it appears here when it finishes.")
+        return None
+    by_path = {str(r.path): r for r in models}
+    paths = list(by_path)
+    if st.session_state.get("predict_model") not in by_path:  # first visit, or the chosen run was deleted since
+        st.session_state.pop("predict_model", None)
+    # persist_state: the choice survives a trip to Inside and back (a widget's state ends with its page otherwise)
+    path = st.selectbox("Model", paths, index=paths.index(str(runviews.best_model(models).path)), key="predict_model",
+                        format_func=lambda p: runviews.model_label(by_path[p]), persist_state="session",
+                        help="every checkpoint with an ONNX export; the default is the best shipped one")
+    if by_path[path].record.synthetic:
+        st.warning("This model was trained on the synthetic cartoon faces, so its guesses on real photos only "
+                   "demonstrate the pipeline. Pick a model trained on FER2013 for meaningful predictions.")
+    return by_path[path]
 
 
 def keep_uploads() -> None:
@@ -82,76 +64,58 @@ def keep_uploads() -> None:
     st.session_state[KEPT] = [(u.name, u.getvalue()) for u in st.session_state.get("predict_upload") or []]
 
 
-uploads = st.file_uploader("Photos (JPEG, PNG, WebP, BMP, GIF, TIFF; several at once)", type=TYPES,
-                           accept_multiple_files=True, key="predict_upload", on_change=keep_uploads,
-                           help=f"up to {MAX_FILE_BYTES // 2**20} MB each")
-kept = [] if uploads else st.session_state.get(KEPT) or []
-if kept:
-    k1, k2 = st.columns([3, 1], vertical_alignment="center")
-    k1.caption(f"Still here from before: {', '.join(md_escape(n) for n, _ in kept)}. Upload others to replace them.")
-    if k2.button("Remove these", key="predict_kept_remove"):
-        st.session_state[KEPT], kept = [], []
-c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="center")
-if c1.button("Try a sample photo", key="predict_sample", icon=":material/image:"):
-    st.session_state["predict_show_sample"] = True
-if st.session_state.get("predict_show_sample") and c2.button("Remove sample", key="predict_sample_remove"):
-    st.session_state["predict_show_sample"] = False
-camera_on = c3.toggle("Take a photo with the camera", key="predict_camera_on", persist_state="session",
-                      help="the browser asks for camera access only when this is on")
-shot = st.camera_input("Camera", key="predict_camera") if camera_on else None
-typed = st.text_input("Expected expression (optional)", key="predict_label", placeholder="e.g. happy",
-                      persist_state="session",
-                      help="checked against every photo whose file name names no expression; a name like "
-                           "'anna__angry__1.jpg' carries its own label")
-try:
-    typed_label = parse_label(typed)
-except ValueError as exc:
-    st.warning(str(exc))
-    typed_label = None
-
-photos: list[tuple[str, bytes]] = []
-if st.session_state.get("predict_show_sample"):
-    photos.append((f"sample: {SAMPLE.name}", SAMPLE.read_bytes()))
-photos += [(up.name, up.getvalue()) for up in uploads or []] or kept
-if shot is not None:
-    photos.append(("camera photo", shot.getvalue()))
-
-if not photos:
-    st.info("Upload photos, take one with the camera, or press **Try a sample photo**.")
-    st.stop()
-
-try:
-    stamp = onnx_file.stat().st_mtime
-except OSError as exc:  # the run was deleted or re-exported since the list above was made
-    st.error(f"{onnx_file}: the model file is gone ({exc.strerror}); pick another model.")
-    st.stop()
-results: list[PhotoResult] = []
-bar = st.progress(0.0, text="Analysing...") if len(photos) > 1 else None
-for n, (name, data) in enumerate(photos, 1):
+def photo_inputs() -> tuple[list[tuple[str, bytes]], str | None]:
+    """The photos to analyse, (name, bytes) each, and the expected expression typed (or None)."""
+    uploads = st.file_uploader("Photos (JPEG, PNG, WebP, BMP, GIF, TIFF; several at once)", type=UPLOAD_TYPES,
+                               accept_multiple_files=True, key="predict_upload", on_change=keep_uploads,
+                               help=f"up to {MAX_FILE_BYTES // 2**20} MB each")
+    kept = [] if uploads else st.session_state.get(KEPT) or []
+    if kept:
+        k1, k2 = st.columns([3, 1], vertical_alignment="center")
+        k1.caption(f"Still here from before: {', '.join(md_escape(n) for n, _ in kept)}. Upload others to replace them.")
+        if k2.button("Remove these", key="predict_kept_remove"):
+            st.session_state[KEPT], kept = [], []
+    c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="center")
+    if c1.button("Try a sample photo", key="predict_sample", icon=":material/image:"):
+        st.session_state["predict_show_sample"] = True
+    if st.session_state.get("predict_show_sample") and c2.button("Remove sample", key="predict_sample_remove"):
+        st.session_state["predict_show_sample"] = False
+    camera_on = c3.toggle("Take a photo with the camera", key="predict_camera_on", persist_state="session",
+                          help="the browser asks for camera access only when this is on")
+    shot = st.camera_input("Camera", key="predict_camera") if camera_on else None
+    typed = st.text_input("Expected expression (optional)", key="predict_label", placeholder="e.g. happy",
+                          persist_state="session",
+                          help="checked against every photo whose file name names no expression; a name like "
+                               "'anna__angry__1.jpg' carries its own label")
     try:
-        with st.spinner(f"Analysing {md_escape(name)}..."):
-            results.append(analyze(data, name, str(onnx_file), stamp))
+        label = parse_label(typed)
     except ValueError as exc:
-        st.error(md_escape(exc))  # core names the file and says what is allowed; names are shown literally
+        st.warning(str(exc))
+        label = None
+    photos = [(f"sample: {SAMPLE.name}", SAMPLE.read_bytes())] if st.session_state.get("predict_show_sample") else []
+    photos += [(up.name, up.getvalue()) for up in uploads or []] or kept
+    if shot is not None:
+        photos.append(("camera photo", shot.getvalue()))
+    return photos, label
+
+
+def analyse_all(photos: list[tuple[str, bytes]], onnx_file: Path, stamp: float) -> list[PhotoResult]:
+    results: list[PhotoResult] = []
+    bar = st.progress(0.0, text="Analysing...") if len(photos) > 1 else None
+    for n, (name, data) in enumerate(photos, 1):
+        try:
+            with st.spinner(f"Analysing {md_escape(name)}..."):
+                results.append(analyze(data, name, str(onnx_file), stamp))
+        except ValueError as exc:
+            st.error(md_escape(exc))  # core names the file and says what is allowed; names are shown literally
+        if bar is not None:
+            bar.progress(n / len(photos), text=f"Analysed {n} of {len(photos)} photos")
     if bar is not None:
-        bar.progress(n / len(photos), text=f"Analysed {n} of {len(photos)} photos")
-if bar is not None:
-    bar.empty()
-if not results:
-    st.stop()
+        bar.empty()
+    return results
 
 
-def prob_chart(probs) -> alt.Chart:  # noqa: ANN001 - numpy array
-    df = probabilities_frame(probs)
-    return alt.Chart(df).mark_bar().encode(
-        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=None),
-        y=alt.Y("class:N", sort=list(CLASSES), title=None),
-        color=alt.condition(alt.datum.probability == float(probs.max()), alt.value("#2f6fdf"), alt.value("#b8c4d6")),
-        tooltip=["class", alt.Tooltip("probability:Q", format=".1%")],
-    ).properties(height=215)
-
-
-def hand_box(k: int, r: PhotoResult) -> PhotoResult:
+def hand_box(k: int, r: PhotoResult, onnx_file: Path) -> PhotoResult:
     """No face found: sliders place a square by hand; the photo is classified on that square instead."""
     st.warning(f"No face found in {md_escape(r.name)}. The orange square (the centre) was classified; move "
                "the sliders until the square covers the face, and the prediction follows it.")
@@ -164,14 +128,15 @@ def hand_box(k: int, r: PhotoResult) -> PhotoResult:
     return classify_box(r, manual_box(r.size, cx, cy, side), onnx_file)
 
 
-def show_face(k: int, r: PhotoResult, i: int, face) -> None:  # noqa: ANN001 - core.inference.photo.Face
+def show_face(k: int, r: PhotoResult, i: int, face, model: RunStatus, stamp: float) -> None:  # noqa: ANN001 - a Face
+    onnx_file = model.path / ONNX
     crop_col, chart_col = st.columns([1, 2], vertical_alignment="center")
     crop_col.image(upscale(face.crop, 3), caption=f"face {i}: 48x48, as the model sees it")
     heat, _ = occlusion(face.crop.tobytes(), str(onnx_file), stamp)
     crop_col.image(overlay_heatmap(face.crop, heat, 144),
                    caption=f"where it looks: hiding the bright areas lowers '{face.top}' most")
     chart_col.metric(f"Face {i}", f"{face.top} {face.confidence:.0%}", help=face_label(i, face))
-    chart_col.altair_chart(prob_chart(face.probs), width="stretch")
+    chart_col.altair_chart(charts.probabilities_chart(face.probs), width="stretch")
     if crop_col.button("Look inside", key=f"inside_{k}_{i}", help="this face through the model, layer by layer, "
                        "with Grad-CAM beside the occlusion map"):
         st.session_state.update({inside.FACE_KEY: face.crop, inside.MODEL_KEY: str(model.path),
@@ -179,25 +144,28 @@ def show_face(k: int, r: PhotoResult, i: int, face) -> None:  # noqa: ANN001 - c
         st.switch_page("pages/6_Inside.py")
 
 
-overview = st.container()  # filled last: manual boxes below can change what it lists
-for k, r in enumerate(results):
-    detected = "no face found" if r.no_face else f"{len(r.faces)} face(s)"
-    summary = ", ".join(f"{f.top} {f.confidence:.0%}" for f in r.faces[:3]) + ("..." if len(r.faces) > 3 else "")
-    with st.expander(f"{md_escape(r.name)} · {detected} · {summary}", expanded=len(results) == 1):
-        if r.no_face:
-            r = results[k] = hand_box(k, r)
-            detected += " · " + ("your box" if r.faces[0].source == "manual" else "centre square")
-        photo_col, faces_col = st.columns([1, 1], gap="large")
-        photo_col.image(draw_boxes(r), width="stretch",
-                        caption=f"{'x'.join(map(str, r.file_size or r.size))} px · {detected} · detect "
-                                f"{r.timings_ms['detect']:.0f} ms · classify {r.timings_ms['classify']:.1f} ms")
-        with faces_col:
-            for i, face in enumerate(r.faces, 1):
-                show_face(k, r, i, face)
+def photo_details(results: list[PhotoResult], model: RunStatus, stamp: float) -> None:
+    """An expander per photo: boxes, each face's crop, occlusion map and probabilities; a hand-placed box where no
+    face was found (which replaces that photo's result in `results`)."""
+    for k, r in enumerate(results):
+        detected = "no face found" if r.no_face else f"{len(r.faces)} face(s)"
+        summary = ", ".join(f"{f.top} {f.confidence:.0%}" for f in r.faces[:3]) + ("..." if len(r.faces) > 3 else "")
+        with st.expander(f"{md_escape(r.name)} · {detected} · {summary}", expanded=len(results) == 1):
+            if r.no_face:
+                r = results[k] = hand_box(k, r, model.path / ONNX)
+                detected += " · " + ("your box" if r.faces[0].source == "manual" else "centre square")
+            photo_col, faces_col = st.columns([1, 1], gap="large")
+            photo_col.image(draw_boxes(r), width="stretch",
+                            caption=f"{'x'.join(map(str, r.file_size or r.size))} px · {detected} · detect "
+                                    f"{r.timings_ms['detect']:.0f} ms · classify {r.timings_ms['classify']:.1f} ms")
+            with faces_col:
+                for i, face in enumerate(r.faces, 1):
+                    show_face(k, r, i, face, model, stamp)
 
-with overview:
+
+def overview(results: list[PhotoResult], label: str | None, model: RunStatus) -> None:
     st.subheader("Results")
-    grid = face_grid(results, typed_label)
+    grid = face_grid(results, label)
     matches = label_summary(grid)
     if matches:
         st.info(matches)
@@ -213,5 +181,37 @@ with overview:
                        mime="text/csv", key="predict_csv", icon=":material/download:")
     with st.expander("All probabilities (the CSV's table)"):
         st.dataframe(rows, hide_index=True, key="predict_table")
-    st.caption(f"Model: {runviews.model_label(model)} · `{Path(onnx_file).relative_to(PROJECT_ROOT) if onnx_file.is_relative_to(PROJECT_ROOT) else onnx_file}`"
-               " · details of each photo below")
+    onnx_file = model.path / ONNX
+    shown = onnx_file.relative_to(PROJECT_ROOT) if onnx_file.is_relative_to(PROJECT_ROOT) else onnx_file
+    st.caption(f"Model: {runviews.model_label(model)} · `{shown}` · details of each photo below")
+
+
+def main() -> None:
+    st.title("Predict")
+    st.caption("Faces are found with MTCNN (OpenCV's Haar detector where it finds none), turned so the eyes are "
+               "level and cropped to 48x48 grayscale the way FER2013's faces are, and classified by an ONNX model in "
+               "ONNX Runtime. Photos stay on this machine.")
+    model = pick_model()
+    if model is None:
+        return
+    photos, label = photo_inputs()
+    if not photos:
+        st.info("Upload photos, take one with the camera, or press **Try a sample photo**.")
+        return
+    onnx_file = model.path / ONNX
+    try:
+        stamp = onnx_file.stat().st_mtime
+    except OSError as exc:  # the run was deleted or re-exported since the list above was made
+        st.error(f"{onnx_file}: the model file is gone ({exc.strerror}); pick another model.")
+        return
+    results = analyse_all(photos, onnx_file, stamp)
+    if not results:
+        return
+    summary = st.container()  # filled last: boxes placed by hand below can change what it lists
+    photo_details(results, model, stamp)
+    with summary:
+        overview(results, label, model)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ import pandas as pd
 
 from core.util.classes import CLASSES
 from core.views.archviews import reference_points
+from core.views.photoviews import probabilities_frame
 from core.views.runviews import pareto_front
 
 TOOLTIP = ["name", "family", "technique", alt.Tooltip("width:Q", format=".3g"), alt.Tooltip("params:Q", format=","),
@@ -149,3 +150,14 @@ def per_class_chart(per: pd.DataFrame, title: str, height: int = 340) -> alt.Cha
         y=alt.Y("class:N", sort=list(CLASSES), title=None),
         color=alt.Color("accuracy:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1]), legend=None),
         tooltip=["class", alt.Tooltip("accuracy:Q", format=".1%"), "support"]).properties(height=height, title=title)
+
+
+def probabilities_chart(probs: Any, height: int = 215) -> alt.Chart:
+    """One face's seven class probabilities as bars, the top class highlighted."""
+    df = probabilities_frame(probs)
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=None),
+        y=alt.Y("class:N", sort=list(CLASSES), title=None),
+        color=alt.condition(alt.datum.probability == float(probs.max()), alt.value("#2f6fdf"), alt.value("#b8c4d6")),
+        tooltip=["class", alt.Tooltip("probability:Q", format=".1%")],
+    ).properties(height=height)

@@ -8,6 +8,9 @@ import pandas as pd
 
 from core.util.classes import CLASSES
 
+# what the photo uploaders (Predict, Inside) accept: the formats core.inference.photo decodes
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+
 
 def photo_rows(results: Iterable[Any]) -> pd.DataFrame:
     """One row per face of core.inference.photo.PhotoResult objects: photo, face, box, top class, confidence, probabilities."""
