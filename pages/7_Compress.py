@@ -1,63 +1,74 @@
-"""Compress page: make int8, fp16 and pruned variants of a checkpoint in the background (core.service.compress_jobs) and see
-every variant's size, speed and accuracy beside its fp32 parent."""
+"""Compress page: make int8, fp16 and pruned variants of a checkpoint in the background (core.service.compress_jobs)
+and see every variant's size, speed and accuracy beside its fp32 parent."""
+from pathlib import Path
+
+import pandas as pd
 import streamlit as st
 
 from core.compression import compress
 from core.service import compress_jobs
-from core.training.rundir import list_runs
+from core.training.rundir import RunStatus, list_runs
 from core.util.fsutil import runs_dir
 from core.views import charts, compressviews
 
-st.title("Compress")
-st.caption("Beyond width: store the same model in fewer bytes (int8, fp16) or with fewer weights (pruning), and "
-           "measure what each costs in accuracy and gives in size and speed, against its fp32 parent.")
+VARIANT_COLUMNS = {
+    "onnx_bytes": st.column_config.NumberColumn("ONNX bytes", format="localized"),
+    "gzip_bytes": st.column_config.NumberColumn("gzip bytes", format="localized"),
+    "size_ratio": st.column_config.NumberColumn("size vs fp32", format="%.2fx"),
+    "latency_ms_b1": st.column_config.NumberColumn("ms, batch 1", format="%.2f"),
+    "latency_ms_b64": st.column_config.NumberColumn("ms, batch 64", format="%.1f"),
+    "speedup_b64": st.column_config.NumberColumn("speed-up, batch 64", format="%.2fx"),
+    "accuracy": st.column_config.NumberColumn("accuracy", format="%.3f"),
+    "parent_accuracy": st.column_config.NumberColumn("fp32 parent", format="%.3f"),
+    "delta": st.column_config.NumberColumn("difference", format="%+.3f"),
+    "sparsity": st.column_config.NumberColumn("zeros", format="%.2f"),
+}
 
-root = runs_dir()
-infos = [i for i in list_runs(root) if i.has_onnx and i.record.variant is None]
-names = {i.name: i for i in infos}
 
-with st.form("compress_form"):
-    run = st.selectbox("Checkpoint", list(names), key="compress_run",
-                       format_func=lambda n: f"{n} ({'shipped' if names[n].shipped else 'yours'})")
-    c1, c2, c3 = st.columns(3)
-    int8 = c1.checkbox("int8 (static, per-channel)", value=True, key="compress_int8",
-                       help="ONNX Runtime static quantisation; BatchNorms folded first; the first conv stays fp32")
-    fp16 = c2.checkbox("fp16 weights", key="compress_fp16", help="half the file; input and output stay fp32")
-    prune_on = c3.checkbox("prune, then fine-tune", key="compress_prune_on")
-    c1, c2, c3 = st.columns(3)
-    amount = c1.slider("Prune amount", min_value=0.05, max_value=0.95, value=0.5, step=0.05, key="compress_amount",
-                       help="share of weights (or of channels, if structured) to remove")
-    structured = c2.checkbox("structured (whole channels)", key="compress_structured",
-                             help="layers really become narrower: fewer parameters, MACs and milliseconds")
-    epochs = c3.number_input("Fine-tune epochs", min_value=1, max_value=20, value=2, key="compress_epochs")
-    c1, c2 = st.columns(2)
-    calibration = c1.number_input("Calibration images (int8)", min_value=16, max_value=5000, value=256, step=16,
-                                  key="compress_calibration")
-    force = c2.checkbox("replace a variant of the same name", key="compress_force",
-                        help="off: a variant that already exists is kept, and the job is refused")
-    submitted = st.form_submit_button("Compress in the background", type="primary", key="compress_start")
-
-st.info("Unstructured pruning only writes zeros: dense kernels multiply by zero just as fast, so it saves **no time**, "
-        "and the ONNX file keeps every zero, so it saves **little size unless the file is compressed** (see the gzip "
-        "column). Structured pruning removes whole channels, which does save both.", icon=":material/info:")
-
-if submitted:
+def compress_form(root: Path, names: dict[str, RunStatus]) -> None:
+    """The form; a submitted one starts a background job (its progress is shown below)."""
+    with st.form("compress_form"):
+        run = st.selectbox("Checkpoint", list(names), key="compress_run",
+                           format_func=lambda n: f"{n} ({'shipped' if names[n].shipped else 'yours'})")
+        c1, c2, c3 = st.columns(3)
+        int8 = c1.checkbox("int8 (static, per-channel)", value=True, key="compress_int8",
+                           help="ONNX Runtime static quantisation; BatchNorms folded first; the first conv stays fp32")
+        fp16 = c2.checkbox("fp16 weights", key="compress_fp16", help="half the file; input and output stay fp32")
+        prune_on = c3.checkbox("prune, then fine-tune", key="compress_prune_on")
+        c1, c2, c3 = st.columns(3)
+        amount = c1.slider("Prune amount", min_value=0.05, max_value=0.95, value=0.5, step=0.05, key="compress_amount",
+                           help="share of weights (or of channels, if structured) to remove")
+        structured = c2.checkbox("structured (whole channels)", key="compress_structured",
+                                 help="layers really become narrower: fewer parameters, MACs and milliseconds")
+        epochs = c3.number_input("Fine-tune epochs", min_value=1, max_value=20, value=2, key="compress_epochs")
+        c1, c2 = st.columns(2)
+        calibration = c1.number_input("Calibration images (int8)", min_value=16, max_value=5000, value=256, step=16,
+                                      key="compress_calibration")
+        force = c2.checkbox("replace a variant of the same name", key="compress_force",
+                            help="off: a variant that already exists is kept, and the job is refused")
+        submitted = st.form_submit_button("Compress in the background", type="primary", key="compress_start")
+    st.info("Unstructured pruning only writes zeros: dense kernels multiply by zero just as fast, so it saves **no "
+            "time**, and the ONNX file keeps every zero, so it saves **little size unless the file is compressed** "
+            "(see the gzip column). Structured pruning removes whole channels, which does save both.",
+            icon=":material/info:")
+    if not submitted:
+        return
     if run is None:
         st.error("No checkpoint to compress: train one on the Train page first.")
-    else:
-        try:
-            cfg = compress.CompressConfig(int8=int8, fp16=fp16, prune=amount if prune_on else None,
-                                          structured=structured and prune_on, calibration=int(calibration),
-                                          finetune_epochs=int(epochs))
-            out = root if names[run].shipped else None  # shipped checkpoints stay as shipped
-            compress_jobs.start_job(names[run].path, cfg, out=out, root=root, force=force)
-            st.success(f"Started: {', '.join(cfg.techniques())} of `{run}`. Progress below.")
-        except ValueError as exc:
-            st.error(str(exc))
+        return
+    try:
+        cfg = compress.CompressConfig(int8=int8, fp16=fp16, prune=amount if prune_on else None,
+                                      structured=structured and prune_on, calibration=int(calibration),
+                                      finetune_epochs=int(epochs))
+        out = root if names[run].shipped else None  # shipped checkpoints stay as shipped
+        compress_jobs.start_job(names[run].path, cfg, out=out, root=root, force=force)
+        st.success(f"Started: {', '.join(cfg.techniques())} of `{run}`. Progress below.")
+    except ValueError as exc:
+        st.error(str(exc))
 
 
 @st.fragment(run_every=2)
-def show_jobs() -> None:
+def show_jobs(root: Path) -> None:
     listed = compress_jobs.list_jobs(root)[:5]
     running = {j.path.name for j in listed if j.status == "running"}
     ended = st.session_state.get("compress_running", set()) - running
@@ -77,27 +88,14 @@ def show_jobs() -> None:
             st.error(f"{label}: failed: {job.error}")
 
 
-show_jobs()
-
-st.subheader("Variants")
-table = compressviews.variants_table(root)
-if table.empty:
-    st.info("No variants yet.")
-else:
-    st.dataframe(table, hide_index=True, key="compress_table", column_order=[
+def variants(table: pd.DataFrame) -> None:
+    st.subheader("Variants")
+    if table.empty:
+        st.info("No variants yet.")
+        return
+    st.dataframe(table, hide_index=True, key="compress_table", column_config=VARIANT_COLUMNS, column_order=[
         "name", "technique", "params", "onnx_bytes", "gzip_bytes", "size_ratio", "latency_ms_b1", "latency_ms_b64",
-        "speedup_b64", "accuracy", "parent_accuracy", "delta", "split", "data", "sparsity"], column_config={
-        "onnx_bytes": st.column_config.NumberColumn("ONNX bytes", format="localized"),
-        "gzip_bytes": st.column_config.NumberColumn("gzip bytes", format="localized"),
-        "size_ratio": st.column_config.NumberColumn("size vs fp32", format="%.2fx"),
-        "latency_ms_b1": st.column_config.NumberColumn("ms, batch 1", format="%.2f"),
-        "latency_ms_b64": st.column_config.NumberColumn("ms, batch 64", format="%.1f"),
-        "speedup_b64": st.column_config.NumberColumn("speed-up, batch 64", format="%.2fx"),
-        "accuracy": st.column_config.NumberColumn("accuracy", format="%.3f"),
-        "parent_accuracy": st.column_config.NumberColumn("fp32 parent", format="%.3f"),
-        "delta": st.column_config.NumberColumn("difference", format="%+.3f"),
-        "sparsity": st.column_config.NumberColumn("zeros", format="%.2f"),
-    })
+        "speedup_b64", "accuracy", "parent_accuracy", "delta", "split", "data", "sparsity"])
     st.caption("Latency: ONNX Runtime on this machine's CPU, one thread, medians, each variant timed in alternating "
                "rounds with its parent. Accuracy: ONNX Runtime on the split named, of the data named.")
     other = table[~table["same_data"].fillna(True).astype(bool)]
@@ -109,6 +107,21 @@ else:
     st.subheader("Size vs accuracy")
     # one chart per data set: a synthetic run's val accuracy and FER2013's public accuracy are not on one scale
     for n, (source, part) in enumerate(table.groupby(table["data"].fillna("unknown data"), sort=False)):
-        st.altair_chart(charts.size_accuracy_chart(compressviews.chart_points(part),
-                                                   title=f"measured on {'synthetic faces' if source == 'synthetic' else source}"),
-                        width="stretch", key="compress_chart" if n == 0 else f"compress_chart_{n}")
+        title = f"measured on {'synthetic faces' if source == 'synthetic' else source}"
+        st.altair_chart(charts.size_accuracy_chart(compressviews.chart_points(part), title=title), width="stretch",
+                        key="compress_chart" if n == 0 else f"compress_chart_{n}")
+
+
+def main() -> None:
+    st.title("Compress")
+    st.caption("Beyond width: store the same model in fewer bytes (int8, fp16) or with fewer weights (pruning), and "
+               "measure what each costs in accuracy and gives in size and speed, against its fp32 parent.")
+    root = runs_dir()
+    parents = [r for r in list_runs(root) if r.has_onnx and r.record.variant is None]
+    compress_form(root, {r.name: r for r in parents})
+    show_jobs(root)
+    variants(compressviews.variants_table(root))
+
+
+if __name__ == "__main__":
+    main()
