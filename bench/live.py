@@ -65,10 +65,10 @@ def chrome(clip: Path | None, width: int = 1400, height: int = 1000, extra: tupl
 
     opts = Options()
     opts.binary_location = str(CHROMIUM)
-    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", f"--window-size={width},{height}",
-            "--hide-scrollbars", "--force-device-scale-factor=1", "--autoplay-policy=no-user-gesture-required",
-            *extra]
+    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+            f"--window-size={width},{height}", "--hide-scrollbars", "--force-device-scale-factor=1",
+            "--autoplay-policy=no-user-gesture-required", *extra]
     if clip is not None:
         args += ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                  f"--use-file-for-fake-video-capture={clip}"]
@@ -203,8 +203,8 @@ def open_live(driver, url: str, timeout: float = 120) -> None:  # noqa: ANN001
 def speed(driver, model: str, seconds: float) -> dict:  # noqa: ANN001
     """Frames per second and per-frame times over `seconds` of live video once `model` runs."""
     enter_component(driver)
-    wait_for(driver, lambda d: (s := live_state(d)) and s["status"] == "running" and any(f"/{model}@" in x for x in s["slots"])
-             and s["frames"] > 0 and s, 180, f"{model} running")
+    wait_for(driver, lambda d: (s := live_state(d)) and s["status"] == "running"
+             and any(f"/{model}@" in x for x in s["slots"]) and s["frames"] > 0 and s, 180, f"{model} running")
     time.sleep(3)  # warm-up: first runs of each net allocate
     driver.execute_script("window.liveState.resetStats();")
     t0 = time.monotonic()
@@ -213,7 +213,8 @@ def speed(driver, model: str, seconds: float) -> dict:  # noqa: ANN001
     wall = time.monotonic() - t0
     total = np.array([p["total"] for p in per])
     return {"model": model, "frames": len(per), "fps": len(per) / wall, "frame_ms_median": float(np.median(total)),
-            "frame_ms_p90": float(np.percentile(total, 90)), "detect_ms_median": float(np.median([p["detect"] for p in per])),
+            "frame_ms_p90": float(np.percentile(total, 90)),
+            "detect_ms_median": float(np.median([p["detect"] for p in per])),
             "model_ms_median": float(np.median([p["model"] for p in per if p["faces"]] or [0])),
             "faces_per_frame": float(np.mean([p["faces"] for p in per]))}
 

@@ -1,4 +1,5 @@
-"""Train every shipped checkpoint as a sweep on Ray Tune (core.service.sweep), then copy the finished runs into checkpoints/.
+"""Train every shipped checkpoint as a sweep on Ray Tune (core.service.sweep), then copy the finished runs into \
+checkpoints/.
 
     python scripts/train_shipped.py --data ../shared/data/fer2013                       # on this machine
     python scripts/train_shipped.py --data data/fer2013 --device cuda --gpus-per-trial 0.07   # 13 at once on a GPU
@@ -192,7 +193,8 @@ def main() -> int:
         run_phase([n for n in names if n not in students], "models", a)
         # students distil from the shipped teacher, so they run once it is there
         if students and not (ROOT / TEACHER / ck.WEIGHTS).is_file():
-            raise SystemExit(f"{', '.join(students)}: the teacher {TEACHER} is not shipped yet; train {TEACHER_NAME} first")
+            raise SystemExit(f"{', '.join(students)}: the teacher {TEACHER} is not shipped yet; "
+                             f"train {TEACHER_NAME} first")
         run_phase(students, "students", a)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None

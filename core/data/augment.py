@@ -61,7 +61,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> 
     return affine(x, torch.rand(x.shape[0], 5, generator=generator).to(x.device))
 
 
-def _box_mask(h: int, w: int, top: torch.Tensor, left: torch.Tensor, bh: torch.Tensor, bw: torch.Tensor) -> torch.Tensor:
+def _box_mask(h: int, w: int, top: torch.Tensor, left: torch.Tensor, bh: torch.Tensor,
+              bw: torch.Tensor) -> torch.Tensor:
     """[B, 1, h, w] float mask, 1 inside each image's box; built by comparisons so shapes stay static."""
     ys = torch.arange(h, device=top.device, dtype=top.dtype).view(1, h, 1)
     xs = torch.arange(w, device=top.device, dtype=top.dtype).view(1, 1, w)
@@ -105,7 +106,8 @@ def mix_batch(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return x * weights + x.flip(0) * (1 - weights)
 
 
-def mix_plan(rng: np.random.Generator, steps: int, mixup_alpha: float, cutmix_alpha: float, prob: float) -> torch.Tensor:
+def mix_plan(rng: np.random.Generator, steps: int, mixup_alpha: float, cutmix_alpha: float,
+             prob: float) -> torch.Tensor:
     """Per-step mixing parameters [steps, MIX_PARAMS] for `mix_weights`, drawn on the host (numpy has the Beta
     distribution with a seedable generator; torch's Beta sampler takes none). With both alphas 0, every row leaves
     the batch unmixed. When both are on, each mixed batch uses one or the other with equal chance (timm's default)."""

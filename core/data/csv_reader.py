@@ -1,4 +1,5 @@
-"""FER2013's CSV formats: the vectorised pixel parser, label and Usage columns, and the Kaggle/course train+test pair."""
+"""FER2013's CSV formats: the vectorised pixel parser, label and Usage columns, and the Kaggle/course train+test
+pair."""
 from __future__ import annotations
 
 import re
@@ -28,7 +29,8 @@ def parse_pixel_rows(rows: list[str], where: str, first_line: int = 2) -> np.nda
         buf = np.frombuffer(" ".join(rows).encode("ascii"), dtype=np.uint8)
     except UnicodeEncodeError:
         bad_row = next(i for i, r in enumerate(rows) if not r.isascii())
-        raise ValueError(f"{where}, line {first_line + bad_row}: pixels must be integers 0-255, found non-ASCII text") from None
+        raise ValueError(f"{where}, line {first_line + bad_row}: pixels must be integers 0-255, "
+                         "found non-ASCII text") from None
     row_starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
 
     def line_of(pos: int) -> int:
@@ -40,7 +42,8 @@ def parse_pixel_rows(rows: list[str], where: str, first_line: int = 2) -> np.nda
     digit = (buf - 48) < 10  # uint8 wrap-around turns the range check into one comparison
     if not (digit | (buf == 32)).all():
         pos = int(np.flatnonzero(~digit & (buf != 32))[0])
-        raise ValueError(f"{where}, line {line_of(pos)}: pixels must be integers 0-255 separated by spaces, found {chr(buf[pos])!r}")
+        raise ValueError(f"{where}, line {line_of(pos)}: pixels must be integers 0-255 separated by spaces, "
+                         f"found {chr(buf[pos])!r}")
     # a token starts where a digit follows a non-digit (bool '>' is "this and not that") and ends likewise
     start_mask = np.empty_like(digit)
     start_mask[0] = digit[0]
@@ -56,7 +59,8 @@ def parse_pixel_rows(rows: list[str], where: str, first_line: int = 2) -> np.nda
     wrong = np.flatnonzero(counts != N_PIXELS)
     if wrong.size:
         i = int(wrong[0])
-        raise ValueError(f"{where}, line {first_line + i}: expected {N_PIXELS} pixel values (48x48), found {int(counts[i])}")
+        raise ValueError(f"{where}, line {first_line + i}: expected {N_PIXELS} pixel values (48x48), "
+                         f"found {int(counts[i])}")
     width = ends - starts + 1
     values = buf[ends] - np.uint8(48)
     values = values.astype(np.uint16)
@@ -75,7 +79,8 @@ def _parse_labels(values: list[str], where: str, first_line: int = 2) -> np.ndar
     for i, v in enumerate(values):  # ~30k short strings: a Python loop is fine and gives exact error lines
         v = v.strip()
         if not v.lstrip("-").isdigit() or not (0 <= int(v) < NUM_CLASSES):
-            raise ValueError(f"{where}, line {first_line + i}: label {v!r} is not a class index 0-{NUM_CLASSES - 1} ({', '.join(CLASSES)})")
+            raise ValueError(f"{where}, line {first_line + i}: label {v!r} is not a class index "
+                             f"0-{NUM_CLASSES - 1} ({', '.join(CLASSES)})")
         labels[i] = int(v)
     return labels
 
@@ -103,7 +108,8 @@ def _read_csv_columns(path: Path) -> tuple[list[str], dict[str, list[str]]]:
         raise ValueError(f"{path}: not a readable CSV (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     except pd.errors.EmptyDataError:
         if path.read_bytes().strip():
-            raise ValueError(f"{path}: the first line must be the header (e.g. 'emotion,pixels,Usage'), found a blank line") from None
+            raise ValueError(f"{path}: the first line must be the header (e.g. 'emotion,pixels,Usage'), "
+                             "found a blank line") from None
         raise ValueError(f"{path}: the file is empty (expected a FER2013 CSV with a header row)") from None
     columns = [str(c).strip() for c in frame.iloc[0]]
     if not any(columns):
@@ -139,10 +145,12 @@ def _csv_layout(columns: list[str], path: Path) -> str:
     if {"label", "feature"} <= cols:
         return "course label,feature"
     if "pixels" in cols:
-        raise ValueError(f"{path}: has pixels but no labels (columns {columns}); Kaggle's unlabelled test.csv cannot be used for training or accuracy")
+        raise ValueError(f"{path}: has pixels but no labels (columns {columns}); Kaggle's unlabelled test.csv "
+                         "cannot be used for training or accuracy")
     raise ValueError(
         f"{path}: unrecognised CSV header {columns}; expected one of: 'emotion,pixels,Usage' (fer2013.csv), "
-        "'emotion, Usage, pixels' (icml_face_data.csv), 'emotion,pixels' (Kaggle train.csv), 'label,feature' (course format)"
+        "'emotion, Usage, pixels' (icml_face_data.csv), 'emotion,pixels' (Kaggle train.csv), "
+        "'label,feature' (course format)"
     )
 
 

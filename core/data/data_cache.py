@@ -1,4 +1,5 @@
-"""On-disk cache of decoded datasets: one .npz of the arrays and one .json of kind, split names and warnings per source."""
+"""On-disk cache of decoded datasets: one .npz of the arrays and one .json of kind, split names and warnings per
+source."""
 from __future__ import annotations
 
 import hashlib
@@ -59,4 +60,5 @@ def write_cached(key: str, data: FERData) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(arrays_file, buf.getvalue())
-    atomic_write_bytes(meta_file, json.dumps({"kind": data.kind, "splits": list(data.splits), "warnings": data.warnings}).encode())
+    atomic_write_bytes(meta_file,
+                       json.dumps({"kind": data.kind, "splits": list(data.splits), "warnings": data.warnings}).encode())

@@ -9,7 +9,8 @@ from core.util.classes import NUM_CLASSES
 
 IMAGE_SIDE = 48
 N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
-SPLIT_TITLES = {"train": "Training", "public": "PublicTest", "private": "PrivateTest", "val": "validation (held out of train)"}
+SPLIT_TITLES = {"train": "Training", "public": "PublicTest", "private": "PrivateTest",
+                "val": "validation (held out of train)"}
 
 
 @dataclass

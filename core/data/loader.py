@@ -1,7 +1,8 @@
 """FER2013 and the synthetic set behind one entry point: finding the data, reading it (cached), quality warnings.
 
-The pieces live in their own modules (types in core.data.dataset, readers in core.data.csv_reader and core.data.image_folder, the
-disk cache in core.data.data_cache); their public names are re-exported here so `from core.data import ...` keeps working.
+The pieces live in their own modules (types in core.data.dataset, readers in core.data.csv_reader and
+core.data.image_folder, the disk cache in core.data.data_cache); their public names are re-exported here so
+`from core.data import ...` keeps working.
 """
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ __all__ = [
 def resolve_source(path: Path) -> tuple[str, Path]:
     """Find what to read under a user-given path: ('csv'|'csvpair'|'folder', path)."""
     if not path.exists():
-        raise ValueError(f"{path}: no such file or folder (give a FER2013 CSV, a folder with train/<class>/ images, or 'synthetic')")
+        raise ValueError(f"{path}: no such file or folder (give a FER2013 CSV, a folder with train/<class>/ images, "
+                         "or 'synthetic')")
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise ValueError(f"{path}: expected a .csv file or a folder, got {path.suffix or 'a file with no extension'}")
+            raise ValueError(f"{path}: expected a .csv file or a folder, "
+                             f"got {path.suffix or 'a file with no extension'}")
         return ("csvpair" if path.name == "train.csv" else "csv"), path
     if (path / "fer2013").is_dir():  # torchvision's root layout: ROOT/fer2013/*.csv
         return resolve_source(path / "fer2013")
@@ -60,7 +63,8 @@ def _quirk_warnings(splits: dict[str, Split]) -> list[str]:
         blank = int((flat.min(axis=1) == flat.max(axis=1)).sum())
         if blank:
             out.append(f"{name}: {blank} blank (single-colour) image(s)")
-        _, inverse, counts = np.unique(np.ascontiguousarray(flat).view(f"V{N_PIXELS}").ravel(), return_inverse=True, return_counts=True)
+        _, inverse, counts = np.unique(np.ascontiguousarray(flat).view(f"V{N_PIXELS}").ravel(), return_inverse=True,
+                                       return_counts=True)
         dup = int((counts - 1)[counts > 1].sum())
         if dup:
             groups = inverse.ravel()
@@ -115,7 +119,8 @@ def load_fer(path: str | os.PathLike, *, use_cache: bool = True) -> FERData:
     return data
 
 
-def load_data(source: str | os.PathLike, *, synthetic_size: int = 6000, seed: int = 0, use_cache: bool = True) -> FERData:
+def load_data(source: str | os.PathLike, *, synthetic_size: int = 6000, seed: int = 0,
+              use_cache: bool = True) -> FERData:
     """'synthetic' -> the built-in procedural set; anything else is a path to FER2013."""
     from core.util.settings import check_data_path
 

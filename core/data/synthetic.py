@@ -39,7 +39,8 @@ def _soft(d: np.ndarray, edge: float = 0.8) -> np.ndarray:
     return np.clip(0.5 - d / edge, 0.0, 1.0)
 
 
-def _occlude(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, rng: np.random.Generator, difficulty: float) -> np.ndarray:
+def _occlude(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, rng: np.random.Generator,
+             difficulty: float) -> np.ndarray:
     """Occluders (hands, hair, glasses glare): a random rectangle over part of the face, on some images."""
     b = img.shape[0]
     occ = rng.random(b) < 0.35 * difficulty
@@ -107,7 +108,8 @@ def _draw(p: dict[str, np.ndarray], rng: np.random.Generator, difficulty: float)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def generate(n: int, *, seed: int = 0, difficulty: float = DEFAULT_DIFFICULTY, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def generate(n: int, *, seed: int = 0, difficulty: float = DEFAULT_DIFFICULTY,
+             chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Draw n faces; returns (uint8 [n,48,48], int64 labels). Same seed, same images."""
     if not (0.0 <= difficulty <= 1.0):
         raise ValueError(f"difficulty must be between 0 and 1, got {difficulty!r}")
@@ -141,7 +143,8 @@ def generate(n: int, *, seed: int = 0, difficulty: float = DEFAULT_DIFFICULTY, c
     return out, labels
 
 
-def synthetic_dataset(n: int = 6000, *, seed: int = 0, difficulty: float = DEFAULT_DIFFICULTY, val_fraction: float = 0.2) -> FERData:
+def synthetic_dataset(n: int = 6000, *, seed: int = 0, difficulty: float = DEFAULT_DIFFICULTY,
+                      val_fraction: float = 0.2) -> FERData:
     """A train/val dataset of synthetic faces, labelled 'synthetic' everywhere it is shown."""
     if n < 10:
         raise ValueError(f"synthetic set size must be at least 10, got {n!r}")

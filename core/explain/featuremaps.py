@@ -27,7 +27,8 @@ class Row:
 
     name: str  # the module's qualified name in the model ('input' for the image)
     kind: str  # the module's class name
-    role: str  # depthwise | pointwise | standard conv | grouped conv | block | fully connected | pooling | input | logits
+    # depthwise | pointwise | standard conv | grouped conv | block | fully connected | pooling | input | logits
+    role: str
     shape: tuple[int, ...]  # output shape without the batch dimension
     params: int  # parameters of the row's modules (its norm and activation included)
     caption: str  # what this row does, computed from its numbers
@@ -235,7 +236,8 @@ def _caption(row: Row, prev: Row, probs: np.ndarray) -> str:
                 "depthwise ones.")
     if row.role == "fully connected":
         fin = prev.maps.size
-        return f"Fully connected: each of its {row.shape[0]} outputs reads all {fin:,} inputs ({row.params:,} parameters)."
+        return (f"Fully connected: each of its {row.shape[0]} outputs reads all {fin:,} inputs "
+                f"({row.params:,} parameters).")
     if row.role == "pooling":
         how = "keeps the strongest response in each window" if "Max" in row.kind else "averages each map"
         return f"{row.kind}: no weights; {how}, {prev.shape[-1]}x{prev.shape[-1]} -> {row.shape[-1]}x{row.shape[-1]}."
@@ -288,7 +290,8 @@ def channel_grid(row: Row, n: int = 16, cols: int = 16) -> np.ndarray:
 def diverging(values: np.ndarray, scale: float) -> np.ndarray:
     """Blue (negative) - white (0) - red (positive) RGB; OpenCV has no diverging colour map, so it is built here."""
     t = np.clip(np.asarray(values, np.float32) / (scale or 1.0), -1, 1)[..., None]
-    white, red, blue = np.array([255, 255, 255], np.float32), np.array([200, 30, 40], np.float32), np.array([30, 80, 200], np.float32)
+    white, red, blue = (np.array([255, 255, 255], np.float32), np.array([200, 30, 40], np.float32),
+                        np.array([30, 80, 200], np.float32))
     rgb = np.where(t >= 0, white + t * (red - white), white - t * (blue - white))
     return rgb.astype(np.uint8)
 

@@ -29,7 +29,8 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 class PixelNorm(nn.Module):
-    """Maps raw 0-255 pixels to roughly zero mean, unit variance; constants, not buffers, so the state dict stays pure weights."""
+    """Maps raw 0-255 pixels to roughly zero mean, unit variance; constants, not buffers, so the state dict stays
+    pure weights."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - PIXEL_MEAN) * (1.0 / PIXEL_STD)
@@ -245,7 +246,8 @@ def mobilenet(*, width: float = 1.0, dropout: float = 0.1) -> nn.Module:
         cin = cout
     # The study's listing puts a Dropout after the final Linear; dropping logits only adds noise to the
     # loss, so the dropout sits before the classifier here (same parameter count).
-    body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, NUM_CLASSES))
+    body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                         nn.Linear(cin, NUM_CLASSES))
     return FERNet(body)
 
 
@@ -304,7 +306,8 @@ def resnet18(*, width: float = 1.0) -> nn.Module:
     from torchvision.models.resnet import BasicBlock
 
     stem = make_divisible(64 * width)
-    layers: list[nn.Module] = [nn.Conv2d(1, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [nn.Conv2d(1, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem),
+                               nn.ReLU(inplace=True)]
     cin = stem
     for channels, blocks, stride in RESNET18_STAGES:
         cout = make_divisible(channels * width)

@@ -68,7 +68,8 @@ def recipe_text(cfg: TrainConfig) -> str:
     if cfg.ema_decay:
         parts.append(f"weight EMA {cfg.ema_decay:g}")
     if cfg.teacher:
-        parts.append(f"distilled from {Path(cfg.teacher).name} (T={cfg.distill_temperature:g}, alpha={cfg.distill_alpha:g}"
+        parts.append(f"distilled from {Path(cfg.teacher).name} (T={cfg.distill_temperature:g}, "
+                     f"alpha={cfg.distill_alpha:g}"
                      + (", teacher logits computed once)" if cfg.teacher_mode == "once" else ")"))
     if cfg.precision != "auto":
         parts.append(cfg.precision)
@@ -217,7 +218,8 @@ def _finish(run: _Run, stopped: bool, seconds: float, on_stage: Callable[[str], 
     export_onnx(cpu_model, onnx_path, arch=run.cfg.arch, knobs=run.knobs, params=run.record.params or 0,
                 extra={"run": run.dir.name, "val_accuracy": run.record.accuracy(run.data.val_split)}, tta=run.cfg.tta)
     run.record.onnx = {"file": rundir.ONNX, "parity_max_abs": parity(with_tta(cpu_model, run.cfg.tta), onnx_path)}
-    run.record.status, run.record.updated, run.record.wall_time_s = (RecordStatus.STOPPED if stopped else RecordStatus.DONE), now_iso(), seconds
+    run.record.status, run.record.updated, run.record.wall_time_s = (
+        (RecordStatus.STOPPED if stopped else RecordStatus.DONE), now_iso(), seconds)
     rundir.write_record(run.dir, run.record)
     if not stopped:  # a stopped run keeps its resume state, so it can be continued later
         (run.dir / rundir.RESUME).unlink(missing_ok=True)
@@ -286,7 +288,8 @@ def evaluate_path(target: str | os.PathLike, data: FERData, splits: list[str] | 
     results = {}
     for s in names:
         split = data.splits[s]
-        logits = np.concatenate([clf.logits(split.images[i:i + 1024]) for i in range(0, len(split), 1024)]) if len(split) else np.zeros((0, 7), np.float32)
+        logits = (np.concatenate([clf.logits(split.images[i:i + 1024]) for i in range(0, len(split), 1024)])
+                  if len(split) else np.zeros((0, 7), np.float32))
         results[s] = metrics_from_logits(logits, split.labels)
     return results
 
@@ -335,7 +338,8 @@ def ship_run(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
             return value
         return os.path.relpath(value, PROJECT_ROOT)
 
-    record.config = {**record.config, "data": rel(record.config.get("data")), "teacher": rel(record.config.get("teacher"))}
+    record.config = {**record.config, "data": rel(record.config.get("data")),
+                     "teacher": rel(record.config.get("teacher"))}
     record.data = {**record.data, "source": rel(record.data.get("source"))}
     record.name, record.pid = dest.name, None
     for name in (rundir.WEIGHTS, rundir.ONNX):

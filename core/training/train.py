@@ -64,7 +64,8 @@ def available_devices() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 convolutions run in hardware. Elsewhere oneDNN emulates bf16, which is slower than fp32."""
+    """AVX512-BF16 or AMX: bf16 convolutions run in hardware. Elsewhere oneDNN emulates bf16, which is slower than
+    fp32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -167,7 +168,8 @@ def plateau_multiplier(sched: ReduceLROnPlateau | None) -> float:
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton et al.'s soft-target loss, scaled by T^2 so its gradients match the hard-label term's size."""
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean", log_target=True) * t * t
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean",
+                    log_target=True) * t * t
 
 
 class EnsembleTeacher(nn.Module):
@@ -361,12 +363,14 @@ def setup_training(model: nn.Module, data: FERData, cfg: TrainConfig, device: to
     if teacher is not None:
         _place(teacher.eval(), device, channels_last)
     prepare_optimizer(optimizer, device, graph)
-    return Setup(device, amp, channels_last, _to_device_images(train, device), torch.from_numpy(train.labels).to(device),
-                 data.splits[data.val_split], batch, min(cfg.micro_batch or batch, batch), steps_per_epoch, total_steps, graph,
+    return Setup(device, amp, channels_last, _to_device_images(train, device),
+                 torch.from_numpy(train.labels).to(device), data.splits[data.val_split], batch,
+                 min(cfg.micro_batch or batch, batch), steps_per_epoch, total_steps, graph,
                  SYNC_EVERY_CUDA if device.type == "cuda" else 1)
 
 
-def transform_batch(xb: torch.Tensor, r: torch.Tensor, mix: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+def transform_batch(xb: torch.Tensor, r: torch.Tensor, mix: torch.Tensor,
+                    cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Augment a float batch from its random numbers; returns the batch and, when mixing is on, the weight of each
     image's own label (the mean of its per-pixel mixing weights)."""
     if cfg.augment:
@@ -392,7 +396,8 @@ def batch_loss(logits: torch.Tensor, yb: torch.Tensor, own: torch.Tensor | None,
         loss = own * loss + (1 - own) * F.cross_entropy(logits, partner, label_smoothing=cfg.label_smoothing)
         hits = own * hits + (1 - own) * (pred == partner).sum().float()
     if t_logits is not None:
-        loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distillation_loss(logits, t_logits, cfg.distill_temperature)
+        loss = ((1 - cfg.distill_alpha) * loss
+                + cfg.distill_alpha * distillation_loss(logits, t_logits, cfg.distill_temperature))
     return loss, hits
 
 
@@ -407,7 +412,8 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConf
 
     def forward_backward(xb: torch.Tensor, yb: torch.Tensor, partner: torch.Tensor, own: torch.Tensor | None,
                          share: float, t_logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture (PyTorch's CUDA graph notes)
+        # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture
+        # (PyTorch's CUDA graph notes)
         with torch.autocast(su.device.type, dtype=su.amp, enabled=su.amp is not None, cache_enabled=False):
             logits = model(xb).float()
             if teacher is not None:
@@ -456,7 +462,8 @@ class Stepper:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_seconds = 0.0
         dev = su.device
-        self.bufs = (torch.zeros(su.batch, dtype=torch.long, device=dev), torch.zeros(su.batch, RANDOMS_PER_IMAGE, device=dev),
+        self.bufs = (torch.zeros(su.batch, dtype=torch.long, device=dev),
+                     torch.zeros(su.batch, RANDOMS_PER_IMAGE, device=dev),
                      torch.zeros(MIX_PARAMS, device=dev)) if self.static else ()
         if capture:
             t = time.perf_counter()
@@ -533,7 +540,8 @@ def epoch_plan(cfg: TrainConfig, epoch: int, su: Setup, n: int) -> tuple[torch.T
 def _read_loss(acc: Accum, epoch: int, step: int) -> float:
     """The host sync: the last loss, after checking that no loss so far this epoch was NaN or infinite."""
     if not math.isfinite(acc.loss_sum.item()):
-        raise StopRun(f"loss became {acc.last_loss.item()} at epoch {epoch + 1} (by step {step}): lower the learning rate")
+        raise StopRun(f"loss became {acc.last_loss.item()} at epoch {epoch + 1} (by step {step}): "
+                      "lower the learning rate")
     return acc.last_loss.item()
 
 
@@ -545,7 +553,8 @@ def run_epoch(stepper: Stepper, su: Setup, cfg: TrainConfig, state: TrainState, 
     epoch, (order, r, mix) = state.epoch, plan
     t0, seen, lr, loss = time.perf_counter(), 0, cfg.lr, float("nan")
     for i in range(su.steps_per_epoch):
-        if (cfg.max_steps and state.steps >= cfg.max_steps) or (deadline is not None and time.perf_counter() >= deadline):
+        if ((cfg.max_steps and state.steps >= cfg.max_steps)
+                or (deadline is not None and time.perf_counter() >= deadline)):
             break
         if should_stop is not None and should_stop():
             return seen, True, lr
@@ -585,9 +594,10 @@ def finish_epoch(model: nn.Module, su: Setup, data: FERData, acc: Accum, state: 
     train_seconds = time.perf_counter() - t0
     ev = evaluate(model, su.val, su.device, amp=su.amp, channels_last=su.channels_last)
     state.epoch += 1
-    return {"epoch": state.epoch, "steps": state.steps, "train_loss": train_loss, "train_acc": acc.correct.item() / seen,
-            "val_loss": ev["loss"], "val_acc": ev["accuracy"], "val_split": data.val_split,
-            "lr": lr, "seconds": time.perf_counter() - t0, "images_per_s": seen / train_seconds}
+    return {"epoch": state.epoch, "steps": state.steps, "train_loss": train_loss,
+            "train_acc": acc.correct.item() / seen, "val_loss": ev["loss"], "val_acc": ev["accuracy"],
+            "val_split": data.val_split, "lr": lr, "seconds": time.perf_counter() - t0,
+            "images_per_s": seen / train_seconds}
 
 
 def fit(
@@ -627,10 +637,11 @@ def fit(
         model.train()
         acc.zero_()
         t0 = time.perf_counter()
-        seen, stopped, lr = run_epoch(stepper, su, cfg, state, acc, plan, plateau_multiplier(sched), on_batch, should_stop,
-                                      None if budget == math.inf else t0 + budget - spent)
+        seen, stopped, lr = run_epoch(stepper, su, cfg, state, acc, plan, plateau_multiplier(sched), on_batch,
+                                      should_stop, None if budget == math.inf else t0 + budget - spent)
         spent += time.perf_counter() - t0
-        release_free_memory()  # the steps' freed activations, before evaluation allocates its own (core.training.memory)
+        # the steps' freed activations, before evaluation allocates its own (core.training.memory)
+        release_free_memory()
         if stopped or seen == 0:
             return
         metrics = finish_epoch(model if ema is None else ema.module, su, data, acc, state, seen, t0, lr)

@@ -45,7 +45,8 @@ def equal_budget_gaps(df: pd.DataFrame) -> list[dict]:
     if lo >= hi:
         return []
     budgets = sorted({float(b) for b in np.geomspace(lo, hi, 4)})
-    return [{"params": b, "mobilenet": interpolate_accuracy(mb, b), "plain_cnn": interpolate_accuracy(pc, b)} for b in budgets]
+    return [{"params": b, "mobilenet": interpolate_accuracy(mb, b), "plain_cnn": interpolate_accuracy(pc, b)}
+            for b in budgets]
 
 
 def why_text() -> list[str]:
@@ -65,9 +66,9 @@ def why_text() -> list[str]:
     for width in (0.125, 0.25):
         s = summarize("plain_cnn", width=width)
         fc = int(s.layers.loc[s.layers["type"] == "Linear", "params"].sum())
-        lines.append(f"- The plain CNN at width {width:g} ({s.params:,} parameters) spends {fc / s.params:.0%} of them on "
-                     "its fully connected layers over a flattened 6x6 map; its convolutions stay thin (at most "
-                     f"{archs.make_divisible(128 * width)} channels), so it sees less while paying more.")
+        lines.append(f"- The plain CNN at width {width:g} ({s.params:,} parameters) spends {fc / s.params:.0%} of "
+                     "them on its fully connected layers over a flattened 6x6 map; its convolutions stay thin "
+                     f"(at most {archs.make_divisible(128 * width)} channels), so it sees less while paying more.")
     return lines
 
 
@@ -105,13 +106,15 @@ def ablation_section(df: pd.DataFrame, arch: str = "mobilenet", width: float = 1
     ref_name = f"{arch}-w{width:g}"
     ref = sel[sel["name"] == ref_name]
     ref_acc = float(ref["acc"].iloc[0]) if len(ref) else float("nan")
-    lines = [f"## What each part of the recipe gave ({sel['family'].iloc[0]}, {int(sel['params'].iloc[0]):,} parameters)", "",
+    lines = [f"## What each part of the recipe gave ({sel['family'].iloc[0]}, "
+             f"{int(sel['params'].iloc[0]):,} parameters)", "",
              f"Each variant changes the recipe of `{ref_name}`; train accuracy far above public accuracy means "
              "overfitting, both low means the model or schedule is the limit. Train accuracy is measured on a "
              f"stratified sample of {TRAIN_EVAL_SAMPLE:,} training images, not the whole split. Every row is a single "
              "run (seed 0), and the rows were trained on different devices and precisions (last column), so a "
              "difference of a point or so is within what the seed alone can change.", "",
-             f"| run | recipe | epochs | train acc | public acc | vs `{ref_name}` | device |", "|---|---|---|---|---|---|---|"]
+             f"| run | recipe | epochs | train acc | public acc | vs `{ref_name}` | device |",
+             "|---|---|---|---|---|---|---|"]
     for _, r in sel.iterrows():
         delta = "" if r["name"] == ref_name or not np.isfinite(ref_acc) else f"{(r['acc'] - ref_acc) * 100:+.1f} points"
         lines.append(f"| `{r['name']}` | {r['recipe']} | {epochs_text(r)} | {r['acc_train']:.3f} | {r['acc']:.4f} | "
@@ -154,10 +157,11 @@ def equal_budget_section(df: pd.DataFrame, spread: float | None = None) -> list[
     gaps = equal_budget_gaps(df)
     if gaps:
         lines += ["| parameter budget | MobileNet-style | plain CNN | difference |", "|---|---|---|---|"]
-        lines += [f"| {g['params']:,.0f} | {g['mobilenet']:.3f} | {g['plain_cnn']:.3f} | {g['mobilenet'] - g['plain_cnn']:+.3f} |"
+        lines += [f"| {g['params']:,.0f} | {g['mobilenet']:.3f} | {g['plain_cnn']:.3f} | "
+                  f"{g['mobilenet'] - g['plain_cnn']:+.3f} |"
                   for g in gaps]
-        lines += ["", "Accuracies are interpolated linearly in log(parameters) between each family's shipped models (the "
-                  "best recipe at each width), only inside the range both families cover. Measured: "
+        lines += ["", "Accuracies are interpolated linearly in log(parameters) between each family's shipped models "
+                  "(the best recipe at each width), only inside the range both families cover. Measured: "
                   + _verdict(gaps, spread), ""]
     else:
         lines += ["The shipped models of the two families do not yet overlap in parameter count, so no equal-budget "
@@ -170,9 +174,10 @@ def compression_targets(v: pd.DataFrame) -> list[str]:
     i8 = v[v["technique"] == "int8"]
     lines = ["| target | result | met |", "|---|---|---|"]
     ok = i8[(i8["delta"] >= -0.01) & (i8["size_ratio"] <= 0.3)]
-    lines.append(f"| int8 within 1.0 point of its fp32 parent at 0.3x or less of its ONNX size | {len(ok)} of {len(i8)} "
-                 f"variants (differences {i8['delta'].min() * 100:+.1f} to {i8['delta'].max() * 100:+.1f} points, sizes "
-                 f"{i8['size_ratio'].min():.2f}x to {i8['size_ratio'].max():.2f}x) | {'yes' if len(ok) == len(i8) else 'no'} |")
+    lines.append(f"| int8 within 1.0 point of its fp32 parent at 0.3x or less of its ONNX size | {len(ok)} of "
+                 f"{len(i8)} variants (differences {i8['delta'].min() * 100:+.1f} to "
+                 f"{i8['delta'].max() * 100:+.1f} points, sizes {i8['size_ratio'].min():.2f}x to "
+                 f"{i8['size_ratio'].max():.2f}x) | {'yes' if len(ok) == len(i8) else 'no'} |")
     for arch in STUDY_FAMILIES:
         fam = i8[i8["arch"] == arch]
         if fam.empty:
@@ -185,8 +190,8 @@ def compression_targets(v: pd.DataFrame) -> list[str]:
 
 
 def compression_section(out: Path) -> list[str]:
-    """Shipped compression variants (core.compression.compress) beside their fp32 parents: a size-vs-accuracy chart with one
-    Pareto front across widths and techniques, the table, and the int8 targets."""
+    """Shipped compression variants (core.compression.compress) beside their fp32 parents: a size-vs-accuracy chart
+    with one Pareto front across widths and techniques, the table, and the int8 targets."""
     from core.views.charts import size_accuracy_chart
     from core.views.compressviews import chart_points, variants_table
 
@@ -204,7 +209,8 @@ def compression_section(out: Path) -> list[str]:
              "latencies are noisy; the accuracies are exact. Why int8 MobileNet gains little speed, measured "
              "operator by operator: [compression.md](compression.md).",
              "", "![size vs accuracy](study_compression.png)", "",
-             "| variant | technique | params | ONNX KB (vs fp32) | gzip KB | ms batch 1 | ms batch 64 (speed-up) | public acc | fp32 | difference |",
+             "| variant | technique | params | ONNX KB (vs fp32) | gzip KB | ms batch 1 | ms batch 64 (speed-up) | "
+             "public acc | fp32 | difference |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in v.sort_values(["arch", "params"]).iterrows():
         lines.append(f"| `{r['name']}` | {r['technique']} | {int(r['params']):,} | {r['onnx_bytes'] / 1024:,.0f} "
@@ -241,14 +247,17 @@ def write_study(out: str | Path = "docs") -> Path:
         images.append((title, name))
     lines += ["## Parameters vs accuracy", ""]
     lines += [f"![{t}]({n})" for t, n in images]
-    lines += ["", "Red diamonds: the study's models (public accuracy as reported). The dashed line is the Pareto front.", "",
+    lines += ["",
+              "Red diamonds: the study's models (public accuracy as reported). The dashed line is the Pareto front.",
+              "",
               "## Shipped models", "",
               "Wall time is each run's own as recorded, including time lost to other runs sharing the device.", "",
               "| model | family | width | params | MACs | public acc | epochs | recipe | wall time | device |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
         lines.append(f"| `{r['name']}` | {r['family']} | {r['width']:g} | {int(r['params']):,} | {int(r['macs']):,} | "
-                     f"{r['acc']:.4f} | {epochs_text(r)} | {r['recipe']} | {r['wall_time_s'] / 60:.1f} min | {r['device']} |")
+                     f"{r['acc']:.4f} | {epochs_text(r)} | {r['recipe']} | {r['wall_time_s'] / 60:.1f} min | "
+                     f"{r['device']} |")
     lines += ["", "The study's figures for comparison: plain CNN 2,959,943 parameters, 0.722 public; MobileNet-style "
               "109,607 parameters, 0.651 public (50 epochs, batch 256, Adam 1e-3, no augmentation).", ""]
     lines += campaign_section(out) + targets_section(df) + ablation_section(df) + compression_section(out)
@@ -287,7 +296,8 @@ def campaign_section(out: Path, trials_dir: Path | None = None) -> list[str]:
              "results.", ""]
     if (pts["seeds_done"] > 0).any():
         spread_chart(pts).properties(width=620, title="Campaign: parameters vs public accuracy (bars: min to max "
-                                     "over seeds)").save(str(out / "study_campaign.png"), format="png", scale_factor=1.5)
+                                     "over seeds)") \
+            .save(str(out / "study_campaign.png"), format="png", scale_factor=1.5)
         lines += ["![campaign grid](study_campaign.png)", ""]
     lines += ["| block | family | width | params | seeds done | public acc, mean ± spread | range | in progress |",
               "|---|---|---|---|---|---|---|---|"]
@@ -302,9 +312,10 @@ def campaign_budget_lines(eb: pd.DataFrame, cross: dict | None) -> list[str]:
     if eb.empty:
         return lines + ["Not yet measurable: each family needs two or more grid widths with at least two finished "
                         "seeds each, so that a spread exists to compare the gap with.", ""]
-    lines += ["| parameter budget | MobileNet-style | plain CNN | difference | spread | winner |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.params:,.0f} | {r.mobilenet:.3f} ± {r.mobilenet_std:.3f} | {r.plain_cnn:.3f} ± {r.plain_cnn_std:.3f} "
-              f"| {r.gap:+.3f} | {r.spread:.3f} | {r.winner} |" for r in eb.itertuples()]
+    lines += ["| parameter budget | MobileNet-style | plain CNN | difference | spread | winner |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r.params:,.0f} | {r.mobilenet:.3f} ± {r.mobilenet_std:.3f} | {r.plain_cnn:.3f} ± "
+              f"{r.plain_cnn_std:.3f} | {r.gap:+.3f} | {r.spread:.3f} | {r.winner} |" for r in eb.itertuples()]
     if cross is None:
         where = "The gap keeps its sign over the whole overlap: there is no crossover inside the measured range."
     else:
@@ -313,8 +324,8 @@ def campaign_budget_lines(eb: pd.DataFrame, cross: dict | None) -> list[str]:
                  f"spread from {cross['low']:,.0f} to {cross['high']:,.0f} parameters, which is the crossover's "
                  "uncertainty.")
     return lines + ["", "Means and spreads are interpolated linearly in log(parameters) between each family's grid "
-                    "points; the spread of a difference is the two spreads combined (root of the sum of squares), and a "
-                    "winner is named only where the difference exceeds it. " + where, ""]
+                    "points; the spread of a difference is the two spreads combined (root of the sum of squares), "
+                    "and a winner is named only where the difference exceeds it. " + where, ""]
 
 
 def campaign_reproduction(pts: pd.DataFrame) -> list[str]:
