@@ -204,7 +204,8 @@ def test_predict_corrupt_upload_is_an_error_and_others_still_work(onnx_model: Pa
         ("astronaut.jpg", SAMPLE_PHOTO.read_bytes(), "image/jpeg"),
     ]).run()
     assert not at.exception
-    assert any(e.value.startswith(r"bad\.jpg\: ") for e in at.error), [e.value for e in at.error]  # name shown literally
+    # name shown literally
+    assert any(e.value.startswith(r"bad\.jpg\: ") for e in at.error), [e.value for e in at.error]
     assert face_metrics(at)[0][0] in CLASSES
     table = frame_with(at, "top")
     assert (table["photo"] == "astronaut.jpg").any() and not (table["photo"] == "bad.jpg").any()
@@ -223,7 +224,8 @@ def test_predict_no_face_says_so_and_a_box_by_hand_is_classified(onnx_model: Pat
     at.file_uploader(key="predict_upload").set_value([("wall__happy.png", buf.getvalue(), "image/png"),
                                                       ("astronaut.jpg", SAMPLE_PHOTO.read_bytes(), "image/jpeg")]).run()
     assert not at.exception and not at.error
-    assert any(w.value.startswith(r"No face found in wall\_\_happy\.png") for w in at.warning), [w.value for w in at.warning]
+    assert any(w.value.startswith(r"No face found in wall\_\_happy\.png")
+               for w in at.warning), [w.value for w in at.warning]
     assert any(e.label.startswith(r"wall\_\_happy\.png · no face found") for e in at.expander)
     grid = frame_with(at, "expression")
     assert list(grid["found by"]) == ["centre", "mtcnn"] and grid["label"][0] == "happy"
@@ -254,7 +256,7 @@ def test_compare_lists_a_broken_folder_with_its_reason() -> None:
         broken.rmdir()
 
 
-# --- core.service.jobs, core.training.rundir and the view tables without the UI ---------------------------------------------------------------------
+# --- core.service.jobs, core.training.rundir and the view tables without the UI ------------------------------------
 def test_cli_args_rebuild_the_same_config() -> None:
     from core.cli import build_parser
 
@@ -327,12 +329,14 @@ def test_run_curves_have_a_colour_per_split_and_only_their_own_legend() -> None:
     from core.views import charts
 
     def df(splits: list[str]) -> pd.DataFrame:
-        return pd.DataFrame([{"epoch": e, "kind": "accuracy", "split": s, "value": 0.1 * e} for e in (1, 2) for s in splits])
+        return pd.DataFrame([{"epoch": e, "kind": "accuracy", "split": s, "value": 0.1 * e}
+                             for e in (1, 2) for s in splits])
 
     synthetic = charts.run_curve_chart(df(["train", "val"]), "accuracy", 3).to_dict()
     scale = synthetic["encoding"]["color"]["scale"]
     assert scale["domain"] == ["train", "val"] and len(set(scale["range"])) == 2  # no public/private in its legend
-    fer = charts.run_curve_chart(df(["train", "public", "private"]), "accuracy", 3).to_dict()["encoding"]["color"]["scale"]
+    fer = (charts.run_curve_chart(df(["train", "public", "private"]), "accuracy", 3)
+           .to_dict()["encoding"]["color"]["scale"])
     assert fer["domain"] == ["train", "public", "private"] and len(set(fer["range"])) == 3
     assert len(set(charts.SPLIT_COLOURS.values())) == len(charts.SPLIT_COLOURS)  # val and public no longer share one
     assert synthetic["height"] >= 300  # the whole chart's: the plot itself must not shrink to a strip

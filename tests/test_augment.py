@@ -1,4 +1,5 @@
-"""Augmentation: the affine warp's identity, flip rate and ranges; random erasing; mixup/cutmix; test-time augmentation."""
+"""Augmentation: the affine warp's identity, flip rate and ranges; random erasing; mixup/cutmix; test-time
+augmentation."""
 from __future__ import annotations
 
 import math
@@ -54,7 +55,8 @@ def test_shift_stays_within_its_range() -> None:
     ys, xs = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
     w = out[:, 0] / out[:, 0].sum((1, 2), keepdim=True)
     cy, cx = (w * ys).sum((1, 2)) - 23.5, (w * xs).sum((1, 2)) - 23.5
-    # the shift is applied in the warped frame: zoom (up to 1 + MAX_SCALE) and rotation can turn it, not lengthen it more
+    # the shift is applied in the warped frame: zoom (up to 1 + MAX_SCALE) and rotation can turn it,
+    # not lengthen it more
     limit = (1 + MAX_SCALE) * MAX_SHIFT * 48 * math.sqrt(2) + 0.5
     assert torch.sqrt(cx**2 + cy**2).max().item() <= limit
     assert cx.abs().max().item() > 0.7 * MAX_SHIFT * 48  # and the range is used, not collapsed to zero

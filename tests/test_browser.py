@@ -250,7 +250,8 @@ def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
     d.get(f"{url}/train")
     settle(d, "Train")
     assert new_run in text_of(d)
-    wait(d, lambda dd: (runs / new_run / "run.json").exists() and '"epoch": 2' in (runs / new_run / "run.json").read_text(),
+    wait(d, lambda dd: (runs / new_run / "run.json").exists()
+         and '"epoch": 2' in (runs / new_run / "run.json").read_text(),
          300, "two epochs to finish (curves need two points)")
     time.sleep(2.5)  # one fragment refresh draws the curves
     shoot(d, "train", 1300)
@@ -265,7 +266,8 @@ def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
     d.get(f"{url}/predict")
     settle(d, "Predict")
     d.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(SAMPLE_PHOTO.resolve()))
-    values = wait(d, lambda dd: [e.text.strip() for e in dd.find_elements(By.CSS_SELECTOR, "[data-testid=stMetricValue]")
+    values = wait(d, lambda dd: [e.text.strip()
+                                 for e in dd.find_elements(By.CSS_SELECTOR, "[data-testid=stMetricValue]")
                                  if e.text.strip()], 90, "a predicted class")
     assert values[0].split()[0] in CLASSES and values[0].endswith("%"), values  # "happy 83%"
     settle(d, "Predict")
@@ -531,7 +533,8 @@ def test_a_run_stays_its_starters_across_reloads_and_typed_urls(server, browser)
         d.get(f"{url}/train")  # typed, without ?user=: the cookie alone says who this is
         settle(d, "Train")
         assert "user=" not in d.current_url
-        wait(d, lambda dd: any(b.text.strip() in ("Stop", "Cancel") for b in dd.find_elements(By.CSS_SELECTOR, "button")),
+        wait(d, lambda dd: any(b.text.strip() in ("Stop", "Cancel")
+                               for b in dd.find_elements(By.CSS_SELECTOR, "button")),
              60, "the owner's Stop button")
         d.delete_all_cookies()  # now another browser
         d.get(f"{url}/train")

@@ -1,4 +1,5 @@
-"""The training campaign: its file, its order, its deadline, and a trial killed in one process and resumed in another."""
+"""The training campaign: its file, its order, its deadline, and a trial killed in one process and resumed in
+another."""
 from __future__ import annotations
 
 import datetime as dt
@@ -199,7 +200,8 @@ def test_cli_refuses_bad_flags(tmp_path: Path) -> None:
 
 
 def test_the_gpu_script_runs_the_campaign_file(tmp_path: Path) -> None:
-    """scripts/gpu_converge.py (here on the CPU, probe skipped): the campaign's trials in its order, into run folders."""
+    """scripts/gpu_converge.py (here on the CPU, probe skipped): the campaign's trials in its order, into run
+    folders."""
     file = write(tmp_path, TINY.format(size=200, epochs=1))
     out = subprocess.run([sys.executable, "scripts/gpu_converge.py", "--file", str(file), "--out", str(tmp_path / "t"),
                           "--no-probe", "--only", "grid-w0.25"], cwd=PROJECT_ROOT, capture_output=True, text=True,

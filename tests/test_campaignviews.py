@@ -20,7 +20,8 @@ def trials(rows: list[tuple]) -> pd.DataFrame:
 
 def grid(mb: dict[float, list[float]], pc: dict[float, list[float]]) -> pd.DataFrame:
     rows = []
-    for arch, fam, sizes in (("mobilenet", mb, {0.25: 9_000, 1.0: 110_000}), ("plain_cnn", pc, {0.0625: 14_000, 0.25: 186_000})):
+    for arch, fam, sizes in (("mobilenet", mb, {0.25: 9_000, 1.0: 110_000}),
+                             ("plain_cnn", pc, {0.0625: 14_000, 0.25: 186_000})):
         for w, accs in fam.items():
             rows += [(f"grid-{arch}", arch, w, sizes[w], s, "done", a) for s, a in enumerate(accs)]
     return cv.points_frame(trials(rows))
@@ -45,14 +46,16 @@ def test_one_seed_has_no_spread_and_blocks_the_equal_budget_verdict() -> None:
 
 def test_a_winner_only_beyond_the_spread() -> None:
     # MobileNet 8 points ahead at the small end, level at 110k (plain interpolated: 0.617 against 0.62; spread 1.4)
-    pts = grid({0.25: [0.52, 0.53, 0.54], 1.0: [0.61, 0.62, 0.63]}, {0.0625: [0.44, 0.45, 0.46], 0.25: [0.65, 0.66, 0.67]})
+    pts = grid({0.25: [0.52, 0.53, 0.54], 1.0: [0.61, 0.62, 0.63]},
+               {0.0625: [0.44, 0.45, 0.46], 0.25: [0.65, 0.66, 0.67]})
     eb = cv.equal_budget(pts)
     assert list(eb["winner"])[0] == "MobileNet-style" and list(eb["winner"])[-1] == "within the spread"
     assert (eb["spread"] > 0).all() and eb["params"].min() == pytest.approx(14_000)
 
 
 def test_crossover_with_its_uncertainty() -> None:
-    pts = grid({0.25: [0.52, 0.53, 0.54], 1.0: [0.60, 0.61, 0.62]}, {0.0625: [0.44, 0.45, 0.46], 0.25: [0.69, 0.70, 0.71]})
+    pts = grid({0.25: [0.52, 0.53, 0.54], 1.0: [0.60, 0.61, 0.62]},
+               {0.0625: [0.44, 0.45, 0.46], 0.25: [0.69, 0.70, 0.71]})
     cross = cv.crossover(pts)
     assert cross is not None and cross["mobilenet_below"]
     assert 14_000 < cross["low"] <= cross["params"] <= cross["high"] <= 110_000

@@ -55,8 +55,10 @@ def test_icml_face_data(tmp_path: Path) -> None:
 
 
 def test_kaggle_train_and_test(tmp_path: Path) -> None:
-    (tmp_path / "train.csv").write_text("emotion,pixels\n" + "\n".join(f"{y},{pix(x)}" for x, y in zip(IMAGES[:14], LABELS[:14])))
-    (tmp_path / "test.csv").write_text("emotion,pixels\n" + "\n".join(f"{y},{pix(x)}" for x, y in zip(IMAGES[14:], LABELS[14:])))
+    (tmp_path / "train.csv").write_text("emotion,pixels\n"
+                                        + "\n".join(f"{y},{pix(x)}" for x, y in zip(IMAGES[:14], LABELS[:14])))
+    (tmp_path / "test.csv").write_text("emotion,pixels\n"
+                                       + "\n".join(f"{y},{pix(x)}" for x, y in zip(IMAGES[14:], LABELS[14:])))
     data = load_fer(tmp_path / "train.csv")
     assert data.kind == "kaggle train.csv"
     check_splits(data, {"train": 14, "public": 7})
@@ -71,8 +73,10 @@ def test_kaggle_unlabelled_test_gives_holdout(tmp_path: Path) -> None:
 
 
 def test_course_label_feature(tmp_path: Path) -> None:
-    (tmp_path / "train.csv").write_text("label,feature\n" + "\n".join(f"{y},{pix(x)}" for x, y in zip(IMAGES[:14], LABELS[:14])))
-    (tmp_path / "test.csv").write_text("label,feature\n" + "\n".join(f"{y},{pix(x)}" for x, y in zip(IMAGES[14:], LABELS[14:])))
+    (tmp_path / "train.csv").write_text("label,feature\n"
+                                        + "\n".join(f"{y},{pix(x)}" for x, y in zip(IMAGES[:14], LABELS[:14])))
+    (tmp_path / "test.csv").write_text("label,feature\n"
+                                       + "\n".join(f"{y},{pix(x)}" for x, y in zip(IMAGES[14:], LABELS[14:])))
     data = load_fer(tmp_path)
     assert data.kind == "course label,feature"
     check_splits(data, {"train": 14, "public": 7})
@@ -133,7 +137,8 @@ def test_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize("body, message", [
     ("emotion,pixels,Usage\n0,1 2 3,Training\n", "line 2: expected 2304 pixel values"),
     ("emotion,pixels,Usage\n9," + " ".join(["0"] * 2304) + ",Training\n", "line 2: label '9'"),
-    ("emotion,pixels,Usage\n0," + " ".join(["0"] * 2304) + ",Training\n1," + " ".join(["x"] * 2304) + ",Training\n", "line 3: pixels must be integers"),
+    ("emotion,pixels,Usage\n0," + " ".join(["0"] * 2304) + ",Training\n1," + " ".join(["x"] * 2304) + ",Training\n",
+     "line 3: pixels must be integers"),
     ("emotion,pixels,Usage\n0," + " ".join(["300"] * 2304) + ",Training\n", "out of range"),
     ("emotion,pixels,Usage\n0,,Training\n", "line 2: empty pixels"),
     ("name,value\na,b\n", "unrecognised CSV header"),

@@ -74,8 +74,8 @@ def test_malicious_resume_state_and_cli_export_never_run(tiny_run: Path, tmp_pat
     cfg = TrainConfig(arch="plain_cnn", width=0.125, synthetic_size=100, epochs=2, batch_size=32, augment=False)
     run = tmp_path / "interrupted"
     run.mkdir()
-    atomic_write_json(run / rundir.RECORD, {"name": "interrupted", "status": "running", "model": {"arch": "plain_cnn", "knobs": {}},
-                          "config": cfg.to_dict(), "epochs": []})
+    atomic_write_json(run / rundir.RECORD, {"name": "interrupted", "status": "running",
+                          "model": {"arch": "plain_cnn", "knobs": {}}, "config": cfg.to_dict(), "epochs": []})
     evil_weights(run / rundir.RESUME, sentinel)
     with pytest.raises(ValueError, match="not a loadable weights file"):
         list(run_training(cfg, run))
@@ -134,34 +134,44 @@ def _replace_dir(path: Path) -> None:
 BROKEN: dict[str, tuple[Callable[[Path, dict], None], str, str]] = {
     "record-missing": (lambda r, b: (r / rundir.RECORD).unlink(), "problem", "run record is missing"),
     "record-truncated": (lambda r, b: _truncate(r / rundir.RECORD), "problem", "not valid JSON"),
-    "record-binary": (lambda r, b: (r / rundir.RECORD).write_bytes(b"\xff\xfe\x00\x89PNG garbage"), "problem", "not valid JSON"),
-    "record-deeply-nested": (lambda r, b: (r / rundir.RECORD).write_text("[" * 200_000), "problem", "nested too deeply"),
+    "record-binary": (lambda r, b: (r / rundir.RECORD).write_bytes(b"\xff\xfe\x00\x89PNG garbage"), "problem",
+                      "not valid JSON"),
+    "record-deeply-nested": (lambda r, b: (r / rundir.RECORD).write_text("[" * 200_000), "problem",
+                             "nested too deeply"),
     "record-is-a-folder": (lambda r, b: _replace_dir(r / rundir.RECORD), "problem", "cannot be read"),
     "record-is-a-list": (lambda r, b: (r / rundir.RECORD).write_text("[1, 2, 3]"), "problem", "no model description"),
     "record-without-model": (lambda r, b: _edit_record(r, lambda d: d.pop("model")), "problem", "no model description"),
     "record-params-text": (lambda r, b: _edit_record(r, lambda d: d.update(params="lots")), "problem",
                            "'params' must be a whole number"),
-    "record-epochs-number": (lambda r, b: _edit_record(r, lambda d: d.update(epochs=3)), "problem", "'epochs' must be a list"),
+    "record-epochs-number": (lambda r, b: _edit_record(r, lambda d: d.update(epochs=3)), "problem",
+                             "'epochs' must be a list"),
     "record-epoch-without-loss": (lambda r, b: _edit_record(r, lambda d: d["epochs"][0].pop("val_loss")), "problem",
                                   "'epochs[0]' must hold"),
-    "record-bad-confusion": (lambda r, b: _edit_record(r, lambda d: d["final"]["confusion"].update(val=[[1, 2], [3, 4]])),
+    "record-bad-confusion": (lambda r, b: _edit_record(r,
+                                                       lambda d: d["final"]["confusion"].update(val=[[1, 2], [3, 4]])),
                              "problem", "'final.confusion.val' must be a 7x7 table"),
-    "record-accuracy-text": (lambda r, b: _edit_record(r, lambda d: d["final"]["accuracy"].update(val="high")), "problem",
-                             "'final.accuracy.val' must be a number"),
+    "record-accuracy-text": (lambda r, b: _edit_record(r, lambda d: d["final"]["accuracy"].update(val="high")),
+                             "problem", "'final.accuracy.val' must be a number"),
     "record-knobs-text": (lambda r, b: _edit_record(r, lambda d: d["model"].update(knobs={"width": "wide"})), "problem",
                           "'model.knobs' must map names to numbers"),
-    "record-unknown-status": (lambda r, b: _edit_record(r, lambda d: d.update(status="exploded")), "problem", "'status' must be one of"),
+    "record-unknown-status": (lambda r, b: _edit_record(r, lambda d: d.update(status="exploded")), "problem",
+                              "'status' must be one of"),
     "weights-missing": (lambda r, b: (r / rundir.WEIGHTS).unlink(), "problem", "weights file is missing"),
     "weights-empty": (lambda r, b: (r / rundir.WEIGHTS).write_bytes(b""), "problem", "weights file is empty"),
     "weights-truncated": (lambda r, b: _truncate(r / rundir.WEIGHTS), "problem", "truncated or corrupt"),
-    "weights-garbage": (lambda r, b: (r / rundir.WEIGHTS).write_text("definitely not tensors"), "problem", "not a loadable weights file"),
+    "weights-garbage": (lambda r, b: (r / rundir.WEIGHTS).write_text("definitely not tensors"), "problem",
+                        "not a loadable weights file"),
     "onnx-missing": (lambda r, b: (r / rundir.ONNX).unlink(), "onnx", "ONNX export is missing"),
     "onnx-empty": (lambda r, b: (r / rundir.ONNX).write_bytes(b""), "onnx", "empty (0 bytes)"),
     "onnx-truncated": (lambda r, b: _truncate(r / rundir.ONNX), "onnx", "not a loadable ONNX model"),
-    "onnx-garbage": (lambda r, b: (r / rundir.ONNX).write_text("<html>404 Not Found</html>"), "onnx", "not a loadable ONNX model"),
-    "onnx-wrong-input": (lambda r, b: shutil.copy(b["input"], r / rundir.ONNX), "onnx", "input shape must be [N, 1, 48, 48]"),
-    "onnx-wrong-output": (lambda r, b: shutil.copy(b["output"], r / rundir.ONNX), "onnx", "output shape must be [N, 7]"),
-    "onnx-fixed-batch": (lambda r, b: shutil.copy(b["batch"], r / rundir.ONNX), "onnx", "batch dimension of the input must be dynamic"),
+    "onnx-garbage": (lambda r, b: (r / rundir.ONNX).write_text("<html>404 Not Found</html>"), "onnx",
+                     "not a loadable ONNX model"),
+    "onnx-wrong-input": (lambda r, b: shutil.copy(b["input"], r / rundir.ONNX), "onnx",
+                         "input shape must be [N, 1, 48, 48]"),
+    "onnx-wrong-output": (lambda r, b: shutil.copy(b["output"], r / rundir.ONNX), "onnx",
+                          "output shape must be [N, 7]"),
+    "onnx-fixed-batch": (lambda r, b: shutil.copy(b["batch"], r / rundir.ONNX), "onnx",
+                         "batch dimension of the input must be dynamic"),
 }
 
 
@@ -247,7 +257,7 @@ def test_cli_reports_contract_breaking_onnx(contract_breakers: dict[str, Path]) 
     # a model that breaks the contract is bad input, said once before any photo is read
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{contract_breakers['output']}: output shape must be [N, 7]" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "core", "evaluate", str(contract_breakers["input"]), "--data", "synthetic"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "core", "evaluate", str(contract_breakers["input"]),
+                           "--data", "synthetic"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{contract_breakers['input']}: input shape must be [N, 1, 48, 48]" in proc.stderr

@@ -36,17 +36,24 @@ GOOD = rows(2)
 CSV_CASES: dict[str, tuple[str | bytes, str]] = {
     "wrong header": ("name,value\na,b\n", "unrecognised CSV header"),
     "misspelled header": ("emotions,pixel,usage\n" + "\n".join(GOOD) + "\n", "unrecognised CSV header"),
-    "too few pixels": ("\n".join([HEADER, *GOOD, f"3,{pixels(2303)},Training"]) + "\n", "line 4: expected 2304 pixel values (48x48), found 2303"),
-    "too many pixels": ("\n".join([HEADER, f"3,{pixels(2305)},Training", *GOOD]) + "\n", "line 2: expected 2304 pixel values (48x48), found 2305"),
-    "non-numeric pixels": ("\n".join([HEADER, GOOD[0], f"3,{pixels(2303)} abc,Training"]) + "\n", "line 3: pixels must be integers 0-255"),
-    "negative pixel": ("\n".join([HEADER, GOOD[0], f"3,-5 {pixels(2303)},Training"]) + "\n", "line 3: pixels must be integers 0-255"),
-    "pixel over 255": ("\n".join([HEADER, GOOD[0], f"3,256 {pixels(2303)},Training"]) + "\n", "line 3: pixel value out of range 0-255"),
-    "label 7": ("\n".join([HEADER, *GOOD, f"7,{pixels()},Training"]) + "\n", "line 4: label '7' is not a class index 0-6"),
+    "too few pixels": ("\n".join([HEADER, *GOOD, f"3,{pixels(2303)},Training"]) + "\n",
+                       "line 4: expected 2304 pixel values (48x48), found 2303"),
+    "too many pixels": ("\n".join([HEADER, f"3,{pixels(2305)},Training", *GOOD]) + "\n",
+                        "line 2: expected 2304 pixel values (48x48), found 2305"),
+    "non-numeric pixels": ("\n".join([HEADER, GOOD[0], f"3,{pixels(2303)} abc,Training"]) + "\n",
+                           "line 3: pixels must be integers 0-255"),
+    "negative pixel": ("\n".join([HEADER, GOOD[0], f"3,-5 {pixels(2303)},Training"]) + "\n",
+                       "line 3: pixels must be integers 0-255"),
+    "pixel over 255": ("\n".join([HEADER, GOOD[0], f"3,256 {pixels(2303)},Training"]) + "\n",
+                       "line 3: pixel value out of range 0-255"),
+    "label 7": ("\n".join([HEADER, *GOOD, f"7,{pixels()},Training"]) + "\n",
+                "line 4: label '7' is not a class index 0-6"),
     "label -1": ("\n".join([HEADER, f"-1,{pixels()},Training"]) + "\n", "line 2: label '-1' is not a class index 0-6"),
     "label as a word": ("\n".join([HEADER, GOOD[0], f"happy,{pixels()},Training"]) + "\n", "line 3: label 'happy'"),
     "empty row in the middle": ("\n".join([HEADER, GOOD[0], "", GOOD[1]]) + "\n", "line 3: empty row"),
     "row of empty fields": ("\n".join([HEADER, GOOD[0], GOOD[1], ",,", GOOD[0]]) + "\n", "line 4: empty row"),
-    "extra field": ("\n".join([HEADER, GOOD[0], GOOD[1] + ",extra"]) + "\n", "line 3: 4 comma-separated fields, but the header has 3"),
+    "extra field": ("\n".join([HEADER, GOOD[0], GOOD[1] + ",extra"]) + "\n",
+                    "line 3: 4 comma-separated fields, but the header has 3"),
     "unknown Usage": ("\n".join([HEADER, GOOD[0], f"1,{pixels()},Validation"]) + "\n", "line 3: Usage 'Validation'"),
     "empty file": ("", "the file is empty"),
     "blank lines only": ("\n  \n\n", "the file is empty"),
@@ -83,8 +90,10 @@ def _jpeg_bytes() -> bytes:
 # case id: (make the bad thing inside a valid folder and return its path, what the message must contain)
 FOLDER_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "text file among images": (lambda r: _write(r / "train" / "happy" / "notes.txt", b"my notes"), "not an image file"),
-    "unknown class folder": (lambda r: _write(r / "train" / "joy" / "0.jpg", _jpeg_bytes()).parent, "unknown class folder 'joy'"),
-    "corrupt .jpg": (lambda r: _write(r / "train" / "happy" / "bad.jpg", b"<html>not a jpeg</html>"), "not a readable image"),
+    "unknown class folder": (lambda r: _write(r / "train" / "joy" / "0.jpg", _jpeg_bytes()).parent,
+                             "unknown class folder 'joy'"),
+    "corrupt .jpg": (lambda r: _write(r / "train" / "happy" / "bad.jpg", b"<html>not a jpeg</html>"),
+                     "not a readable image"),
     "truncated .jpg": (lambda r: _write(r / "test" / "angry" / "cut.jpg", _jpeg_bytes()[:200]), "not a readable image"),
     "zero-byte .png": (lambda r: _write(r / "train" / "neutral" / "empty.png", b""), "empty (0 bytes)"),
     "stray file in train/": (lambda r: _write(r / "train" / "README.md", b"# hi"), "unexpected file"),
@@ -152,8 +161,8 @@ def test_quality_warnings_survive_the_cache(tmp_path: Path) -> None:
 # --- the Data page, `core train` and the Train page -----------------------------------------------------------------
 def test_data_page_shows_each_bad_file_as_an_error(tmp_path: Path) -> None:
     sources: list[tuple[Path, str]] = []
-    for i, case in enumerate(["wrong header", "too few pixels", "non-numeric pixels", "label 7", "empty row in the middle",
-                              "empty file", "extra field", "a photo renamed .csv"]):
+    for i, case in enumerate(["wrong header", "too few pixels", "non-numeric pixels", "label 7",
+                              "empty row in the middle", "empty file", "extra field", "a photo renamed .csv"]):
         body, fragment = CSV_CASES[case]
         path = tmp_path / f"csv{i}" / "fer2013.csv"
         path.parent.mkdir()

@@ -48,7 +48,8 @@ wait_for = wait_for_status  # shared helper (conftest); the short name reads bet
 
 # --- SIGKILL mid-epoch ---------------------------------------------------------------------------------------------
 KNOWN_FILES = {rundir.RECORD, rundir.WEIGHTS, rundir.RESUME, rundir.ONNX, rundir.PROGRESS_FILE}
-TEMP_FILE = re.compile(r"^\..+\.tmp$")  # core.util.fsutil.atomic_write_bytes: '.<name>.<random>.tmp', renamed when complete
+# core.util.fsutil.atomic_write_bytes: '.<name>.<random>.tmp', renamed when complete
+TEMP_FILE = re.compile(r"^\..+\.tmp$")
 
 
 def test_sigkill_mid_epoch_leaves_complete_files_and_resumes(tmp_path: Path) -> None:
@@ -118,15 +119,17 @@ def test_two_runs_at_once_both_finish_in_separate_folders(tmp_path: Path) -> Non
         record = rundir.read_record(run)
         assert record.name == run.name and (run / rundir.ONNX).is_file()
     assert read_json(a / rundir.JOB_FILE)["pid"] != read_json(b / rundir.JOB_FILE)["pid"]
-    assert sorted(i.name for i in rundir.list_runs(root, include_shipped=False) if i.ok and i.has_onnx) == ["twin-a", "twin-b"]
+    assert sorted(i.name for i in rundir.list_runs(root, include_shipped=False)
+                  if i.ok and i.has_onnx) == ["twin-a", "twin-b"]
     with pytest.raises(ValueError, match="already exists"):  # a finished run is never overwritten
         jobs.start_run(cfg, root, "twin-a")
 
 
 # --- run names -----------------------------------------------------------------------------------------------------
 HOSTILE_NAMES = ["../escape", "..", ".", "/var/evil-run", "/", "a/b", "a\\b", "..\\..\\windows", "a/../../b", "./run",
-                 ".hidden", "a..b", "", " ", "name with space", "tab\tname", "new\nline", "nul\x00byte", "ümlaut", "名前",
-                 "x" * 81, "-rf", "~root", "$(touch pwned)", "`id`", "run;rm -rf ~", "C:\\evil", "%2e%2e%2fescape"]
+                 ".hidden", "a..b", "", " ", "name with space", "tab\tname", "new\nline", "nul\x00byte", "ümlaut",
+                 "名前", "x" * 81, "-rf", "~root", "$(touch pwned)", "`id`", "run;rm -rf ~",
+                 "C:\\evil", "%2e%2e%2fescape"]
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=[repr(n)[1:-1][:20] or "empty" for n in HOSTILE_NAMES])
@@ -150,7 +153,8 @@ def test_train_page_refuses_hostile_names(tmp_path: Path, monkeypatch: pytest.Mo
     root = tmp_path / "runs"
     monkeypatch.setenv("FER_RUNS_DIR", str(root))
     at = app("pages/3_Train.py")
-    for name in ["../escape", "/var/evil-run", "a/b", "..", ".hidden", "name with space", "$(touch pwned)", "ümlaut", "x" * 81]:
+    for name in ["../escape", "/var/evil-run", "a/b", "..", ".hidden", "name with space", "$(touch pwned)", "ümlaut",
+                 "x" * 81]:
         at.text_input(key="train_name").set_value(name).run()
         assert not at.exception, at.exception
         assert any("not allowed" in e.value for e in at.error), (name, [e.value for e in at.error])
@@ -180,7 +184,8 @@ def failed_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return hook
 
     for name, exc in (("oom-host", MemoryError()),
-                      ("oom-cuda", RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total)"))):
+                      ("oom-cuda",
+                       RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total)"))):
         with pytest.raises(type(exc)):
             list(run_training(TrainConfig(**{**TINY, "threads": None}), root / name, on_batch=oom(exc)))
 
@@ -188,7 +193,8 @@ def failed_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         torch.empty(10**13)  # 40 TB: PyTorch's real CPU allocation failure
 
     with pytest.raises(RuntimeError, match="can't allocate memory"):
-        list(run_training(TrainConfig(**{**TINY, "threads": None}), root / "oom-torch-cpu", on_batch=cpu_allocator_fails))
+        list(run_training(TrainConfig(**{**TINY, "threads": None}), root / "oom-torch-cpu",
+                          on_batch=cpu_allocator_fails))
     wait_for(nan, ("failed", "done", "interrupted", "stopped"))
     return root
 
@@ -231,7 +237,8 @@ def test_nan_loss_cli_prints_one_line_not_a_traceback(failed_runs: Path) -> None
 # --- deleting runs -------------------------------------------------------------------------------------------------
 def fake_run(path: Path) -> Path:
     path.mkdir(parents=True)
-    atomic_write_json(path / rundir.RECORD, {"name": path.name, "status": "failed", "error": "x", "model": {"arch": "plain_cnn"}})
+    atomic_write_json(path / rundir.RECORD, {"name": path.name, "status": "failed", "error": "x",
+                                             "model": {"arch": "plain_cnn"}})
     (path / "keep.txt").write_text("precious")
     return path
 
@@ -249,7 +256,8 @@ def test_delete_cannot_touch_shipped_checkpoints(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(rundir, "SHIPPED_DIR", shipped)
     victim = fake_run(shipped / "plain_cnn-w1")
     (root / "alias").symlink_to(victim, target_is_directory=True)
-    for target, runs_root in ((victim, shipped), (victim, root), (root / "alias", root), (root / ".." / "checkpoints" / victim.name, root)):
+    for target, runs_root in ((victim, shipped), (victim, root), (root / "alias", root),
+                              (root / ".." / "checkpoints" / victim.name, root)):
         with pytest.raises(ValueError):
             rundir.delete_run(target, runs_root)
     assert (victim / "keep.txt").read_text() == "precious"
@@ -289,17 +297,21 @@ def test_compare_page_delete_is_confined(tiny_run: Path, tmp_path: Path, monkeyp
     at.checkbox(key="compare_delete_confirm_sneaky").check().run()
     at.button(key="compare_delete").click().run()
     assert not at.exception, at.exception
-    assert any("Could not delete sneaky" in e.value and "symbolic link" in e.value for e in at.error), [e.value for e in at.error]
-    assert (tmp_path / "elsewhere" / rundir.WEIGHTS).is_file() and (shipped / "shipped-model" / rundir.WEIGHTS).is_file()
+    assert any("Could not delete sneaky" in e.value and "symbolic link" in e.value
+               for e in at.error), [e.value for e in at.error]
+    assert ((tmp_path / "elsewhere" / rundir.WEIGHTS).is_file()
+            and (shipped / "shipped-model" / rundir.WEIGHTS).is_file())
     at.selectbox(key="compare_delete_pick").set_value("mine").run()
     at.checkbox(key="compare_delete_confirm_mine").check().run()
     at.button(key="compare_delete").click().run()
     assert not at.exception, at.exception
     assert not (root / "mine").exists() and any(s.value == "Deleted mine." for s in at.success)
-    assert (tmp_path / "elsewhere" / rundir.WEIGHTS).is_file() and (shipped / "shipped-model" / rundir.WEIGHTS).is_file()
+    assert ((tmp_path / "elsewhere" / rundir.WEIGHTS).is_file()
+            and (shipped / "shipped-model" / rundir.WEIGHTS).is_file())
 
 
-def test_damaged_job_and_progress_files_do_not_crash_the_train_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_damaged_job_and_progress_files_do_not_crash_the_train_page(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "runs"
     cfg = TrainConfig(**TINY).to_dict()
     damage = {  # run name: (job.json, progress.json, run.json changes)
@@ -317,8 +329,8 @@ def test_damaged_job_and_progress_files_do_not_crash_the_train_page(tmp_path: Pa
             if content is not None:
                 (run / fname).write_text(content if isinstance(content, str) else json.dumps(content))
         if record is not None:
-            atomic_write_json(run / rundir.RECORD, {"name": name, "status": "running", "model": {"arch": "plain_cnn"}, "config": cfg,
-                                  "epochs": [], "pid": 2**22 + 7, **record})
+            atomic_write_json(run / rundir.RECORD, {"name": name, "status": "running", "model": {"arch": "plain_cnn"},
+                                  "config": cfg, "epochs": [], "pid": 2**22 + 7, **record})
     statuses = {j.name: j for j in rundir.list_runs(root, include_shipped=False)}
     assert set(statuses) == set(damage)
     assert statuses["huge-pid"].status == "interrupted"

@@ -1,5 +1,5 @@
-"""Hostile uploads: every bad photo gets a ValueError naming the file and the problem (core.inference.photo, the Predict page,
-`python -m core predict`), odd but valid images are converted and classified, and the good files of a batch with
+"""Hostile uploads: every bad photo gets a ValueError naming the file and the problem (core.inference.photo, the Predict
+page, `python -m core predict`), odd but valid images are converted and classified, and the good files of a batch with
 bad ones in it still get predictions. Every hostile file is generated here; none is committed."""
 from __future__ import annotations
 
@@ -120,7 +120,8 @@ def test_decompression_bomb_is_refused_before_decoding(monkeypatch: pytest.Monke
     )
     path = tmp_path / "bomb.png"
     path.write_bytes(png_claiming(30_000, 30_000))
-    out = subprocess.run([sys.executable, "-c", script, str(ROOT), str(path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script, str(ROOT), str(path)], capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert "pixel limit" in result["msg"] and result["s"] < 0.5 and result["grew_kb"] < 20 * 1024, result

@@ -1,4 +1,5 @@
-"""The shape of `core`: no import cycle among its modules (imports inside functions count) and no function over 60 lines."""
+"""The shape of `core`: no import cycle among its modules (imports inside functions count) and no function over 60
+lines."""
 from __future__ import annotations
 
 import ast
@@ -153,7 +154,8 @@ def test_core_is_packages_with_only_entry_points_at_the_top() -> None:
     packages = {p.parent.name for p in CORE.glob("*/__init__.py")}
     assert packages == set().union(*LAYERS)
     for package in packages:
-        assert ast.get_docstring(ast.parse((CORE / package / "__init__.py").read_text())), f"core/{package} has no docstring"
+        assert ast.get_docstring(ast.parse((CORE / package / "__init__.py").read_text())), (
+            f"core/{package} has no docstring")
 
 
 def test_core_imports_flow_down_the_layers() -> None:

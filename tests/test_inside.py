@@ -1,5 +1,5 @@
-"""A look inside a model (core.explain.featuremaps, core.explain.cam, core.explain.gallery, core.views.inside) without Streamlit, then the Inside
-page and the Compare page's confusion gallery through AppTest."""
+"""A look inside a model (core.explain.featuremaps, core.explain.cam, core.explain.gallery, core.views.inside) without
+Streamlit, then the Inside page and the Compare page's confusion gallery through AppTest."""
 from __future__ import annotations
 
 import io
@@ -328,7 +328,8 @@ def test_compare_gallery_shows_a_cell_and_explains_an_empty_one() -> None:
     assert not at.error, [e.value for e in at.error]
     assert "most confident mistake first" in captions(at)
     run = SHIPPED_DIR / at.selectbox(key="gallery_run").value
-    pred = gallery.predict_split(run / "model.onnx", gallery.gallery_data(gallery.gallery_source(None, read_record(run))))
+    pred = gallery.predict_split(run / "model.onnx",
+                                 gallery.gallery_data(gallery.gallery_source(None, read_record(run))))
     conf = pred.confusion()
     t, p = gallery.biggest_mistake(pred)
     assert f"{conf[t, p]} of the {(pred.labels == t).sum()} '{CLASSES[t]}' faces" in captions(at)

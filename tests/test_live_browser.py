@@ -106,7 +106,8 @@ def test_live_boxes_labels_match_the_server_and_switch_models(app: str, camera) 
     assert state["minFace"] == 20
     state = wait_for(d, running(state["frames"] + 2), 60, "frames at the server's detector settings")
     label = state["labels"][0]["text"]
-    assert label.split()[0] in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral") and label.endswith("%")
+    assert (label.split()[0] in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+            and label.endswith("%"))
     assert d.find_element(By.CSS_SELECTOR, ".bar .pct").text.endswith("%")  # the probability bars are filled
 
     # The browser's crop through the server's ONNX Runtime, and the server's own pipeline on the same frame.
@@ -146,7 +147,8 @@ def test_live_boxes_labels_match_the_server_and_switch_models(app: str, camera) 
     choose(d, "Second model", THIRD)
     enter_component(d)
     state = wait_for(d, running(state["frames"] + 5, slots=2), 120, "two models labelling the same frames")
-    assert len(d.find_elements(By.CSS_SELECTOR, ".panel canvas")) == 2 and all(state["modelMs"][s] > 0 for s in state["slots"])
+    assert (len(d.find_elements(By.CSS_SELECTOR, ".panel canvas")) == 2
+            and all(state["modelMs"][s] > 0 for s in state["slots"]))
     assert {lab["model"] for lab in state["labels"]} == set(state["slots"])
     assert d.execute_script("return window.__sameFrame === true;"), "the component was reloaded"
 
@@ -200,7 +202,8 @@ def test_live_fallbacks_lead_to_snapshot_mode(app: str, flags: tuple[str, ...], 
         assert words.lower() in d.find_element(By.ID, "status").text.lower()  # said in the component itself
         d.switch_to.default_content()
         wait(d, lambda dd: "Live mode is not available here" in text_of(dd), 30, "the page's warning")
-        wait(d, lambda dd: dd.find_elements(By.CSS_SELECTOR, "[data-testid=stCameraInput]"), 30, "snapshot mode's camera")
+        wait(d, lambda dd: dd.find_elements(By.CSS_SELECTOR, "[data-testid=stCameraInput]"), 30,
+             "snapshot mode's camera")
         assert "Snapshot mode" in text_of(d)
     finally:
         d.quit()

@@ -93,7 +93,8 @@ def test_study_regenerates(shipped: Path, tmp_path: Path, monkeypatch: pytest.Mo
     for row, g in zip(budget_rows, gaps):
         shown = [float(c.replace(",", "")) for c in row]
         assert shown[0] == pytest.approx(g["params"], abs=0.5), row
-        assert shown[1:] == pytest.approx([g["mobilenet"], g["plain_cnn"], g["mobilenet"] - g["plain_cnn"]], abs=6e-4), row
+        assert shown[1:] == pytest.approx([g["mobilenet"], g["plain_cnn"], g["mobilenet"] - g["plain_cnn"]],
+                                          abs=6e-4), row
 
 
 def check_targets(rows: list[list[str]], recs: dict[str, dict]) -> None:
@@ -119,7 +120,8 @@ def check_targets(rows: list[list[str]], recs: dict[str, dict]) -> None:
 
 def check_ablation(rows: list[list[str]], recs: dict[str, dict]) -> None:
     """Every MobileNet width-1.0 run with its own figures and its difference from mobilenet-w1, from the records."""
-    same_size = {n for n, r in recs.items() if r["model"]["arch"] == "mobilenet" and r["model"]["knobs"]["width"] == 1.0}
+    same_size = {n for n, r in recs.items()
+                 if r["model"]["arch"] == "mobilenet" and r["model"]["knobs"]["width"] == 1.0}
     assert sorted(row[0].strip("`") for row in rows) == sorted(same_size)
     ref = recs["mobilenet-w1"]["final"]["accuracy"]["public"]
     for run, recipe, epochs, train, public, delta, device in rows:

@@ -97,7 +97,8 @@ def test_stop_request_ends_within_a_batch(tmp_path: Path) -> None:
     batches: list[dict] = []
     stop_after = 25  # 15 steps per epoch: stop inside epoch 2
 
-    history = list(run_training(cfg, tmp_path / "run", on_batch=batches.append, should_stop=lambda: len(batches) >= stop_after))
+    history = list(run_training(cfg, tmp_path / "run", on_batch=batches.append,
+                                should_stop=lambda: len(batches) >= stop_after))
     assert len(batches) == stop_after  # no batch ran after the request
     assert [m["epoch"] for m in history] == [1]
     record = rundir.read_record(tmp_path / "run")
@@ -540,11 +541,13 @@ def test_init_from_starts_at_a_trained_runs_weights(tmp_path: Path) -> None:
     """A low-lr tail after a finished model: the new run's first step starts from the source run's weights."""
     source = tmp_path / "source"
     list(run_training(TrainConfig(epochs=1, **{**QUICK, "synthetic_size": 300}), source))
-    cfg = TrainConfig(epochs=1, max_steps=1, init_from=str(source), **{**QUICK, "synthetic_size": 300, "lr": 1e-7, "optimizer": "sgd"})
+    cfg = TrainConfig(epochs=1, max_steps=1, init_from=str(source),
+                      **{**QUICK, "synthetic_size": 300, "lr": 1e-7, "optimizer": "sgd"})
     list(run_training(cfg, tmp_path / "tail"))
     a, b = (torch.load(d / rundir.WEIGHTS, weights_only=True) for d in (source, tmp_path / "tail"))
     convs = [k for k in a if k.endswith("weight") and a[k].dim() == 4]
-    assert convs and all(torch.allclose(a[k], b[k], atol=1e-6) for k in convs)  # lr 1e-7 with SGD: next to nothing moved
+    # lr 1e-7 with SGD: next to nothing moved
+    assert convs and all(torch.allclose(a[k], b[k], atol=1e-6) for k in convs)
     assert "continued from source" in rundir.read_record(tmp_path / "tail").recipe
     with pytest.raises(ValueError, match="not plain_cnn width 0.5"):
         list(run_training(TrainConfig(epochs=1, init_from=str(source), **{**QUICK, "width": 0.5}), tmp_path / "other"))
