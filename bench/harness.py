@@ -6,6 +6,7 @@ absolute numbers drift, ratios much less.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import statistics
@@ -29,7 +30,7 @@ from core.models.summary import summarize, summarize_cached
 from core.training import rundir
 from core.training.config import TrainConfig
 from core.training.train import TrainState, autocast_dtype, fit, make_optimizer, resolve_device
-from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR
+from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR, atomic_write_json
 
 REFERENCE = ("plain_cnn", "mobilenet")
 
@@ -575,8 +576,25 @@ def main(quick: bool = False, data: str | None = None, out: str = "docs/benchmar
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text)
+    # the figures as measured, unrounded, beside the report: tests check that the report is this JSON rendered
+    atomic_write_json(out_path.with_suffix(".json"), report_json(rows, machine, quick, data_desc, extra))
     print(text)
     return 0
+
+
+def report_json(rows: list[Row], machine: dict[str, str], quick: bool, data_desc: str, extra: list[str]) -> dict:
+    """One run's report as data: every row's raw figures (with its ratio and verdict), the machine, the notes."""
+    return {"produced_by": "python -m core bench" + (" --quick" if quick else ""),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "quick": quick, "data": data_desc,
+            "rows": [{**dataclasses.asdict(r), "ratio": r.ratio, "met": r.met, "target": r.target} for r in rows],
+            "notes": extra}
+
+
+def render_json(report: dict) -> str:
+    """The Markdown report that `report` (report_json's output) was written with."""
+    fields = {f.name for f in dataclasses.fields(Row)}
+    rows = [Row(**{k: v for k, v in r.items() if k in fields}) for r in report["rows"]]
+    return render(rows, report["machine"], report["quick"], report["data"], report["notes"])
 
 
 def peak_note() -> str:

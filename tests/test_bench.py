@@ -1,12 +1,13 @@
 """`core bench`: ratios point the right way for each unit, "met" follows the target, and a quick run renders them."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from bench.harness import Row, main, window_rates
+from bench.harness import Row, main, render_json, window_rates
 
 
 def test_ratio_direction_and_met_logic() -> None:
@@ -52,6 +53,10 @@ def test_quick_bench_inference_section(tmp_path: Path) -> None:
         else:
             assert met == "", figure
     assert any("TTA 'tencrop'" in r[0] for r in rows)
+    # the JSON beside the report holds the unrounded figures, and renders back to the very same report
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert render_json(report) == md and len(report["rows"]) == len(rows)
+    assert all(r["ratio"] is None or r["ratio"] > 0 for r in report["rows"])
 
 
 def test_memory_figures_are_the_process_own_high_water_mark() -> None:
