@@ -18,6 +18,7 @@ from core.inference.photo import (
     overlay_heatmap,
     parse_label,
 )
+from core.training.config import form_fields
 from core.training.rundir import ONNX, RunStatus, list_runs
 from core.util.fsutil import PROJECT_ROOT, runs_dir
 from core.views import charts, inside, runviews
@@ -26,6 +27,8 @@ from core.views.photoviews import UPLOAD_TYPES, photo_rows
 from core.views.text import md_escape
 
 SAMPLE = PROJECT_ROOT / "assets" / "astronaut.jpg"
+# the Train form's time budget, said where a newcomer with no model yet is sent there
+QUICK_BUDGET_S = next(f.default for f in form_fields() if f.name == "time_budget_s")
 KEPT = "predict_kept_photos"  # [(name, bytes)]: the uploads, kept for a trip to Inside and back
 
 
@@ -41,8 +44,8 @@ def pick_model() -> RunStatus | None:
     if left_out := [r for r in runs if r.ok and r.onnx_problem]:
         st.warning(runviews.left_out_text(left_out))
     if not models:
-        st.info("No model with an ONNX export yet. Train one on the **Train** page (about a minute on the built-in "
-                "synthetic data) or put shipped checkpoints in `checkpoints/`; it appears here when it finishes.")
+        st.info("No model with an ONNX export yet. Train one on the **Train** page (its quick defaults train "
+                f"for a {QUICK_BUDGET_S:g}-second budget on the built-in synthetic data) or put shipped checkpoints in `checkpoints/`; it appears here when it finishes.")
         return None
     by_path = {str(r.path): r for r in models}
     paths = list(by_path)
