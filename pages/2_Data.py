@@ -4,6 +4,7 @@ a gallery of samples per class, and the data's known quirks."""
 import altair as alt
 import streamlit as st
 
+from components.widgets import KEEP
 from core.data import SPLIT_TITLES, find_fer, load_data
 from core.data.synthetic import CLASS_WEIGHTS
 from core.util.classes import CLASSES
@@ -11,9 +12,6 @@ from core.util.fsutil import mtime
 from core.views.dataviews import class_balance, gallery
 
 SYNTHETIC_SIZE = 3000  # the Train page's default for quick demos
-# Both widgets keep their values across page switches and browser reloads, so switching to synthetic and back
-# keeps the typed FER2013 path.
-KEEP = {"persist_state": "session", "bind": "query-params"}
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -24,6 +22,7 @@ def load(source: str, stamp: float, synthetic_size: int):  # noqa: ANN201 - core
 
 def choose_source() -> str | None:
     """'synthetic' or the FER2013 path typed (or found), None while there is none."""
+    # both widgets KEEP their values, so switching to synthetic and back keeps the typed FER2013 path
     choice = st.radio("Dataset", ["synthetic", "fer2013"], horizontal=True, key="data_choice", **KEEP,
                       format_func=lambda o: {"synthetic": "Built-in synthetic faces",
                                              "fer2013": "FER2013 from disk"}[o])

@@ -1,9 +1,12 @@
 """Train page: launch background training runs (core.service.jobs) and watch them: progress with ETA, live curves, stop.
 Runs live on disk, so they keep going and stay visible across page switches and browser reloads. The form is
 generated from core.training.config.TrainConfig's field metadata, like the CLI's flags."""
+from pathlib import Path
+
 import streamlit as st
 
 from components import identity
+from components.widgets import KEEP
 from core.data import find_fer
 from core.models import archs
 from core.models.summary import summarize
@@ -20,14 +23,6 @@ MAX_SHOWN = 8  # most recent runs shown here in full; every run is on Compare
 STATUS_BADGE = {"queued": ":violet-badge[queued]", "starting": ":blue-badge[starting]", "running": ":blue-badge[running]",
                 "stopping": ":orange-badge[stopping]", "done": ":green-badge[done]", "stopped": ":gray-badge[stopped]",
                 "failed": ":red-badge[failed]", "interrupted": ":orange-badge[interrupted]"}
-# Widgets keep their values across page switches (persist_state) and browser reloads (bound to the URL).
-KEEP = {"persist_state": "session", "bind": "query-params"}
-
-st.title("Train")
-st.caption("Short trainings run in the background, one process each: start several, switch pages, reload the "
-           "browser; they keep going. Finished runs appear on Compare and Predict at once.")
-root = runs_dir()
-jobs.ensure_scheduler(root)  # launches waiting runs as slots free, in this app process, also after a restart
 
 
 def widget(spec: FormField, where, fixed_choices: list | None = None):  # noqa: ANN001, ANN201 - a column; its value
@@ -72,67 +67,73 @@ def dropout_slider(arch: str, where):  # noqa: ANN001, ANN201 - a column; the va
                         help=f"the family's own default is {knob.default:g}; the form starts lower for quick runs")
 
 
-specs = form_fields()
-values: dict = {}
-form, summary_col = st.columns([3, 2], gap="large")
-with form:
-    sources, default_source = dataset_choices(st.session_state.get("data_source"), find_fer())
-    data = st.radio("Dataset", sources, key="train_data", horizontal=True, index=sources.index(default_source),
-                    format_func=lambda s: "synthetic (built-in)" if s == "synthetic" else f"FER2013 at {s}",
-                    help="Choose FER2013 on the Data page; the built-in synthetic set needs no download.")
-    # the architecture's names are long ("MobileNet-style (depthwise-separable)"): it gets a wide column of its own
-    arch_col, width_col = st.columns([5, 3])
-    main = {s.name: s for s in specs if s.group == "main"}
-    values["arch"], values["width"] = widget(main.pop("arch"), arch_col), widget(main.pop("width"), width_col)
-    form_group(list(main.values()), values)
-    dropout_col, name_col = st.columns(2)
-    dropout = dropout_slider(values["arch"], dropout_col)
-    run_name = name_col.text_input("Run name (optional)", key="train_name", placeholder="arch-width-time if empty",
-                                   persist_state="session").strip()
-    with st.expander("More settings: optimizer, schedule, regularisation, distillation"):
-        form_group([s for s in specs if s.group == "more"], values)
+def train_form(where) -> tuple[dict, str | None]:  # noqa: ANN001 - a column
+    """The form's values (TrainConfig fields, plus "data" and "dropout") and the run name typed, if any."""
+    specs = form_fields()
+    values: dict = {}
+    with where:
+        sources, default_source = dataset_choices(st.session_state.get("data_source"), find_fer())
+        values["data"] = st.radio("Dataset", sources, key="train_data", horizontal=True,
+                                  index=sources.index(default_source),
+                                  format_func=lambda s: "synthetic (built-in)" if s == "synthetic" else f"FER2013 at {s}",
+                                  help="Choose FER2013 on the Data page; the built-in synthetic set needs no download.")
+        # the architecture's names are long ("MobileNet-style (depthwise-separable)"): a wide column of its own
+        arch_col, width_col = st.columns([5, 3])
+        first = {s.name: s for s in specs if s.group == "main"}
+        values["arch"], values["width"] = widget(first.pop("arch"), arch_col), widget(first.pop("width"), width_col)
+        form_group(list(first.values()), values)
+        dropout_col, name_col = st.columns(2)
+        values["dropout"] = dropout_slider(values["arch"], dropout_col)
+        run_name = name_col.text_input("Run name (optional)", key="train_name", placeholder="arch-width-time if empty",
+                                       persist_state="session").strip()
+        with st.expander("More settings: optimizer, schedule, regularisation, distillation"):
+            form_group([s for s in specs if s.group == "more"], values)
+    return values, run_name or None
 
-name_error = None
-if run_name:
-    try:
-        rundir.check_run_name(run_name)
-    except ValueError as exc:
-        name_error = str(exc)
-        form.error(name_error)
 
-with summary_col:
+def quick_defaults_text() -> str:
+    """The caption on the form's quick defaults, from the defaults themselves."""
+    d = {f.name: f.default for f in form_fields()}
+    return (f"Quick defaults: a plain CNN at width {d['width']:g} trains on {d['synthetic_size']:,} synthetic faces "
+            f"for a **{d['time_budget_s']:g}-second time budget** (batch {d['batch_size']}, lr {d['lr']:g}, dropout "
+            f"{FORM_DROPOUT:g}), which holds on a busy machine too: it trains fewer steps there, not longer. Start-up, "
+            "the final evaluation and the export come on top. Set the budget to 0 to train for the epochs given. The "
+            "study's MobileNet learns slowly on few steps: give it more time.")
+
+
+def summary_and_start(values: dict, blocked: bool) -> bool:
+    """The model's size, the quick defaults, the server's notes and the Start button (True when pressed)."""
+    dropout = values["dropout"]
     try:
         s = summarize(values["arch"], width=values["width"], **({"dropout": dropout} if dropout is not None else {}))
         st.metric("Model parameters", f"{s.params:,}", border=True, help=f"{s.macs:,} MACs per image")
     except ValueError as exc:
         st.error(str(exc))
-    st.caption("Quick defaults: a plain CNN at width 0.125 trains on 1,500 synthetic faces for a **30-second time "
-               "budget** (batch 32, lr 0.003, dropout 0.1), which holds on a busy machine too: it trains fewer steps there, not "
-               "longer. Start-up, the final evaluation and the export come on top. Set the budget to 0 to train for "
-               "the epochs given. The study's MobileNet learns slowly on few steps: give it more time.")
+    st.caption(quick_defaults_text())
     try:
         if note := settings.micro_batch_note():
             st.caption(note)
     except ValueError as exc:  # a mistyped server setting: Start refuses too, with the same message
         st.warning(f"This server's settings need fixing by its administrator: {exc}")
-    start = st.button("Start training", type="primary", key="train_start", disabled=name_error is not None)
-    started_box = st.empty()
+    return st.button("Start training", type="primary", key="train_start", disabled=blocked)
 
-if start:
+
+def start(values: dict, run_name: str | None, root, box) -> None:  # noqa: ANN001 - a Path; an st.empty
     try:
-        cfg = config_from_form(values, data=data, dropout=dropout)
+        form = {k: v for k, v in values.items() if k not in ("data", "dropout")}
+        cfg = config_from_form(form, data=values["data"], dropout=values["dropout"])
         if jobs.repeat_click(st.session_state.get("train_last_start"), cfg):
             raise ValueError("that run was just started (one click, one run); change a setting to start another")
         # the browser's identity, not the Streamlit session's: the limit of queued runs per user ($FER_MAX_QUEUED)
         # holds across reloads, and only this browser (or the operator) may stop the run
         user = identity.current_user()
-        run_dir = jobs.start_run(cfg, root, run_name or None, session=user)
+        run_dir = jobs.start_run(cfg, root, run_name, session=user)
         owners.record_owner(run_dir, user)
     except (ValueError, OSError) as exc:  # OSError: the runs folder is not writable, or no disk space
-        started_box.error(f"Could not start: {exc}")
+        box.error(f"Could not start: {exc}")
     else:
         st.session_state["train_last_start"] = jobs.click_stamp(cfg)
-        started_box.success(f"Started **{run_dir.name}**; it is listed below.")
+        box.success(f"Started **{run_dir.name}**; it is listed below.")
 
 
 def curves(run: rundir.RunStatus) -> None:
@@ -211,7 +212,7 @@ def show_run(run: rundir.RunStatus) -> None:
 
 
 @st.fragment(run_every=2)
-def runs_panel() -> None:
+def runs_panel(root: Path) -> None:
     runs, variants = runviews.trainings(rundir.list_runs(root, include_shipped=False))
     active = sum(r.active for r in runs)
     st.subheader(f"Runs ({active} running)" if active else "Runs")
@@ -225,12 +226,10 @@ def runs_panel() -> None:
         show_run(run)
 
 
-runs_panel()
-
 
 # --- sweeps: a grid of trainings on Ray Tune (core.service.sweep), run by a background `python -m core sweep` -----------
 @st.fragment(run_every=3)
-def sweep_trials() -> None:
+def sweep_trials(root: Path) -> None:
     from core.service import sweep
 
     for record in sweep.list_sweeps(root)[:3]:
@@ -238,7 +237,7 @@ def sweep_trials() -> None:
         st.dataframe(sweepviews.trials_table(record), hide_index=True, key=f"sweep_table_{record.get('name')}")
 
 
-def sweep_panel() -> None:
+def sweep_panel(root: Path, values: dict) -> None:
     from core.service import sweep
 
     st.subheader("Sweep")
@@ -256,7 +255,7 @@ def sweep_panel() -> None:
     if go:
         try:
             spec = sweep.SweepSpec(s_name or sweep.default_name(), {"arch": s_archs, "width": s_widths},
-                                   {"data": data, "epochs": int(s_epochs),  # the rest as in the form above
+                                   {"data": values["data"], "epochs": int(s_epochs),  # the rest as in the form above
                                     **{k: values[k] for k in ("synthetic_size", "batch_size", "lr", "device")}},
                                    list(range(int(s_seeds))))
             sweep.start_sweep(spec, root)
@@ -264,7 +263,32 @@ def sweep_panel() -> None:
             st.error(f"Could not start the sweep: {exc}")
         else:
             st.toast(f"Started sweep {spec.name}: {sweep.count(spec)} trials", icon=":material/grid_view:")
-    sweep_trials()
+    sweep_trials(root)
 
 
-sweep_panel()
+def main() -> None:
+    st.title("Train")
+    st.caption("Short trainings run in the background, one process each: start several, switch pages, reload the "
+               "browser; they keep going. Finished runs appear on Compare and Predict at once.")
+    root = runs_dir()
+    jobs.ensure_scheduler(root)  # launches waiting runs as slots free, in this app process, also after a restart
+    form_col, summary_col = st.columns([3, 2], gap="large")
+    values, run_name = train_form(form_col)
+    name_error = None
+    if run_name:
+        try:
+            rundir.check_run_name(run_name)
+        except ValueError as exc:
+            name_error = str(exc)
+            form_col.error(name_error)
+    with summary_col:
+        pressed = summary_and_start(values, blocked=name_error is not None)
+        box = st.empty()
+    if pressed:
+        start(values, run_name, root, box)
+    runs_panel(root)
+    sweep_panel(root, values)
+
+
+if __name__ == "__main__":
+    main()
