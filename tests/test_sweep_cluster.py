@@ -194,3 +194,46 @@ def test_the_readme_cluster_recipe_runs_a_trial_on_a_joined_node(ray_home: Path)
     assert state["state"] == "done" and state["address"] == address and state["cluster"]["nodes"] == 2
     assert state["cluster"]["cpu"] == 1 and state["trials"][0]["epoch"] == 1
     assert "InvalidAuthToken" not in (ray_home / "worker.log").read_text()
+
+
+NODE_DIES = """
+import json, os, signal, sys
+import ray
+from ray import tune
+from ray.cluster_utils import Cluster
+from core.service import sweep
+
+class KillTheNode(tune.Callback):  # SIGKILLs the trial's node (its raylet) once the first epoch is on disk
+    def __init__(self, pids):
+        self.pids = pids
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.pids and result.get("epoch") == 1 and not result.get("finished"):
+            [os.kill(pid, signal.SIGKILL) for pid in self.pids]
+            self.pids = []
+
+# the head holds no CPU, so the trial runs on the other node; a dead node is noticed after 2 missed 1 s heartbeats
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": {
+    "health_check_period_ms": 1000, "health_check_failure_threshold": 2, "health_check_initial_delay_ms": 0}})
+node = cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+spec = sweep.SweepSpec("dies", {}, {**json.loads(sys.argv[2]), "epochs": 4, "synthetic_size": 3000}, [0])
+kill = KillTheNode([p.process.pid for p in node.all_processes["raylet"]])
+state = sweep.run_sweep(sweep.expand(spec), "dies", runs_root=sys.argv[1], quiet=True, max_failures=0,
+                        callbacks=[kill])
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow  # a two-node cluster and a trial on the node that dies: about 40 s on 2 cores
+def test_a_lost_node_ends_its_trial_with_one_line_not_rays_traceback(tmp_path: Path, ray_home: Path) -> None:
+    tiny = {"arch": "plain_cnn", "width": 0.125, "batch_size": 32, "threads": 1, "augment": False}
+    run = subprocess.run([sys.executable, "-c", NODE_DIES, str(tmp_path), json.dumps(tiny)], cwd=ROOT,
+                         env=env_for(ray_home), capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "Trial task failed" not in run.stderr, run.stderr[-3000:]
+    state = record(tmp_path, "dies")
+    (trial,) = state["trials"]
+    assert state["state"] == "failed" and state["failed_trials"] == [trial["run"]]
+    assert trial["state"] == "failed" and "node" in trial["error"] and "\n" not in trial["error"]
+    assert state["error"] == f"1 of 1 trials failed; {trial['run']}: {trial['error']}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import logging
 import os
 import socket
 import sys
@@ -497,10 +498,12 @@ def run_sweep(trials: Sequence[Trial], name: str, *, spec_doc: dict[str, Any] | 
     finally:
         if started:
             ray.shutdown()
-    if any(t["state"] != TrialStatus.DONE for t in state["trials"]):
-        state["state"] = TrialStatus.FAILED
-    else:
-        state["state"] = TrialStatus.DONE
+    failed = [t for t in state["trials"] if t["state"] != TrialStatus.DONE]
+    state["state"] = TrialStatus.FAILED if failed else TrialStatus.DONE
+    if failed:
+        state["failed_trials"] = [t["run"] for t in failed]
+        state.setdefault("error", f"{len(failed)} of {len(state['trials'])} trials failed; "
+                                  f"{failed[0]['run']}: {failed[0].get('error') or failed[0]['state']}")
     atomic_write_json(folder / SWEEP_FILE, {**state, "updated": now_iso()})
     return state
 
@@ -535,6 +538,10 @@ def _fit(trials: Sequence[Trial], state: dict[str, Any], folder: Path, cpus: flo
     bar = tqdm(total=sum(t.config["epochs"] for t in trials), unit="epoch", desc=f"sweep {state['name']}",
                disable=quiet, file=sys.stderr, dynamic_ncols=True)
     t0 = time.perf_counter()
+    quiet_errors = _QuietTuneErrors()
+    handlers = logging.getLogger("ray").handlers
+    for h in handlers:
+        h.addFilter(quiet_errors)
     try:
         _tuner(trials, Path(state["runs_dir"]), folder, cpus, gpus, max_failures,
                [_make_callback(state, folder, bar), *callbacks]).fit()
@@ -544,8 +551,18 @@ def _fit(trials: Sequence[Trial], state: dict[str, Any], folder: Path, cpus: flo
             if t["state"] not in FINAL_STATES:
                 t.update(state=TrialStatus.FAILED, error=t.get("error") or state["error"])
     finally:
+        for h in handlers:
+            h.removeFilter(quiet_errors)
         bar.close()
         state["wall_time_s"] = round(time.perf_counter() - t0, 1)
+
+
+class _QuietTuneErrors(logging.Filter):
+    """Tune logs each failed trial with Ray's whole traceback (30 lines for a lost node) on the console; the
+    recorder keeps the reason's last line in sweep.json, and the summary prints it. Tune's warnings still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("ray.tune") and record.levelno >= logging.ERROR)
 
 
 def _check_resources(cpus_per_trial: float, gpus_per_trial: float, max_failures: int) -> None:
