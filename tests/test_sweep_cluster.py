@@ -185,10 +185,16 @@ def test_the_readme_cluster_recipe_runs_a_trial_on_a_joined_node(ray_home: Path)
                   ray_home / "worker.log")
     try:
         worker.wait_started()
+        # the old recipe: the token is in ~/.ray/auth_token, but RAY_AUTH_MODE is not set where the sweep runs
+        refused = run_sweep_cli(env_for(ray_home), ray_home / "runs", "--name", "recipe", "--address", address)
+        failed = record(ray_home / "runs", "recipe")
         done = run_sweep_cli(env, ray_home / "runs", "--name", "recipe", "--address", address)
     finally:
         worker.stop()
         head.stop()
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and "refused this sweep's token: set RAY_AUTH_MODE=token" in last, refused.stderr
+    assert failed["state"] == "failed" and failed["error"] == last.removeprefix("error: ")
     assert done.returncode == 0, done.stderr[-3000:] + (ray_home / "worker.log").read_text()[-2000:]
     state = record(ray_home / "runs", "recipe")
     assert state["state"] == "done" and state["address"] == address and state["cluster"]["nodes"] == 2
