@@ -128,21 +128,44 @@ def test_a_sweep_without_address_never_joins_a_strangers_cluster(ray_home: Path)
     assert f"val acc {trial['val_acc']:.4f}" in again.stdout.splitlines()[0], again.stdout  # from its run record
 
 
-def test_a_dead_cluster_is_refused_within_the_join_timeout_and_recorded(ray_home: Path) -> None:
-    """--address auto follows the temp folder's address file to a cluster that died without `ray stop` (nothing
-    listens there): one line and a failed record instead of ray.init's retries of ten minutes."""
+def test_auto_follows_only_this_users_ray_start_and_a_dead_one_is_refused_and_recorded(
+        ray_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """--address auto reads the temp folder's address file; a cluster that died without `ray stop` (nothing listens
+    there) is one line and a failed record, not ray.init's ten minutes of retries. Ray's own 'auto' would instead
+    have joined any other cluster running on the machine (as it did here, under the session's cluster)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_home))
+    runs = ray_home / "runs"
+    assert main(["sweep", "--out", str(runs), "--name", "none", *TINY, "--address", "auto"]) == 2
+    assert capsys.readouterr().err == (f"error: --address 'auto': no cluster was started with `ray start` on this "
+                                       f"machine (no {ray_home}/ray/ray_current_cluster); give the head's HOST:PORT\n")
+    dead = f"127.0.0.1:{free_port()}"
     (ray_home / "ray").mkdir()
-    (ray_home / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
-    # An operator's RAY_py_gcs_connect_timeout_s wins over the sweep's JOIN_TIMEOUT_S: 2 s keeps the test short; the
-    # retries stay bounded only by the sweep's own setting (Ray's default is 20 of them)
-    env = env_for(ray_home, RAY_py_gcs_connect_timeout_s="2")
-    failed = run_sweep_cli(env, ray_home / "runs", "--name", "dead", "--address", "auto")
+    (ray_home / "ray" / "ray_current_cluster").write_text(dead)
+    assert main(["sweep", "--out", str(runs), "--name", "dead", *TINY, "--address", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --address {dead!r}: no Ray head answers there") and err.count("\n") == 1, err
+    state = record(runs, "dead")
+    assert state["state"] == "failed" and state["error"] == err.strip().removeprefix("error: ")
+    assert [t["state"] for t in state["trials"]] == ["pending"]
+
+
+def test_an_address_that_answers_but_is_no_ray_head_fails_within_the_join_timeout(ray_home: Path) -> None:
+    """A port that accepts connections and never speaks (a hung head, a wrong service): ray.init's own wait is 20
+    tries of 30 s; the sweep bounds it. RAY_py_gcs_connect_timeout_s=2 (an operator's value wins over the sweep's
+    JOIN_TIMEOUT_S) keeps the test short, while the number of tries is the sweep's own setting."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        failed = run_sweep_cli(env_for(ray_home, RAY_py_gcs_connect_timeout_s="2"), ray_home / "runs", "--name",
+                               "silent", "--address", address)
     assert failed.returncode == 2
     last = failed.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: --address 'auto': cannot join a Ray cluster (") and "Traceback" not in failed.stderr
-    state = record(ray_home / "runs", "dead")
+    assert last.startswith(f"error: --address {address!r}: cannot join a Ray cluster (") and "Traceback" not in \
+        failed.stderr, failed.stderr[-3000:]
+    state = record(ray_home / "runs", "silent")
     assert state["state"] == "failed" and state["error"] == last.removeprefix("error: ")
-    assert [t["state"] for t in state["trials"]] == ["pending"]
 
 
 def test_an_address_where_nothing_listens_is_refused_and_recorded(tmp_path: Path,

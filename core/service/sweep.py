@@ -7,6 +7,7 @@ Ray is optional: only run_sweep imports it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import itertools
 import logging
@@ -18,7 +19,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from core.training.record import RecordStatus, now_iso
 
@@ -213,10 +214,28 @@ def parse_address(address: str | None) -> str | None:
     return address
 
 
+def resolve_auto() -> str:
+    """'auto' as ray.init documents it, without its legacy fallback: $RAY_ADDRESS, else the address the last
+    `ray start` on this machine wrote to <Ray's temp folder>/ray_current_cluster. Ray's own 'auto' also joins any GCS
+    process it finds running here, which on a shared server is another user's cluster."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    # Ray's temp folder, as Ray finds it (RAY_TMPDIR, else TMPDIR, else /tmp), and its address file
+    file = Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray" / "ray_current_cluster"
+    try:
+        found = file.read_text().strip()
+    except OSError:
+        found = ""
+    if not found:
+        raise ValueError(f"--address 'auto': no cluster was started with `ray start` on this machine (no {file}); "
+                         "give the head's HOST:PORT")
+    return found
+
+
 def probe_address(address: str | None) -> None:
     """A HOST:PORT that does not answer within a few seconds is a ValueError before ray.init, which would retry for
-    minutes; 'auto' is resolved by ray.init itself, under JOIN_TIMEOUT_S."""
-    if address in (None, "auto"):
+    minutes. An address that answers but is no Ray head is left to ray.init, under JOIN_TIMEOUT_S."""
+    if address is None:
         return
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     try:
@@ -224,13 +243,6 @@ def probe_address(address: str | None) -> None:
     except OSError as exc:
         raise ValueError(f"--address {address!r}: no Ray head answers there ({exc.strerror or exc}); "
                          "start one with `ray start --head` or check the address") from None
-
-
-def check_address(address: str | None) -> str | None:
-    """parse_address, then probe_address: the address to pass to ray.init (None: start Ray here)."""
-    address = parse_address(address)
-    probe_address(address)
-    return address
 
 
 def sweep_dir(runs_root: str | os.PathLike | None, name: str) -> Path:
@@ -388,6 +400,8 @@ def _start_ray(address: str | None, runtime_env: dict[str, Any]) -> tuple[bool, 
     import ray
     from ray.exceptions import AuthenticationError
 
+    if address == "auto":
+        address = resolve_auto()
     probe_address(address)
     if ray.is_initialized():  # a caller (a test, a notebook) already connected: use that cluster, and say which
         return False, ray.get_runtime_context().gcs_address
@@ -411,24 +425,23 @@ def _start_ray(address: str | None, runtime_env: dict[str, Any]) -> tuple[bool, 
         # the token is only told that the connection failed, the reason is in the cause's text
         refused = any(w in str(exc.__cause__ or exc) for w in ("InvalidAuthToken", "Unauthenticated"))
         hint = ("the head refused this sweep's token: set RAY_AUTH_MODE=token and give the head's token"
-                if refused else f"no Ray cluster answered within {JOIN_TIMEOUT_S} s, or its token auth differs "
-                "(RAY_AUTH_MODE=token on every node and here)")
+                if refused else "no Ray cluster answered there in time, or it wants a token: RAY_AUTH_MODE=token "
+                "on every node and here")
         raise ValueError(f"--address {address!r}: cannot join a Ray cluster ({_first_line(exc)}; {hint})") from None
     return True, address
 
 
-class _join_timeout:  # noqa: N801 - used as a `with` statement
-    """Bound ray.init's wait for a joined cluster's GCS (Ray's RAY_<setting> environment variables, read when
-    ray.init starts its GCS client); an operator's own values win."""
-
-    SETTINGS = {"RAY_py_gcs_connect_timeout_s": str(JOIN_TIMEOUT_S), "RAY_gcs_server_port_wait_time_s": "1"}
-
-    def __enter__(self) -> None:
-        self.added = [k for k in self.SETTINGS if k not in os.environ]
-        os.environ.update({k: self.SETTINGS[k] for k in self.added})
-
-    def __exit__(self, *exc: Any) -> None:
-        for k in self.added:
+@contextlib.contextmanager
+def _join_timeout() -> Iterator[None]:
+    """Bound ray.init's wait for a joined cluster's GCS with Ray's RAY_<setting> environment variables (read when
+    ray.init starts its GCS client), only around ray.init and only where the operator has not set them."""
+    settings = {"RAY_py_gcs_connect_timeout_s": str(JOIN_TIMEOUT_S), "RAY_gcs_server_port_wait_time_s": "1"}
+    added = [k for k in settings if k not in os.environ]
+    os.environ.update({k: settings[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
             os.environ.pop(k, None)
 
 
@@ -476,23 +489,7 @@ def run_sweep(trials: Sequence[Trial], name: str, *, spec_doc: dict[str, Any] | 
     address = parse_address(address)
     state, old = _new_state(trials, name, spec_doc, runs_root, address, cpus_per_trial, gpus_per_trial)
     folder = sweep_dir(state["runs_dir"], name)
-    from core.util.fsutil import PROJECT_ROOT, atomic_write_json
-
-    try:
-        # Workers import `core` from the project folder (on a cluster: the same path on every node).
-        started, state["address"] = _start_ray(address, {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}})
-        try:
-            state["cluster"] = check_cluster(cpus_per_trial, gpus_per_trial)
-            state["gcs_address"] = ray.get_runtime_context().gcs_address
-        except ValueError:
-            if started:
-                ray.shutdown()
-            raise
-    except ValueError as exc:  # recorded, so the app and a later look at sweep.json never see it "running"
-        failed = {**(old or state), "state": TrialStatus.FAILED, "error": str(exc), "updated": now_iso()}
-        atomic_write_json(folder / SWEEP_FILE, failed)
-        raise
-    atomic_write_json(folder / SWEEP_FILE, state)  # "running" only now that Ray runs
+    started = _start(address, state, old, folder, cpus_per_trial, gpus_per_trial)
     try:
         _fit(trials, state, folder, cpus_per_trial, gpus_per_trial, max_failures, quiet, callbacks)
     finally:
@@ -504,8 +501,37 @@ def run_sweep(trials: Sequence[Trial], name: str, *, spec_doc: dict[str, Any] | 
         state["failed_trials"] = [t["run"] for t in failed]
         state.setdefault("error", f"{len(failed)} of {len(state['trials'])} trials failed; "
                                   f"{failed[0]['run']}: {failed[0].get('error') or failed[0]['state']}")
+    from core.util.fsutil import atomic_write_json
+
     atomic_write_json(folder / SWEEP_FILE, {**state, "updated": now_iso()})
     return state
+
+
+def _start(address: str | None, state: dict[str, Any], old: dict[str, Any] | None, folder: Path, cpus: float,
+           gpus: float) -> bool:
+    """Start or join Ray and check that a trial fits; True when Ray was started here (run_sweep shuts it down).
+    sweep.json says running only once this succeeded; any failure is written there as failed, with its reason (an
+    earlier run's trial states kept), and raised as a one-line ValueError."""
+    import ray
+
+    from core.util.fsutil import PROJECT_ROOT, atomic_write_json
+
+    started = False
+    try:
+        # Workers import `core` from the project folder (on a cluster: the same path on every node).
+        started, state["address"] = _start_ray(address, {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}})
+        state["cluster"] = check_cluster(cpus, gpus)
+        state["gcs_address"] = ray.get_runtime_context().gcs_address
+    except Exception as exc:  # noqa: BLE001 - whatever stops the start is recorded; ValueErrors already read well
+        if started:
+            ray.shutdown()
+        reason = (str(exc) if isinstance(exc, ValueError)
+                  else f"Ray did not start: {type(exc).__name__}: {_first_line(exc)}")
+        atomic_write_json(folder / SWEEP_FILE, {**(old or state), "state": TrialStatus.FAILED, "error": reason,
+                                                "updated": now_iso()})
+        raise ValueError(reason) from None
+    atomic_write_json(folder / SWEEP_FILE, state)
+    return started
 
 
 def _new_state(trials: Sequence[Trial], name: str, spec_doc: dict[str, Any] | None,
