@@ -411,15 +411,15 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # `python -m core sweep`: nothing here imports Ray or torch until the command runs.
 # ---------------------------------------------------------------------------------------------------------
-SWEEP_OPTIONS = ("file", "name", "seeds", "address", "cpus_per_trial", "gpus_per_trial", "max_failures", "yes", "out",
-               "quiet", "json")
+SWEEP_OPTIONS = ("file", "name", "seeds", "address", "cpus_per_trial", "gpus_per_trial", "max_failures", "yes",
+                 "allow_huge_grid", "out", "quiet", "json")
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
     """The `sweep` subcommand: one flag per TrainConfig knob, each taking one or more values."""
     from dataclasses import fields
 
-    from core.service.sweep import MAX_TRIALS_WITHOUT_YES
+    from core.service.sweep import MAX_TRIALS, MAX_TRIALS_WITHOUT_YES
     from core.training.config import TrainConfig
 
     s = sub.add_parser("sweep", help="a grid of trainings over any training settings, run by Ray Tune",
@@ -439,6 +439,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each trial holds (fractions allowed)")
     s.add_argument("--max-failures", type=int, default=2, help="restarts of a failed trial (it resumes its epochs)")
     s.add_argument("--yes", action="store_true", help=f"run grids of more than {MAX_TRIALS_WITHOUT_YES} trials")
+    s.add_argument("--allow-huge-grid", action="store_true",
+                   help=f"with --yes: run grids of more than {MAX_TRIALS:,} trials")
     s.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS_DIR or ./runs)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--json", action="store_true", help="print the sweep record as one JSON object")
@@ -473,11 +475,11 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from core.util.fsutil import json_default
 
     spec = spec_from_args(a)
-    check_size(count(spec), a.yes)  # before building 10,000 configs
+    check_size(count(spec), a.yes, a.allow_huge_grid)  # from the value counts, before building 10,000 configs
     trials = expand(spec)
     state = run_sweep(trials, spec.name, spec_doc=spec.describe(), runs_root=a.out, address=a.address,
                       cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
-                      max_failures=a.max_failures, yes=a.yes, quiet=a.quiet)
+                      max_failures=a.max_failures, yes=a.yes, allow_huge_grid=a.allow_huge_grid, quiet=a.quiet)
     if a.json:
         print(json.dumps(state, default=json_default))
     else:
@@ -487,7 +489,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                   + (f"  val acc {acc:.4f}" if isinstance(acc, float) else "")
                   + (f"  ({t['failures']} failures)" if t["failures"] else "")
                   + (f"  {t['error']}" if t["state"] != "done" and t.get("error") else ""))
-        print(f"sweep {spec.name}: {state['state']}; record in {sweep_dir(a.out, spec.name) / SWEEP_FILE}")
+        reason = f" ({state['error']})" if state.get("error") else ""
+        print(f"sweep {spec.name}: {state['state']}{reason}; record in {sweep_dir(a.out, spec.name) / SWEEP_FILE}")
     return 0 if state["state"] == "done" else 1
 
 

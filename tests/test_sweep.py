@@ -28,11 +28,13 @@ def tiny_spec(name: str, **grid) -> sweep.SweepSpec:  # noqa: ANN003
 @pytest.mark.parametrize("argv, message", [
     (["--arch", "plain_cnn", "--seeds", "0"], "empty grid"),
     (["--arch", "plain_cnn", "--width", "0.125", "0.25", "--lr", *[f"1e-{i}" for i in range(1, 6)],
-      "--batch-size", *map(str, range(1, 11)), "--epochs", *map(str, range(1, 11)), "--seeds", "10"],
-     "10,000 trials, more than 200 without --yes"),
+      "--batch-size", *map(str, range(1, 11)), "--seeds", "3"],
+     "300 trials, more than 200 without --yes"),
+    (["--arch", "plain_cnn", "--width", "0.125", "0.25", "--lr", *[f"1e-{i}" for i in range(1, 6)],
+      "--batch-size", *map(str, range(1, 11)), "--epochs", *map(str, range(1, 11)), "--seeds", "10", "--yes"],
+     "10,000 trials, more than the cap of 1,000; check the values, or pass both --yes and --allow-huge-grid"),
     (["--arch", "plain_cnn", "--width", "0.125", "9"], "width must be a number from 0.0625 to 3, got 9.0 (trial 1: width=9.0, seed 0)"),
     (["--arch", "plain_cnn", "--lr", "fast"], "lr: 'fast' is not a float"),
-    (["--arch", "plain_cnn", "--address", "127.0.0.1:9"], "'127.0.0.1:9': no Ray head answers there"),
     (["--arch", "plain_cnn", "--address", "nowhere"], "give auto or HOST:PORT"),
 ])
 def test_bad_sweep_input_is_refused_before_anything_starts(argv: list[str], message: str, tmp_path: Path,
@@ -41,6 +43,26 @@ def test_bad_sweep_input_is_refused_before_anything_starts(argv: list[str], mess
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / sweep.SWEEPS_DIR).exists() and not any(tmp_path.iterdir())
+
+
+def test_a_huge_grid_is_refused_from_its_value_counts_before_any_trial_is_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    def build(spec: sweep.SweepSpec) -> None:
+        raise AssertionError(f"expand() built the {sweep.count(spec):,}-trial grid")
+
+    monkeypatch.setattr(sweep, "expand", build)  # 50,000 configs once took 1 GB and a 60 MB sweep.json
+    grid = ["--width", *[f"0.{i}" for i in range(1, 11)], "--lr", *[f"1e-{i}" for i in range(1, 11)],
+            "--batch-size", *map(str, range(1, 51)), "--seeds", "10"]
+    assert main(["sweep", "--out", str(tmp_path), "--name", "huge", "--arch", "plain_cnn", *grid, "--yes"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: the grid has 50,000 trials, more than the cap of 1,000; check the values, or pass both "
+                   "--yes and --allow-huge-grid to run them all\n")
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="50,000 trials, more than the cap"):  # the flag alone is not enough either
+        sweep.check_size(50_000, yes=False, allow_huge=True)
+    sweep.check_size(50_000, yes=True, allow_huge=True)
+    args = build_parser().parse_args(["sweep", "--arch", "plain_cnn", "--allow-huge-grid", "--yes"])
+    assert args.allow_huge_grid and "allow_huge_grid" not in cli.spec_from_args(args).fixed  # a flag, not a knob
 
 
 def test_unknown_knob_and_bad_sweep_files_name_the_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -7,8 +7,10 @@ Ray is optional: only run_sweep imports it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import itertools
+import logging
 import os
 import socket
 import sys
@@ -17,16 +19,22 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from core.training.record import RecordStatus, now_iso
 
 INSTALL_HINT = 'sweeps need Ray, which is not installed: pip install "ray[tune]==2.60.0"'
 MAX_TRIALS_WITHOUT_YES = 200  # a typo such as --width 0.1 0.2 ... x 10 seeds should not start hours of work
+# Past this even --yes is not enough: a 50,000-trial grid built a 60 MB sweep.json and took 1 GB before any trial ran,
+# so a grid that size needs a second, explicit flag.
+MAX_TRIALS = 1000
 SWEEPS_DIR = ".sweeps"  # inside the runs folder; hidden, so run listings skip it
 SWEEP_FILE = "sweep.json"
 LAUNCH_FILE = "launch.json"  # pid and start time of a sweep the app started in the background
 ADDRESS_TIMEOUT_S = 3.0
+# ray.init waits this long for a joined cluster's GCS (it waits three times, so about 30 s in all); Ray's own default
+# retries 20 times of 30 s (ten minutes, which reads as "forever"), and a cluster that is up answers in milliseconds.
+JOIN_TIMEOUT_S = 10
 
 
 class TrialStatus(StrEnum):
@@ -137,9 +145,13 @@ def count(spec: SweepSpec) -> int:
     return n
 
 
-def check_size(n: int, yes: bool) -> None:
+def check_size(n: int, yes: bool, allow_huge: bool = False) -> None:
+    """Refuse a grid by its size alone: call it with count(spec), before expand builds a single trial."""
     if n == 0:
         raise ValueError("empty grid: it has no trials; give at least one value per knob")
+    if n > MAX_TRIALS and not (yes and allow_huge):
+        raise ValueError(f"the grid has {n:,} trials, more than the cap of {MAX_TRIALS:,}; check the values, or "
+                         "pass both --yes and --allow-huge-grid to run them all")
     if n > MAX_TRIALS_WITHOUT_YES and not yes:
         raise ValueError(f"the grid has {n:,} trials, more than {MAX_TRIALS_WITHOUT_YES} without --yes; "
                          "check the values, or pass --yes to run them all")
@@ -187,22 +199,50 @@ def default_name() -> str:
     return "sweep-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def check_address(address: str | None) -> str | None:
-    """The Ray address to join (None: start Ray here). A HOST:PORT that does not answer within a few seconds is a
-    ValueError before anything starts; 'auto' is checked by ray.init itself, which fails at once without a cluster."""
+def parse_address(address: str | None) -> str | None:
+    """The Ray address to join, from --address or $RAY_ADDRESS; None (or 'local') means start Ray embedded here.
+    Only the form is checked (ValueError naming it): whether a head answers is found out when the sweep starts."""
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address in (None, "auto", "local"):
+    if address in (None, "local"):
+        return None
+    if address == "auto":
         return address
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--address {address!r}: give auto or HOST:PORT (the head node's `ray start --head` port)")
+    return address
+
+
+def resolve_auto() -> str:
+    """'auto' as ray.init documents it, without its legacy fallback: $RAY_ADDRESS, else the address the last
+    `ray start` on this machine wrote to <Ray's temp folder>/ray_current_cluster. Ray's own 'auto' also joins any GCS
+    process it finds running here, which on a shared server is another user's cluster."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    # Ray's temp folder, as Ray finds it (RAY_TMPDIR, else TMPDIR, else /tmp), and its address file
+    file = Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray" / "ray_current_cluster"
+    try:
+        found = file.read_text().strip()
+    except OSError:
+        found = ""
+    if not found:
+        raise ValueError(f"--address 'auto': no cluster was started with `ray start` on this machine (no {file}); "
+                         "give the head's HOST:PORT")
+    return found
+
+
+def probe_address(address: str | None) -> None:
+    """A HOST:PORT that does not answer within a few seconds is a ValueError before ray.init, which would retry for
+    minutes. An address that answers but is no Ray head is left to ray.init, under JOIN_TIMEOUT_S."""
+    if address is None:
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S).close()
     except OSError as exc:
         raise ValueError(f"--address {address!r}: no Ray head answers there ({exc.strerror or exc}); "
                          "start one with `ray start --head` or check the address") from None
-    return address
 
 
 def sweep_dir(runs_root: str | os.PathLike | None, name: str) -> Path:
@@ -276,8 +316,11 @@ def _trial(config: dict[str, Any]) -> None:
 
 
 def _final(record: Any) -> dict[str, Any]:
+    """A finished run's numbers for its last report: its final accuracies, and its last val_acc, which a trial
+    skipped on a re-run reports from its record alone (it trains no epoch that would report it)."""
     acc = record.final.accuracy if record.final else {}
-    return {f"final_{k}": v for k, v in acc.items() if isinstance(v, (int, float))}
+    last = {"val_acc": record.epochs[-1].val_acc} if record.epochs else {}
+    return {**last, **{f"final_{k}": v for k, v in acc.items() if isinstance(v, (int, float))}}
 
 
 def _initial_state(spec_doc: dict[str, Any], trials: list[Trial], runs: Path, resources: dict[str, float],
@@ -351,31 +394,91 @@ def _error_line(trial: Any) -> str:
     return (lines[-1] if lines else "the trial's process died")[:300]
 
 
-def _start_ray(address: str | None, runtime_env: dict[str, Any]) -> bool:
-    """Join or start Ray; True when this call started it (and so shuts it down at the end)."""
+def _start_ray(address: str | None, runtime_env: dict[str, Any]) -> tuple[bool, str]:
+    """Join the cluster at `address`, or start Ray embedded here (None); returns (whether this call started Ray, and
+    so shuts it down at the end; the address to record). ValueError with one line when Ray cannot start or join."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    if address == "auto":
+        address = resolve_auto()
+    probe_address(address)
+    if ray.is_initialized():  # a caller (a test, a notebook) already connected: use that cluster, and say which
+        return False, ray.get_runtime_context().gcs_address
+    options = dict(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env, logging_level="WARNING",
+                   configure_logging=True)
+    try:
+        if address is None:
+            # "local", not None: None joins whatever cluster $RAY_ADDRESS or the temp folder's ray_current_cluster
+            # names (another user's `ray start`, or one long dead), while the record would say embedded.
+            ray.init(address="local", **options)
+            return True, "embedded"
+        with _join_timeout():
+            ray.init(address=address, **options)
+    except AuthenticationError as exc:
+        raise ValueError(f"--address {address!r}: the cluster refused this sweep's token ({_first_line(exc)}); "
+                         "set RAY_AUTH_MODE=token and give the head's token (README: Sweeps)") from None
+    except (ConnectionError, RuntimeError) as exc:
+        if not address:
+            raise ValueError(f"cannot start Ray here ({_first_line(exc)})") from None
+        # Ray 2.60 turns token authentication on by itself (a head started where a token exists); a client without
+        # the token is only told that the connection failed, the reason is in the cause's text
+        refused = any(w in str(exc.__cause__ or exc) for w in ("InvalidAuthToken", "Unauthenticated"))
+        hint = ("the head refused this sweep's token: set RAY_AUTH_MODE=token and give the head's token"
+                if refused else "no Ray cluster answered there in time, or it wants a token: RAY_AUTH_MODE=token "
+                "on every node and here")
+        raise ValueError(f"--address {address!r}: cannot join a Ray cluster ({_first_line(exc)}; {hint})") from None
+    return True, address
+
+
+@contextlib.contextmanager
+def _join_timeout() -> Iterator[None]:
+    """Bound ray.init's wait for a joined cluster's GCS with Ray's RAY_<setting> environment variables (read when
+    ray.init starts its GCS client), only around ray.init and only where the operator has not set them."""
+    settings = {"RAY_py_gcs_connect_timeout_s": str(JOIN_TIMEOUT_S), "RAY_gcs_server_port_wait_time_s": "1"}
+    added = [k for k in settings if k not in os.environ]
+    os.environ.update({k: settings[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def check_cluster(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, Any]:
+    """After ray.init: what the cluster has; ValueError when no node can hold one trial, which Tune would otherwise
+    leave pending forever. A trial runs on one node, so the largest node counts, not the cluster's sum."""
     import ray
 
-    if ray.is_initialized():  # a caller (a test, a notebook) already connected: use that cluster
-        return False
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
-                 logging_level="WARNING", configure_logging=True)
-    except (ConnectionError, RuntimeError) as exc:
-        raise ValueError(f"--address {address!r}: cannot join a Ray cluster ({str(exc).splitlines()[0][:200]})") from None
-    return True
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    have = {"nodes": len(nodes), "cpu": total.get("CPU", 0.0), "gpu": total.get("GPU", 0.0),
+            "largest_node": {"cpu": max((r.get("CPU", 0.0) for r in nodes), default=0.0),
+                             "gpu": max((r.get("GPU", 0.0) for r in nodes), default=0.0)}}
+    if not any(r.get("CPU", 0.0) >= cpus_per_trial and r.get("GPU", 0.0) >= gpus_per_trial for r in nodes):
+        big = have["largest_node"]
+        raise ValueError(f"each trial asks for {cpus_per_trial:g} CPUs and {gpus_per_trial:g} GPUs (--cpus-per-trial, "
+                         f"--gpus-per-trial), more than any node has: the cluster has {have['cpu']:g} CPUs and "
+                         f"{have['gpu']:g} GPUs on {len(nodes)} node(s), the largest {big['cpu']:g} CPUs and "
+                         f"{big['gpu']:g} GPUs")
+    return have
 
 
 def run_sweep(trials: Sequence[Trial], name: str, *, spec_doc: dict[str, Any] | None = None,
               runs_root: str | os.PathLike | None = None, address: str | None = None, cpus_per_trial: float = 1.0,
-              gpus_per_trial: float = 0.0, max_failures: int = 2, yes: bool = False, quiet: bool = False,
-              callbacks: Iterable[Any] = ()) -> dict[str, Any]:
+              gpus_per_trial: float = 0.0, max_failures: int = 2, yes: bool = False, allow_huge_grid: bool = False,
+              quiet: bool = False, callbacks: Iterable[Any] = ()) -> dict[str, Any]:
     """Run the trials on Ray Tune; returns the sweep record (also in <runs>/.sweeps/<name>/sweep.json).
 
-    Everything is checked before Ray starts (size, resources, the address); running it again with the same name
-    resumes: finished trials are skipped, unfinished ones continue from their last finished epoch."""
-    from core.util.fsutil import atomic_write_json, runs_dir
-
-    check_size(len(trials), yes)
+    Bad input is refused before anything is written. A sweep that cannot start (no head at the address, a refused
+    token, trials bigger than any node) raises ValueError and leaves a record that says failed and why. Running it
+    again with the same name resumes: finished trials are skipped, unfinished ones continue from their last epoch."""
+    check_size(len(trials), yes, allow_huge_grid)
     _check_resources(cpus_per_trial, gpus_per_trial, max_failures)
     # Ray's newer console output ignores verbose=0 and prints tables; the legacy reporter honours it (tqdm is ours)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -383,38 +486,109 @@ def run_sweep(trials: Sequence[Trial], name: str, *, spec_doc: dict[str, Any] | 
         import ray
     except ImportError:
         raise ValueError(INSTALL_HINT) from None
-    address = check_address(address)
+    address = parse_address(address)
+    state, old = _new_state(trials, name, spec_doc, runs_root, address, cpus_per_trial, gpus_per_trial)
+    folder = sweep_dir(state["runs_dir"], name)
+    started = _start(address, state, old, folder, cpus_per_trial, gpus_per_trial)
+    try:
+        _fit(trials, state, folder, cpus_per_trial, gpus_per_trial, max_failures, quiet, callbacks)
+    finally:
+        if started:
+            ray.shutdown()
+    failed = [t for t in state["trials"] if t["state"] != TrialStatus.DONE]
+    state["state"] = TrialStatus.FAILED if failed else TrialStatus.DONE
+    if failed:
+        state["failed_trials"] = [t["run"] for t in failed]
+        state.setdefault("error", f"{len(failed)} of {len(state['trials'])} trials failed; "
+                                  f"{failed[0]['run']}: {failed[0].get('error') or failed[0]['state']}")
+    from core.util.fsutil import atomic_write_json
+
+    atomic_write_json(folder / SWEEP_FILE, {**state, "updated": now_iso()})
+    return state
+
+
+def _start(address: str | None, state: dict[str, Any], old: dict[str, Any] | None, folder: Path, cpus: float,
+           gpus: float) -> bool:
+    """Start or join Ray and check that a trial fits; True when Ray was started here (run_sweep shuts it down).
+    sweep.json says running only once this succeeded; any failure is written there as failed, with its reason (an
+    earlier run's trial states kept), and raised as a one-line ValueError."""
+    import ray
+
+    from core.util.fsutil import PROJECT_ROOT, atomic_write_json
+
+    started = False
+    try:
+        # Workers import `core` from the project folder (on a cluster: the same path on every node).
+        started, state["address"] = _start_ray(address, {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}})
+        state["cluster"] = check_cluster(cpus, gpus)
+        state["gcs_address"] = ray.get_runtime_context().gcs_address
+    except Exception as exc:  # noqa: BLE001 - whatever stops the start is recorded; ValueErrors already read well
+        if started:
+            ray.shutdown()
+        reason = (str(exc) if isinstance(exc, ValueError)
+                  else f"Ray did not start: {type(exc).__name__}: {_first_line(exc)}")
+        atomic_write_json(folder / SWEEP_FILE, {**(old or state), "state": TrialStatus.FAILED, "error": reason,
+                                                "updated": now_iso()})
+        raise ValueError(reason) from None
+    atomic_write_json(folder / SWEEP_FILE, state)
+    return started
+
+
+def _new_state(trials: Sequence[Trial], name: str, spec_doc: dict[str, Any] | None,
+               runs_root: str | os.PathLike | None, address: str | None, cpus: float, gpus: float,
+               ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The record a run starts from (nothing written yet) and the record of an earlier run of this sweep, if any;
+    ValueError when a sweep of that name has other trials."""
+    from core.util.fsutil import runs_dir
+
     runs = runs_dir(runs_root).resolve()
     folder = sweep_dir(runs, name)
-    state = _initial_state(spec_doc or {"trials_given": len(trials)}, list(trials), runs,
-                           {"cpu": cpus_per_trial, "gpu": gpus_per_trial}, address)
+    state = _initial_state(spec_doc or {"trials_given": len(trials)}, list(trials), runs, {"cpu": cpus, "gpu": gpus},
+                           address)
     state["name"] = name
+    old = None
     if (folder / SWEEP_FILE).exists():
         old = read_sweep(folder)
         if [t["config"] for t in old["trials"]] != [t.config for t in trials]:
             raise ValueError(f"a sweep named {name!r} with other trials exists in {folder}; choose another --name")
         state["created"] = old.get("created", state["created"])
-    atomic_write_json(folder / SWEEP_FILE, state)
-    from core.util.fsutil import PROJECT_ROOT
+    return state, old
 
-    # Workers import `core` from the project folder (on a cluster: the same path on every node).
-    started = _start_ray(address, {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}})
+
+def _fit(trials: Sequence[Trial], state: dict[str, Any], folder: Path, cpus: float, gpus: float, max_failures: int,
+         quiet: bool, callbacks: Iterable[Any]) -> None:
+    """Tune's run, kept in `state` by the recorder. A failure of Ray itself (a lost node or head) ends the run with
+    a one-line reason in the record, not Ray's traceback: trials still unfinished are marked failed."""
     from tqdm import tqdm
 
-    bar = tqdm(total=sum(t.config["epochs"] for t in trials), unit="epoch", desc=f"sweep {name}", disable=quiet,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=sum(t.config["epochs"] for t in trials), unit="epoch", desc=f"sweep {state['name']}",
+               disable=quiet, file=sys.stderr, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    quiet_errors = _QuietTuneErrors()
+    handlers = logging.getLogger("ray").handlers
+    for h in handlers:
+        h.addFilter(quiet_errors)
     try:
-        t0 = time.perf_counter()
-        _tuner(trials, runs, folder, cpus_per_trial, gpus_per_trial, max_failures,
+        _tuner(trials, Path(state["runs_dir"]), folder, cpus, gpus, max_failures,
                [_make_callback(state, folder, bar), *callbacks]).fit()
-        state["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    except Exception as exc:  # noqa: BLE001 - Ray's errors differ by version and cause; the reason is kept
+        state["error"] = f"Ray stopped the sweep: {type(exc).__name__}: {_first_line(exc)}"
+        for t in state["trials"]:
+            if t["state"] not in FINAL_STATES:
+                t.update(state=TrialStatus.FAILED, error=t.get("error") or state["error"])
     finally:
+        for h in handlers:
+            h.removeFilter(quiet_errors)
         bar.close()
-        if started:
-            ray.shutdown()
-    state["state"] = TrialStatus.FAILED if any(t["state"] != TrialStatus.DONE for t in state["trials"]) else TrialStatus.DONE
-    atomic_write_json(folder / SWEEP_FILE, {**state, "updated": now_iso()})
-    return state
+        state["wall_time_s"] = round(time.perf_counter() - t0, 1)
+
+
+class _QuietTuneErrors(logging.Filter):
+    """Tune logs each failed trial with Ray's whole traceback (30 lines for a lost node) on the console; the
+    recorder keeps the reason's last line in sweep.json, and the summary prints it. Tune's warnings still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("ray.tune") and record.levelno >= logging.ERROR)
 
 
 def _check_resources(cpus_per_trial: float, gpus_per_trial: float, max_failures: int) -> None:
