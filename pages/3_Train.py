@@ -234,6 +234,8 @@ def sweep_trials(root: Path) -> None:
 
     for record in sweep.list_sweeps(root)[:3]:
         st.markdown(f"**{record.get('name')}** · {record.get('state')} · {len(record['trials'])} trials")
+        if record.get("state") == "failed" and record.get("error"):  # e.g. it asked for more than the cluster has
+            st.error(f"Sweep {record.get('name')} failed: {record['error']}")
         st.dataframe(sweepviews.trials_table(record), hide_index=True, key=f"sweep_table_{record.get('name')}")
 
 

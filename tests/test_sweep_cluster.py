@@ -168,8 +168,8 @@ def test_an_address_that_answers_but_is_no_ray_head_fails_within_the_join_timeou
     assert state["state"] == "failed" and state["error"] == last.removeprefix("error: ")
 
 
-def test_an_address_where_nothing_listens_is_refused_and_recorded(tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_an_address_where_nothing_listens_is_refused_and_recorded(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     address = f"127.0.0.1:{free_port()}"
     assert main(["sweep", "--out", str(tmp_path), "--name", "nobody", *TINY, "--address", address]) == 2
     err = capsys.readouterr().err
@@ -178,6 +178,14 @@ def test_an_address_where_nothing_listens_is_refused_and_recorded(tmp_path: Path
     state = record(tmp_path, "nobody")
     assert state["state"] == "failed" and "no Ray head answers there" in state["error"]
     assert state["address"] == address
+    # the Train page shows the failed sweep with its reason, not as running
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FER_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at.switch_page("pages/3_Train.py").run()
+    assert not at.exception
+    assert any(e.value == f"Sweep nobody failed: {state['error']}" for e in at.error), [e.value for e in at.error]
 
 
 @pytest.mark.parametrize("flag, value", [("--cpus-per-trial", "64"), ("--gpus-per-trial", "1")])
