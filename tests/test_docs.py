@@ -67,3 +67,40 @@ def test_readme_says_what_the_tests_need_and_uses_one_data_path() -> None:
         assert need in readme, need
     cli_block = readme.split("## CLI", 1)[1].split("```", 2)[1]
     assert "../shared/data" not in cli_block and cli_block.count("data/fer2013") >= 5
+
+
+def _recorded_accuracies() -> set[float]:
+    """Every final accuracy a record holds (shipped runs and campaign trials, each split), and the study's two
+    reference models. Not the per-epoch ones: thousands of them would let almost any figure pass."""
+    from core.views.archviews import reference_points
+
+    values: set[float] = set()
+    for path in [*ROOT.glob("checkpoints/*/run.json"), *ROOT.glob("campaign/trials/*/run.json")]:
+        record = json.loads(path.read_text())
+        values.update(v for v in ((record.get("final") or {}).get("accuracy") or {}).values() if isinstance(v, float))
+    for _, row in reference_points().iterrows():
+        values.update((float(row["public"]), float(row["private"])))
+    return values
+
+
+@pytest.mark.parametrize("doc", [ROOT / "README.md", ROOT / "docs" / "study.md"], ids=lambda p: p.name)
+def test_running_text_quotes_only_recorded_accuracies(doc: Path) -> None:
+    """Tables are checked row by row above; here every accuracy-like figure (0.xxx) in the prose must round from a
+    value some record holds, so a number typed from memory, or left behind by a retrained model, fails. Width
+    multipliers (0.125, ...) are the one other kind of such figure, and are said after the word "width"; figures in
+    code (`--ema-decay 0.999`) are settings."""
+    values = _recorded_accuracies()
+    blank = lambda m: re.sub(r"[^\n]", " ", m.group())  # noqa: E731 - code is settings, not results; lines kept
+    prose = re.sub(r"`[^`]+`", blank, re.sub(r"```.*?```", blank, doc.read_text(), flags=re.S))
+    checked = 0
+    for n, line in enumerate(prose.splitlines(), 1):
+        if line.lstrip().startswith("|"):
+            continue
+        for m in re.finditer(r"(?<![\d.])0\.(\d{3,4})(?!\d)", line):
+            if "width" in line[max(0, m.start() - 25):m.start()]:
+                continue
+            figure, places = float(m.group()), len(m.group(1))
+            assert any(abs(v - figure) <= 0.5 * 10**-places + 1e-9 for v in values), \
+                f"{doc.name}:{n}: {m.group()} matches no recorded accuracy ({line.strip()[:100]})"
+            checked += 1
+    assert checked >= (10 if doc.name == "README.md" else 3), f"{doc.name}: too few figures found: {checked}"
