@@ -30,6 +30,7 @@ LAUNCHER = """
 import sys
 sys.path.insert(0, {root!r})
 from core.service import jobs
+from core.training.config import TrainConfig
 jobs.start_run(TrainConfig(**{tiny!r}), {runs!r}, "crash")  # its pass launches the run, dying at $FER_TEST_CRASH_AT
 print("not killed", flush=True)
 """
