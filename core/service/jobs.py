@@ -179,7 +179,7 @@ def claim_run_dir(run_dir: Path) -> int:
     by writing its pid into job.json; any other (the CLI) takes the lock, or ValueError when a trainer holds it."""
     token, fd_text = os.environ.pop(TOKEN_ENV, None), os.environ.pop(LOCK_FD_ENV, None)
     lock_path = run_dir / rundir.TRAINER_LOCK
-    if token and fd_text and _is_lock_of(int(fd_text), lock_path):
+    if token and fd_text and fd_text.isdigit() and _is_lock_of(int(fd_text), lock_path):
         fd = int(fd_text)
         os.set_inheritable(fd, False)  # the trainer's own children must not keep the run looking alive
         job = read_json_object(run_dir / rundir.JOB_FILE) or {}
