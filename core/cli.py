@@ -119,18 +119,23 @@ def _progress_bar(quiet: bool, epochs: int, progress: "_ProgressWriter | None"):
 
 def cmd_train(a: argparse.Namespace) -> int:
     from core.data import load_data
+    from core.service.jobs import check_inputs, claim_run_dir
     from core.training import rundir
     from core.training.config import config_from_args
     from core.training.runs import resolve_run_dir, run_training
 
     cfg = config_from_args(a)
-    # A fresh CLI run loads its data before any folder is made, so a bad --data leaves nothing behind; background
-    # runs (--run-dir, made by the app) load inside run_training, which records a failure for the app to show.
+    # A fresh CLI run checks its inputs (data roots, teacher and start-from folders, as the app's Start does) and
+    # loads its data before any folder is made, so bad input leaves nothing behind; background runs (--run-dir,
+    # checked when they were queued) load inside run_training, which records a failure for the app to show.
+    if not a.run_dir:
+        check_inputs(cfg)
     data = None if a.run_dir else load_data(cfg.data, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
     if data is not None and not a.quiet:
         for warning in data.warnings:
             print(f"data warning: {warning}", file=sys.stderr)
     run_dir = resolve_run_dir(cfg, a.out, a.name, a.run_dir)
+    claim_run_dir(run_dir)  # its lock stays held until this process exits, however it exits: one trainer per run
     # Background runs read a small progress file for a per-step bar with ETA; run.json is only written per epoch.
     # Throttled to twice a second so it costs nothing measurable.
     progress = _ProgressWriter(run_dir / rundir.PROGRESS_FILE, cfg.epochs) if a.run_dir else None

@@ -47,7 +47,8 @@ wait_for = wait_for_status  # shared helper (conftest); the short name reads bet
 
 
 # --- SIGKILL mid-epoch ---------------------------------------------------------------------------------------------
-KNOWN_FILES = {rundir.RECORD, rundir.WEIGHTS, rundir.RESUME, rundir.ONNX, rundir.PROGRESS_FILE}
+KNOWN_FILES = {rundir.RECORD, rundir.WEIGHTS, rundir.RESUME, rundir.ONNX, rundir.PROGRESS_FILE,
+               rundir.TRAINER_LOCK}  # the lock a trainer holds while it lives: one trainer per run folder
 # core.util.fsutil.atomic_write_bytes: '.<name>.<random>.tmp', renamed when complete
 TEMP_FILE = re.compile(r"^\..+\.tmp$")
 

@@ -124,7 +124,7 @@ def test_queued_run_shows_place_and_can_be_cancelled(tmp_path: Path, monkeypatch
     cfg = TrainConfig(**TINY)
     blocker = tmp_path / "blocker"
     # A runner whose one launch stays alive: the others wait behind it.
-    runner = queue.Runner(lambda c, d: states.__setitem__(d, "alive"), lambda d, since: states.get(d, "unlaunched"))
+    runner = queue.Runner(lambda c, d, token: states.__setitem__(d, "alive"), lambda d, token: states.get(d, "unlaunched"))
     queue.submit(cfg.to_dict(), blocker, runner, max_alive=1)
     a = queue.submit(cfg.to_dict(), tmp_path / "a", runner, session="s1", max_alive=1)
     b = queue.submit(cfg.to_dict(), tmp_path / "b", runner, session="s1", max_alive=1)

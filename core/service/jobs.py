@@ -1,5 +1,12 @@
 """Background training jobs: launch `python -m core train` subprocesses whose whole state lives in their run
-folders (core.training.rundir), so they survive Streamlit reruns, page switches, browser reloads and app restarts."""
+folders (core.training.rundir), so they survive Streamlit reruns, page switches, browser reloads and app restarts.
+
+One trainer per run folder, whatever crashes: a trainer holds the folder's trainer lock (rundir.TRAINER_LOCK) for
+its whole life. launch() takes that lock before it writes anything and hands it to the child at the spawn, so from
+the claim to the trainer's exit some live process holds it, and a free lock proves no trainer runs. job.json is
+first written without a pid (the launch marker, with the queue entry's token), then with the pid, by the launcher
+after the spawn and by the trainer itself before it trains (claim_run_dir): a launch whose marker never got a pid
+and whose lock is free never trained, and the queue may launch it again."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,10 +20,11 @@ from core.training import queue, rundir
 from core.training.config import TrainConfig, to_cli_args, with_defaults
 from core.training.record import FINISHED, now_iso
 from core.util import settings
-from core.util.fsutil import atomic_write_json, runs_dir
-from core.util.procs import pid_alive, spawn_detached
+from core.util.fsutil import atomic_write_json, read_json_object, runs_dir
+from core.util.procs import crash_point, lock_held, pid_alive, spawn_detached, take_lock
 
 REPEAT_WINDOW_S = 5.0  # a second click on Start within this time, with the same settings, is the same click
+TOKEN_ENV, LOCK_FD_ENV = "FER_LAUNCH_TOKEN", "FER_RUN_LOCK_FD"  # how launch() tells its trainer which launch it is
 
 
 def click_stamp(cfg: TrainConfig, now: float | None = None) -> tuple[dict, float]:
@@ -57,13 +65,44 @@ def within_server_memory(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, micro_batch=cap) if resolve_device(cfg.device).type == "cpu" else cfg
 
 
+def check_inputs(cfg: TrainConfig) -> None:
+    """What a trainer would refuse only after taking a slot, refused before anything is queued or written: data
+    outside the allowed roots ($FER_DATA_ROOTS) or not FER2013, a teacher or start-from folder that is not a usable
+    trained run. The app's Start and the CLI's train both call it; ValueError names the value and what is allowed."""
+    from core.data import resolve_source
+
+    if cfg.data != "synthetic":
+        settings.check_data_path(cfg.data)
+        resolve_source(Path(cfg.data).expanduser())
+    for folder in [f.strip() for f in (cfg.teacher or "").split(os.pathsep) if f.strip()]:
+        _check_trained_run(Path(folder), "teacher", f"a trained run folder (several joined by {os.pathsep!r})")
+    if cfg.init_from:
+        from core.training.runs import find_run  # torch: only for a run that starts from another
+
+        _check_trained_run(find_run(cfg.init_from), "init_from", "a trained run folder or a run's name")
+
+
+def _check_trained_run(folder: Path, what: str, allowed: str) -> None:
+    """A finished run's folder with a readable record and intact weights (nothing unpickled: a zip index check)."""
+    if not folder.is_dir():
+        raise ValueError(f"{what} {str(folder)!r} is not a folder; allowed: {allowed}")
+    try:
+        rundir.read_record(folder)
+    except ValueError as exc:
+        raise ValueError(f"{what} {str(folder)!r} is not a trained run ({exc}); allowed: {allowed}") from None
+    if problem := rundir.weights_problem(folder / rundir.WEIGHTS):
+        raise ValueError(f"{what} {str(folder)!r} cannot be used: {problem}")
+
+
 def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name: str | None = None, *,
               run_dir: str | os.PathLike | None = None, session: str | None = None) -> Path:
     """Queue `python -m core train` for this config (core.training.queue launches it when a slot is free; `session` counts
-    against the per-user limit); returns the run folder.
+    against the per-user limit); returns the run folder. Every check comes first: a refused start writes nothing.
 
     With `run_dir` (or a `name` whose folder holds an unfinished run) the trainer resumes from the last
     finished epoch."""
+    settings.check_server_settings()  # a mistyped setting refuses the Start; queued, the run could never launch
+    check_inputs(cfg)
     if run_dir is None:
         run_dir = runs_dir(runs_root) / rundir.check_run_name(name or rundir.default_run_name(cfg))
     run_dir = Path(run_dir)
@@ -71,8 +110,7 @@ def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name
         cfg = within_server_memory(cfg)
     if run_dir.exists():
         _check_can_start(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return queue.submit(cfg.to_dict(), run_dir, RUNNER, session=session)
+    return queue.submit(cfg.to_dict(), run_dir, RUNNER, session=session)  # makes the folder once it is accepted
 
 
 def schedule_runs(runs_root: str | os.PathLike | None = None) -> list[Path]:
@@ -81,33 +119,89 @@ def schedule_runs(runs_root: str | os.PathLike | None = None) -> list[Path]:
 
 
 def ensure_scheduler(runs_root: str | os.PathLike | None = None) -> None:
-    """A background thread in this process that runs a pass every second (the app calls it on each render)."""
+    """A background thread in this process that runs a pass every second: started with the app server
+    (streamlit_app.py's lifespan hook), and again by every render, which finds it running."""
     queue.ensure_scheduler(runs_root, RUNNER)
 
 
-def launch_state(run_dir: Path, since: float) -> str:
-    """For core.training.queue: 'alive'/'ended' for a trainer launched at or after `since`, else 'unlaunched'. The
-    process counts, not the record: a trainer that has written 'done' holds its memory until it has exited."""
+def launch_state(run_dir: Path, token: str | None) -> str:
+    """For core.training.queue: 'alive' while a trainer holds the run's lock, 'ended' once the trainer of launch
+    `token` (it wrote its pid) is gone, 'unlaunched' when no trainer of that launch ever ran. That last answer is
+    certain, not a timeout: the lock is held without a gap from before the spawn, so a free lock and no pid mean
+    the launcher died before the spawn or the trainer before it trained."""
+    if lock_held(run_dir / rundir.TRAINER_LOCK):
+        return "alive"
     job = rundir.read_job(run_dir)
-    if job and float(job.get("started_unix", 0)) >= since:
-        return "alive" if pid_alive(job.get("pid"), job.get("started_unix")) else "ended"
-    # a launcher killed between starting the trainer and writing job.json: the trainer's record has its pid
-    return "alive" if rundir.run_status(run_dir).active else "unlaunched"
+    if job.get("token") != token:
+        return "unlaunched"  # its launcher died before writing the marker: job.json is an earlier launch's
+    if job.get("pid"):  # a trainer of a version that took no lock is watched by its pid
+        return "alive" if pid_alive(job["pid"], job.get("started_unix")) else "ended"
+    (run_dir / rundir.JOB_FILE).unlink(missing_ok=True)  # the marker of a launch that never ran: not a failure
+    return "unlaunched"
 
 
-def launch(cfg: TrainConfig | dict, run_dir: Path) -> Path:
-    """Start the trainer process now (core.training.queue calls this when a slot is free)."""
+def launch(cfg: TrainConfig | dict, run_dir: Path, token: str) -> Path:
+    """Start the trainer process now (core.training.queue calls this when a slot is free, under its lock)."""
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
-    for stale in (rundir.STOP_FILE, rundir.PROGRESS_FILE):
-        (run_dir / stale).unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "core", "train", *to_cli_args(cfg), "--run-dir", str(run_dir), "--json", "--quiet"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(run_dir / rundir.LOG, "ab") as log:
-        log.write(f"\n=== {now_iso()} {' '.join(cmd[1:])}\n".encode())
-    pid = spawn_detached(cmd, run_dir / rundir.LOG, env=env)
-    atomic_write_json(run_dir / rundir.JOB_FILE, {"pid": pid, "started": now_iso(), "started_unix": time.time(),
-                                                  "command": cmd, "config": cfg.to_dict()})
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: the run folder was removed while the run waited")
+    lock = take_lock(run_dir / rundir.TRAINER_LOCK)
+    if lock is None:
+        raise ValueError(f"run {run_dir.name!r} is already being trained by another process")
+    try:
+        for stale in (rundir.STOP_FILE, rundir.PROGRESS_FILE):
+            (run_dir / stale).unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "core", "train", *to_cli_args(cfg), "--run-dir", str(run_dir), "--json",
+               "--quiet"]
+        job = {"token": token, "started": now_iso(), "started_unix": time.time(), "command": cmd,
+               "config": cfg.to_dict()}
+        atomic_write_json(run_dir / rundir.JOB_FILE, job)  # the marker: the run shows 'starting', not 'failed'
+        crash_point("after_marker")
+        with open(run_dir / rundir.LOG, "ab") as log:
+            log.write(f"\n=== {now_iso()} {' '.join(cmd[1:])}\n".encode())
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_ENV: token, LOCK_FD_ENV: str(lock)}
+        try:
+            pid = spawn_detached(cmd, run_dir / rundir.LOG, env=env, pass_fds=(lock,))
+        except OSError as exc:  # no process could start (limits, memory): the run's log tells why it failed
+            with open(run_dir / rundir.LOG, "ab") as log:
+                log.write(f"could not start the trainer: {exc}\n".encode())
+            raise
+        crash_point("after_spawn")
+        atomic_write_json(run_dir / rundir.JOB_FILE, {**job, "pid": pid})  # started_unix stays the launch's order
+    finally:
+        os.close(lock)  # the trainer holds its own copy from the spawn on
     return run_dir
+
+
+def claim_run_dir(run_dir: Path) -> int:
+    """For the trainer process, before it trains: hold the run folder's trainer lock until this process exits and
+    return its descriptor (keep it open). A trainer that launch() started inherits the lock and confirms its launch
+    by writing its pid into job.json; any other (the CLI) takes the lock, or ValueError when a trainer holds it."""
+    token, fd_text = os.environ.pop(TOKEN_ENV, None), os.environ.pop(LOCK_FD_ENV, None)
+    lock_path = run_dir / rundir.TRAINER_LOCK
+    if token and fd_text and fd_text.isdigit() and _is_lock_of(int(fd_text), lock_path):
+        fd = int(fd_text)
+        os.set_inheritable(fd, False)  # the trainer's own children must not keep the run looking alive
+        job = read_json_object(run_dir / rundir.JOB_FILE) or {}
+        if job.get("token") != token:
+            raise ValueError(f"{run_dir}: job.json names another launch than this trainer's; not training")
+        atomic_write_json(run_dir / rundir.JOB_FILE, {**job, "pid": os.getpid()})
+        return fd
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = take_lock(lock_path)
+    if fd is None:
+        raise ValueError(f"run {run_dir.name!r} is already being trained by another process; wait for it to finish "
+                         "or stop it, or train under another name")
+    return fd
+
+
+def _is_lock_of(fd: int, lock_path: Path) -> bool:
+    """Is descriptor `fd` open on `lock_path`? (A stray $FER_RUN_LOCK_FD in a user's shell must not pass.)"""
+    try:
+        a, b = os.fstat(fd), os.stat(lock_path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def resume_run(run_dir: str | os.PathLike) -> Path:

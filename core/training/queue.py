@@ -2,17 +2,21 @@
 
 The queue is files in <runs folder>/.queue/ (so it survives app restarts, like the runs themselves):
   waiting/<ticket>.json   a run asked for and not launched yet; tickets sort in arrival order
-  running/<ticket>.json   a run launched by a scheduler pass; removed once its process has ended
+  running/<ticket>.json   a run claimed by a scheduler pass, with the token of its launch; removed once that
+                          launch's process has ended, put back in waiting/ if it never started
   lock                    fcntl lock held by every pass: two app processes never launch the same run twice
-A scheduler pass (`schedule`) runs on every start_run call and every Train page render, and a daemon thread
-(`ensure_scheduler`) repeats it every few seconds; any app process may run passes, they take turns on the lock.
-The queue knows nothing of trainers: a Runner (core.service.jobs.RUNNER) launches a run and tells whether it still lives.
+A scheduler pass (`schedule`) runs on every start_run call, and a daemon thread (`ensure_scheduler`, started with
+the app server) repeats it every second; any app process may run passes, they take turns on the lock.
+The queue knows nothing of trainers: a Runner (core.service.jobs.RUNNER) launches a run and tells whether that launch
+lives, ended, or never started. A pass killed at any point leaves a claimed entry the next pass settles by asking.
 """
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import secrets
 import threading
 import time
 from contextlib import contextmanager
@@ -21,18 +25,21 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
 from core.util.fsutil import atomic_write_json, runs_dir
-from core.util.settings import max_queued_per_session, max_runs
+from core.util.procs import crash_point
+from core.util.settings import check_server_settings, max_queued_per_session, max_runs
 
 QUEUE_DIR = ".queue"  # hidden, so run listings skip it
-LAUNCH_GRACE_S = 60.0  # a claimed entry with no sign of its process after this long was never launched (killed pass)
+log = logging.getLogger(__name__)
 
 
 class Runner(NamedTuple):
-    """How runs are launched and watched. launch(config dict, run folder) starts one (ValueError/OSError when it
-    cannot); state(run folder, since unix time) says 'alive', 'ended', or 'unlaunched' (nothing launched since)."""
+    """How runs are launched and watched. launch(config dict, run folder, token) starts one (ValueError/OSError when
+    it cannot); state(run folder, token) says of the launch with that token 'alive', 'ended' (its trainer ran and is
+    gone), or 'unlaunched': no trainer of it runs or ever will (its launcher died first), so it may be launched anew.
+    The runner must make 'unlaunched' certain, never a guess: a wrong one trains a run twice."""
 
-    launch: Callable[[dict[str, Any], Path], Any]
-    state: Callable[[Path, float], str]
+    launch: Callable[[dict[str, Any], Path, str], Any]
+    state: Callable[[Path, str | None], str]
 
 
 @dataclass
@@ -45,10 +52,11 @@ class Entry:
     session: str | None
     enqueued: float  # unix time
     claimed: float | None = None  # unix time a scheduler pass moved it to running/
+    token: str | None = None  # names that launch: the runner tells its state by it
 
     def to_json(self) -> dict[str, Any]:
         return {"ticket": self.ticket, "run_dir": str(self.run_dir), "config": self.config, "session": self.session,
-                "enqueued": self.enqueued, "claimed": self.claimed}
+                "enqueued": self.enqueued, "claimed": self.claimed, "token": self.token}
 
 
 def queue_dir(run_dir_or_root: str | os.PathLike | None = None, *, is_run: bool = False) -> Path:
@@ -74,7 +82,7 @@ def _read(path: Path) -> Entry | None:
     try:
         d = json.loads(path.read_text())
         return Entry(d["ticket"], Path(d["run_dir"]), d["config"], d.get("session"), float(d["enqueued"]),
-                     d.get("claimed"))
+                     d.get("claimed"), d.get("token"))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # removed by another pass meanwhile, or damaged: not a run we can launch
 
@@ -95,40 +103,48 @@ def _next_ticket(qdir: Path) -> str:
     return f"{n:010d}"
 
 
-def _state(entry: Entry, runner: Runner) -> str:
-    """'alive' (holds a slot), 'ended' (launched, process gone) or 'lost' (claimed by a pass that was killed before
-    it launched: after a grace period it goes back to its place in the line)."""
-    state = runner.state(entry.run_dir, entry.claimed or 0.0)
-    if state != "unlaunched":
-        return state
-    return "alive" if time.time() - (entry.claimed or 0) < LAUNCH_GRACE_S else "lost"
-
-
 def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runner, *, session: str | None = None,
            max_alive: int | None = None) -> Path:
-    """Queue a run (ValueError when this session already has its maximum waiting or running), then run a pass."""
+    """Queue a run, then run a pass. ValueError, with nothing written, when a server setting is mistyped, the run is
+    already queued, or this session already has its maximum waiting or running; the run folder is made only once
+    the run is accepted, so a refused Start leaves no empty folder that would list as a failed run."""
     run_dir = Path(run_dir)
+    check_server_settings()
+    max_runs(max_alive)  # an invalid override fails here, not in the pass after the entry is written
     qdir = queue_dir(run_dir, is_run=True)
     limit = max_queued_per_session()
     with _locked(qdir):
         if find(run_dir) is not None:
             raise ValueError(f"run {run_dir.name!r} is already queued")
+        if (launched := claimed(run_dir)) is not None:
+            if runner.state(launched.run_dir, launched.token) != "ended":
+                raise ValueError(f"run {run_dir.name!r} is already starting or running")
+            # its trainer is gone but no pass has forgotten it yet: forget it now, or a pass would take the old
+            # entry, whose token no longer matches the run's launch, for one that never started and launch it too
+            (qdir / "running" / f"{launched.ticket}.json").unlink(missing_ok=True)
         if session is not None and limit:
             mine = [e for sub in ("waiting", "running") for e in _entries(qdir, sub) if e.session == session
-                    and (sub == "waiting" or _state(e, runner) == "alive")]
+                    and (sub == "waiting" or runner.state(e.run_dir, e.token) != "ended")]
             if len(mine) >= limit:
                 raise ValueError(f"you already have {len(mine)} runs queued or running, the most this server allows "
                                  f"per user ({limit}, $FER_MAX_QUEUED); wait for one to finish or cancel one")
+        # The entry before the folder: a folder with no entry beside it would list as a failed run meanwhile.
         ticket = _next_ticket(qdir)
-        atomic_write_json(qdir / "waiting" / f"{ticket}.json",
-                          Entry(ticket, run_dir.resolve(), config, session, time.time()).to_json())
+        entry = qdir / "waiting" / f"{ticket}.json"
+        atomic_write_json(entry, Entry(ticket, run_dir.resolve(), config, session, time.time()).to_json())
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            entry.unlink(missing_ok=True)
+            raise
     schedule(run_dir.parent, runner, max_alive=max_alive)
     return run_dir
 
 
 def schedule(runs_root: str | os.PathLike | None, runner: Runner, *, max_alive: int | None = None) -> list[Path]:
-    """One scheduler pass: forget launched runs that ended, then launch waiting runs in order while fewer than
-    N are alive. Returns the run folders launched by this pass."""
+    """One scheduler pass: forget launched runs that ended, put back in line the claimed ones that never started
+    (their pass was killed), then launch waiting runs in order while fewer than N are alive. Returns the run
+    folders launched by this pass."""
     qdir = runs_dir(runs_root) / QUEUE_DIR
     if not (qdir / "waiting").is_dir():
         return []  # nothing was ever queued here; a page render must not create folders
@@ -137,23 +153,24 @@ def schedule(runs_root: str | os.PathLike | None, runner: Runner, *, max_alive: 
     with _locked(qdir):
         alive = 0
         for e in _entries(qdir, "running"):
-            state = _state(e, runner)
+            state = runner.state(e.run_dir, e.token)
             if state == "alive":
                 alive += 1
-            elif state == "lost":  # back to its place in the line
+            elif state == "unlaunched":  # back to its place in the line, launched again below if a slot is free
                 os.replace(qdir / "running" / f"{e.ticket}.json", qdir / "waiting" / f"{e.ticket}.json")
             else:
                 (qdir / "running" / f"{e.ticket}.json").unlink(missing_ok=True)
         for e in _entries(qdir, "waiting"):
             if alive >= n:
                 break
-            # Claim first, then launch: a pass killed in between leaves a claimed entry that the next pass
-            # requeues (no launch evidence) rather than a waiting one it would launch a second time.
-            e.claimed = time.time()
+            # Claim first, then launch: a pass killed in between leaves a claimed entry with a fresh token, which
+            # the runner reports 'unlaunched' (requeued) or 'alive'/'ended' (never launched again).
+            e.claimed, e.token = time.time(), secrets.token_hex(8)
             atomic_write_json(qdir / "running" / f"{e.ticket}.json", e.to_json())
             (qdir / "waiting" / f"{e.ticket}.json").unlink()
+            crash_point("after_claim")
             try:
-                runner.launch(e.config, e.run_dir)
+                runner.launch(e.config, e.run_dir, e.token)
             except (ValueError, OSError):  # e.g. the folder was deleted while waiting: the run shows as failed
                 (qdir / "running" / f"{e.ticket}.json").unlink(missing_ok=True)
                 continue
@@ -172,6 +189,15 @@ def find(run_dir: str | os.PathLike) -> tuple[int, Entry] | None:
         if e.run_dir == run_dir:
             return i, e
     return None
+
+
+def claimed(run_dir: str | os.PathLike) -> Entry | None:
+    """The entry of a run a pass has claimed (launched, or being launched), else None."""
+    run_dir = Path(run_dir).resolve()
+    qdir = run_dir.parent / QUEUE_DIR
+    if not (qdir / "running").is_dir():
+        return None
+    return next((e for e in _entries(qdir, "running") if e.run_dir == run_dir), None)
 
 
 def waiting(runs_root: str | os.PathLike | None = None) -> list[Entry]:
@@ -204,15 +230,25 @@ def ensure_scheduler(runs_root: str | os.PathLike | None, runner: Runner, interv
     with _THREADS_LOCK:
         if root in _THREADS and _THREADS[root].is_alive():
             return
-
-        def loop() -> None:
-            while True:
-                try:
-                    schedule(root, runner)
-                except Exception:  # noqa: BLE001 - a pass that fails (disk full...) must not end the thread
-                    pass
-                time.sleep(interval_s)
-
-        t = threading.Thread(target=loop, name=f"fer-queue-{root.name}", daemon=True)
+        t = threading.Thread(target=_scheduler_loop, args=(root, runner, interval_s), name=f"fer-queue-{root.name}",
+                             daemon=True)
         t.start()
         _THREADS[root] = t
+
+
+def _scheduler_loop(root: Path, runner: Runner, interval_s: float) -> None:
+    """Passes forever. A failing pass (a mistyped server setting, a full disk) must not end the thread, nor go
+    unnoticed: its reason goes to the server's log once, and again only when it changes or clears."""
+    last_error: str | None = None
+    while True:
+        try:
+            check_server_settings()
+            schedule(root, runner)
+            if last_error is not None:
+                log.warning("the run queue in %s works again; waiting runs start as slots free", root)
+            last_error = None
+        except Exception as exc:  # noqa: BLE001 - logged; the next pass retries
+            if str(exc) != last_error:
+                log.error("the run queue in %s cannot launch runs, they wait until this is fixed: %s", root, exc)
+            last_error = str(exc)
+        time.sleep(interval_s)

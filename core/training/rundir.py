@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from core.training import queue
 from core.training.record import FINISHED, RecordStatus, RunRecord, is_num
 from core.util.fsutil import SHIPPED_DIR, atomic_write_json, mtime, read_json_object, runs_dir
-from core.util.procs import pid_alive
+from core.util.procs import lock_held, pid_alive
 
 if TYPE_CHECKING:
     from core.training.config import TrainConfig
@@ -28,7 +28,8 @@ ONNX = "model.onnx"
 RESUME = "resume.pt"
 STOP_FILE = "STOP"  # the app asks a background run to stop by creating this file
 LOG = "train.log"
-JOB_FILE = "job.json"  # written by core.service.jobs at launch: pid, start time, command
+JOB_FILE = "job.json"  # written by core.service.jobs at launch: its queue token, pid, start time, command
+TRAINER_LOCK = "trainer.lock"  # flock held by the run's trainer process for its whole life (core.service.jobs)
 PROGRESS_FILE = "progress.json"  # written by `core train --run-dir` about twice a second: step, loss, elapsed
 
 
@@ -96,7 +97,7 @@ def write_record(run_dir: str | os.PathLike, record: RunRecord) -> None:
     atomic_write_json(Path(run_dir) / RECORD, record.to_json())
 
 
-JOB_TYPES = {"pid": int, "started": str, "started_unix": (int, float), "command": list, "config": dict}
+JOB_TYPES = {"token": str, "pid": int, "started": str, "started_unix": (int, float), "command": list, "config": dict}
 PROGRESS_NUMBERS = ("epoch", "epochs", "step", "steps", "global_step", "total_steps", "loss")
 
 
@@ -346,7 +347,12 @@ def run_status(run_dir: str | os.PathLike, shipped: bool = False) -> RunStatus:
     st.config = _valid_config(st.record.config if st.record else None) or _valid_config(job.get("config"))
     fresh = bool(job) and st.record is not None and job.get("started_unix", 0) > mtime(run_dir / RECORD)
     if not shipped:
-        _live_status(st, pid_alive(st.pid, started_by), (run_dir / STOP_FILE).exists(), fresh)
+        alive = pid_alive(st.pid, started_by) or lock_held(run_dir / TRAINER_LOCK)
+        if not alive and (pending := _launch_pending(run_dir, job)) is not None:
+            # claimed by the queue, no trainer confirmed yet (or its launcher died): the next pass starts it
+            st.status, st.problem, st.config = RunState.STARTING, None, st.config or pending.config
+            return st
+        _live_status(st, alive, (run_dir / STOP_FILE).exists(), fresh)
     elif st.record is not None:
         st.status = st.record.status
     _check_files(st)
@@ -355,6 +361,14 @@ def run_status(run_dir: str | os.PathLike, shipped: bool = False) -> RunStatus:
 
 def _queued(run_dir: Path) -> Any:
     return queue.find(run_dir)
+
+
+def _launch_pending(run_dir: Path, job: dict[str, Any]) -> Any:
+    """The queue entry of a launch no trainer has confirmed (job.json holds no pid for its token), else None."""
+    entry = queue.claimed(run_dir)
+    if entry is None or (job.get("token") == entry.token and job.get("pid")):
+        return None
+    return entry
 
 
 def list_runs(runs_root: str | os.PathLike | None = None, include_shipped: bool = True) -> list[RunStatus]:

@@ -1,10 +1,22 @@
 """Background processes: the one way to start one (spawn_detached) and the one way to ask whether a recorded pid is
-still the process that was launched (pid_alive). Trainings, compressions, sweeps and campaigns all start here."""
+still the process that was launched (pid_alive). Trainings, compressions, sweeps and campaigns all start here.
+
+Also file locks that say "a process owns this" (take_lock, lock_held): the kernel drops an flock when the last
+process holding it exits, however it exits, so a lock cannot outlive its owner the way a pid file can; and a lock
+taken before a spawn and handed to the child (spawn_detached's pass_fds) is held without a gap from the parent to
+the child."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
+
+CRASH_ENV = "FER_TEST_CRASH_AT"  # tests only: the name of a crash_point where this process kills itself
+LOCK_RETRY_S = 1.0  # how long take_lock retries while lock_held's momentary shared probes hold the file
 
 # Popen objects of the jobs this process launched: polling them reaps finished children (no zombies).
 CHILDREN: dict[int, subprocess.Popen] = {}
@@ -70,15 +82,59 @@ def pid_alive(pid: int | None, started_by: float | None = None) -> bool:
 
 
 def spawn_detached(cmd: list[str], log_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None, *,
-                   stdout_path: Path | None = None) -> int:
+                   stdout_path: Path | None = None, pass_fds: tuple[int, ...] = ()) -> int:
     """Start `cmd` in its own session (it outlives the caller: a page rerun, the app, a terminal, and ^C does not
     reach it), stdin closed, stderr appended to `log_path` and stdout too unless `stdout_path` gives it a file of its
-    own; the Popen is kept so that polling it later (pid_alive) reaps the child. Returns the pid."""
+    own; the Popen is kept so that polling it later (pid_alive) reaps the child. `pass_fds` stay open in the child
+    (a lock from take_lock, so that the child holds it from its first instant). Returns the pid."""
     from core.util.fsutil import PROJECT_ROOT
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log, open(stdout_path or os.devnull, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=cwd or PROJECT_ROOT, stdin=subprocess.DEVNULL,
-                                stdout=out if stdout_path else log, stderr=log, start_new_session=True, env=env)
+                                stdout=out if stdout_path else log, stderr=log, start_new_session=True, env=env,
+                                pass_fds=pass_fds)
     CHILDREN[proc.pid] = proc
     return proc.pid
+
+
+def crash_point(name: str) -> None:
+    """Tests only: SIGKILL this process here when $FER_TEST_CRASH_AT names this point, to reproduce a process dying
+    at that exact moment (no cleanup, no finally blocks, like an OOM kill or a power cut of the app)."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def take_lock(path: Path, *, wait_s: float = LOCK_RETRY_S) -> int | None:
+    """An exclusive flock on `path` (created if missing): its file descriptor, or None when another process holds
+    it. Retries for wait_s, since lock_held probes the same file for an instant. Close the descriptor (or exit) to
+    release it; a child given the descriptor (spawn_detached's pass_fds) keeps holding it after the parent lets go."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() >= deadline:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return None
+                raise
+            time.sleep(0.02)
+
+
+def lock_held(path: Path) -> bool:
+    """Does some process hold take_lock's lock on `path`? A shared, non-blocking probe released at once; it never
+    creates the file, so asking about a folder writes nothing into it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False  # no lock file: nobody ever locked it (or the folder is gone)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock too
+    return False

@@ -1,7 +1,7 @@
 """Server settings for a shared deployment, read from environment variables (one place, documented in the README).
 
 FER_MAX_RUNS            trainings alive at once (default: what the machine holds, see default_max_runs)
-FER_MAX_QUEUED          runs one browser session may have queued or running at once (default 3; 0 = no limit)
+FER_MAX_QUEUED          runs one browser may have queued or running at once (default 3; 0 = no limit)
 FER_ALLOW_DELETE        1/0: whether users may delete runs from the app (default 1)
 FER_DATA_ROOTS          folders (separated by ':') the app may read FER2013 from; unset = any path (a single user)
 FER_MICRO_BATCH         CPU trainings started from the app run in micro-batches of at most this many images
@@ -24,16 +24,17 @@ ASSUMED_BATCH = 256  # the study's batch; the form's quick default (64) needs le
 DEFAULT_MAX_QUEUED = 3
 
 
-def _env_int(name: str, default: int, lo: int) -> int:
+def _env_int(name: str, default: int, lo: int, allowed: str) -> int:
+    """An integer setting; ValueError naming the variable, its bad value and what is allowed (`allowed`)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"${name} must be an integer, got {raw!r}") from None
+        raise ValueError(f"${name} must be an integer, got {raw!r}; allowed: {allowed}") from None
     if value < lo:
-        raise ValueError(f"${name} must be at least {lo}, got {value}")
+        raise ValueError(f"${name} must be at least {lo}, got {value}; allowed: {allowed}")
     return value
 
 
@@ -50,7 +51,7 @@ def available_memory() -> int | None:
 
 def micro_batch_cap() -> int:
     """$FER_MICRO_BATCH: the largest micro-batch of CPU trainings started from the app; 0 = no cap."""
-    return _env_int("FER_MICRO_BATCH", 0, 0)
+    return _env_int("FER_MICRO_BATCH", 0, 0, "a whole number of images, 0 or unset for the whole batch")
 
 
 def micro_batch_note() -> str | None:
@@ -83,18 +84,20 @@ def max_runs(override: int | None = None) -> int:
         if isinstance(override, bool) or not isinstance(override, int) or override < 1:
             raise ValueError(f"max runs must be an integer of at least 1, got {override!r}")
         return override
-    return _env_int("FER_MAX_RUNS", 0, 1) or default_max_runs()
+    return _env_int("FER_MAX_RUNS", 0, 1, "a whole number of at least 1, or unset for what this machine holds") \
+        or default_max_runs()
 
 
 def max_queued_per_session() -> int:
     """Runs one browser session may have waiting or running at once; 0 means no limit."""
-    return _env_int("FER_MAX_QUEUED", DEFAULT_MAX_QUEUED, 0)
+    return _env_int("FER_MAX_QUEUED", DEFAULT_MAX_QUEUED, 0,
+                    f"a whole number, 0 for no limit, or unset for {DEFAULT_MAX_QUEUED}")
 
 
 def deletion_allowed() -> bool:
     raw = os.environ.get("FER_ALLOW_DELETE", "1").strip().lower()
     if raw not in ("1", "0", "true", "false", "yes", "no", ""):
-        raise ValueError(f"$FER_ALLOW_DELETE must be 1 or 0, got {raw!r}")
+        raise ValueError(f"$FER_ALLOW_DELETE must be 1 or 0, got {raw!r}; allowed: 1, 0, true, false, yes, no, or unset")
     return raw in ("1", "true", "yes", "")
 
 
@@ -108,7 +111,12 @@ def data_roots() -> list[Path] | None:
     raw = os.environ.get("FER_DATA_ROOTS", "").strip()
     if not raw:
         return None
-    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    roots = [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    for root in roots:
+        if not root.is_dir():  # a typo here would refuse every data path, naming only the mistyped folder
+            raise ValueError(f"$FER_DATA_ROOTS names {root}, which is not a folder; allowed: existing folders joined "
+                             f"by {os.pathsep!r}, or unset for any path")
+    return roots
 
 
 def check_data_path(source: str | os.PathLike) -> None:
@@ -121,6 +129,18 @@ def check_data_path(source: str | os.PathLike) -> None:
     if not any(target == r or r in target.parents for r in roots):
         allowed = ", ".join(str(r) for r in roots)
         raise ValueError(f"{source}: this server only reads data from {allowed} ($FER_DATA_ROOTS)")
+
+
+def check_server_settings() -> None:
+    """Every server setting read once: ValueError for the first one that is mistyped (its name, its bad value and
+    what is allowed). Called before a run is queued, so a bad setting refuses the Start instead of queueing a run
+    that the scheduler can then never launch, and by the scheduler, which logs it for the server's operator."""
+    max_runs()
+    max_queued_per_session()
+    micro_batch_cap()
+    deletion_allowed()
+    data_roots()
+    operator_token()
 
 
 def operator_token() -> str | None:
