@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,29 @@ def test_cli_json(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture)
     # fp16 weights with fp32 input and output: on the same images the variant agrees with its parent to a point
     assert 0 < v["parent_accuracy"] and abs(v["accuracy"] - v["parent_accuracy"]) <= 0.01, v
     assert v["delta"] == pytest.approx(v["accuracy"] - v["parent_accuracy"])
+
+
+def test_variant_record_names_its_own_device_time_and_versions(tiny_run: Path, tmp_path: Path) -> None:
+    """A variant's device, wall time and library versions are those of its making, not copies of the parent's
+    training (the shipped int8 variants once said 'cuda (NVIDIA H200)' though quantised on a CPU)."""
+    import platform
+
+    from core.training.runs import versions
+
+    run = tmp_path / "gpu-trained"
+    shutil.copytree(tiny_run, run)
+    rec = json.loads((run / rundir.RECORD).read_text())
+    rec.update(device="cuda (NVIDIA H200)", wall_time_s=12345.0, cpu="elsewhere", threads=64,
+               versions={**rec["versions"], "onnxruntime": "0.0.1", "torch": "0.0.1"})
+    (run / rundir.RECORD).write_text(json.dumps(rec))
+    started = time.perf_counter()
+    (row,) = compress_run(run, CompressConfig(fp16=True, **QUICK), out=tmp_path / "out")
+    took = time.perf_counter() - started
+    got = rundir.read_record(Path(row["path"]))
+    assert got.device == "cpu" and got.versions == versions() and got.threads == torch.get_num_threads()
+    assert got.cpu == (platform.processor() or platform.machine())
+    assert 0 < got.wall_time_s <= took, (got.wall_time_s, took)
+    assert rundir.read_record(run).device == "cuda (NVIDIA H200)"  # the parent keeps its own
 
 
 # ---------------------------------------------------------------------------------------------------------

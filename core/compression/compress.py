@@ -258,6 +258,7 @@ class Built:
     extra: dict[str, Any] = field(default_factory=dict)  # measured facts of the build (sparsity, fine-tune)
     params: int | None = None  # changed parameter count (channel pruning)
     macs: int | None = None
+    device: str = "cpu"  # where the build computed (ONNX Runtime's quantiser and converters run on the CPU)
 
 
 def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
@@ -321,6 +322,8 @@ def build_pruned(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, prog
     from core.inference.onnx_io import export_onnx, parity
     from core.models.summary import summarize_model
     from core.training import checkpoint, rundir
+    from core.training.runs import device_name
+    from core.training.train import resolve_device
 
     model, _ = checkpoint.load_model(parent.path)
     record = parent.record
@@ -346,7 +349,7 @@ def build_pruned(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, prog
     settings = {"amount": cfg.prune, "kind": kind, "scope": "per-layer channels (L2)" if cfg.structured else "global L1",
                 "finetune_epochs": cfg.finetune_epochs, "finetune_steps": cfg.finetune_steps, "finetune_lr": ft.lr}
     tag = f"pruned-{'channels-' if cfg.structured else ''}{cfg.prune:g}"
-    return Built(tag, settings, extra, params=s.params, macs=s.macs)
+    return Built(tag, settings, extra, params=s.params, macs=s.macs, device=device_name(resolve_device(ft.device)))
 
 
 BUILDERS = {"int8": build_int8, "fp16": build_fp16, "pruned": build_pruned}
@@ -368,14 +371,24 @@ def stamp_metadata(path: Path, parent: Parent, name: str, compression: str, para
 
 
 def variant_record(parent: Parent, name: str, technique: str, built: Built, measured: dict[str, Any],
-                   metrics: dict[str, Any], split: str, note: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A deep copy of the parent's record with the variant's name, its measured accuracy as `final`, and `variant`."""
+                   metrics: dict[str, Any], split: str, note: dict[str, Any] | None = None,
+                   wall_time_s: float = 0.0) -> dict[str, Any]:
+    """A deep copy of the parent's record with the variant's name, its measured accuracy as `final`, and `variant`.
+    Where, how long and with which libraries are the variant's own (its build and measurement, here), not the
+    parent's training: a variant made on a CPU must not say it ran on the parent's GPU."""
+    import platform
+
+    import torch
+
     from core.training import rundir
     from core.training.record import now_iso
+    from core.training.runs import versions
 
     rec = copy.deepcopy(parent.record)
     rec.pop("pid", None)
-    rec.update(name=name, status="done", error=None, created=now_iso(), updated=now_iso())
+    rec.update(name=name, status="done", error=None, created=now_iso(), updated=now_iso(), device=built.device,
+               wall_time_s=wall_time_s, cpu=platform.processor() or platform.machine(),
+               threads=torch.get_num_threads(), versions=versions())
     if built.params is not None:
         rec["params"] = rec["trainable"] = built.params
     if built.macs is not None:
@@ -420,12 +433,14 @@ def write_variant(parent: Parent, technique: str, out_root: Path, cfg: CompressC
     name = rundir.check_run_name(f"{parent.name}{SEP}{technique}")
     final = out_root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root))
+    started = time.perf_counter()
     try:
         built = BUILDERS[technique.split("-")[0]](parent, tmp, cfg, data, progress)
         stamp_metadata(tmp / rundir.ONNX, parent, name, built.compression, built.params)
         check_onnx_file(tmp / rundir.ONNX)
         measured, metrics = _measure(parent, tmp / rundir.ONNX, data, split, parent_eval, cfg, progress)
-        record = RunRecord.from_json(variant_record(parent, name, technique, built, measured, metrics, split, note))
+        record = RunRecord.from_json(variant_record(parent, name, technique, built, measured, metrics, split, note,
+                                                    wall_time_s=time.perf_counter() - started))
         rundir.write_record(tmp, record)
         os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private; a run folder gets normal permissions
         old = None
