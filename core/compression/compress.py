@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only
+    from torch import nn
+
+    from core.compression.quantize import Int8Recipe
     from core.training.record import RunRecord
 
 SEP = "--"  # <parent-name>--<technique>
@@ -34,8 +37,11 @@ class CompressConfig:
     structured: bool = False  # remove whole channels (narrower layers) instead of single weights
     calibration: int = 256  # training images that set the int8 activation ranges
     int8_method: str = "static-qdq"  # static-qdq, static-qoperator or dynamic (core.compression.quantize.INT8_METHODS)
-    keep_stem_fp32: bool = True  # the first conv sees raw pixels; quantising it cost 4.5 points on mobilenet-w1
+    keep_stem_fp32: bool = True  # the first conv sees raw pixels (docs/compression.md measures what quantising it costs)
     exclude_depthwise: bool = False  # keep depthwise convs in fp32 (for the speed comparison)
+    int8_calibrate: str = "minmax"  # minmax, entropy or percentile (core.compression.quantize.CALIBRATE_METHODS)
+    int8_reduce_range: bool = True  # 7-bit weights, so CPUs without VNNI compute the same as those with it
+    int8_types: str = "u8s8"  # activations x weights (core.compression.quantize.INT8_TYPES)
     data: str | None = None  # None: the data the parent was trained on
     finetune_epochs: int = 2  # after pruning
     finetune_steps: int | None = None  # cap on fine-tune steps (tests, quick demos)
@@ -43,7 +49,6 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         from core.compression.prune import check_amount
-        from core.compression.quantize import INT8_METHODS
         from core.training.config import int_in
 
         if not (self.int8 or self.fp16 or self.prune is not None):
@@ -57,8 +62,14 @@ class CompressConfig:
         int_in("repeats", self.repeats, 3, 10_000)
         if self.finetune_steps is not None:
             int_in("finetune_steps", self.finetune_steps, 1, 10**9)
-        if self.int8_method not in INT8_METHODS:
-            raise ValueError(f"int8 method {self.int8_method!r} is not known; allowed: {', '.join(INT8_METHODS)}")
+        self.int8_recipe()  # a bad method, calibration or type name fails here, named
+
+    def int8_recipe(self) -> "Int8Recipe":
+        from core.compression.quantize import Int8Recipe
+
+        return Int8Recipe(method=self.int8_method, calibrate=self.int8_calibrate, reduce_range=self.int8_reduce_range,
+                          types=self.int8_types, keep_stem_fp32=self.keep_stem_fp32,
+                          exclude_depthwise=self.exclude_depthwise)
 
     def techniques(self) -> list[str]:
         out = []
@@ -261,8 +272,11 @@ class Built:
     device: str = "cpu"  # where the build computed (ONNX Runtime's quantiser and converters run on the CPU)
 
 
-def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
-    """BN-folded fp32 export -> ONNX Runtime pre-processing -> static (or dynamic) int8 with per-channel weights."""
+def make_int8(model: "nn.Module | None", fallback: Path, arch: str, dst: Path, calib: np.ndarray | None,
+              recipe: "Int8Recipe", *, fold: bool = True, on_batch: Callable[[int], None] | None = None) -> bool:
+    """BN-folded fp32 export of `model` (or `fallback`, an ONNX file, when there is no model to fold) -> ONNX
+    Runtime pre-processing -> int8 by `recipe` -> compact names, written to dst. Returns whether BN was folded.
+    build_int8 and scripts/compression_levers.py share it, so the levers measured are the pipeline shipped."""
     from core.compression.quantize import (
         Calibration,
         compact_names,
@@ -272,39 +286,43 @@ def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progre
         stem_nodes,
     )
     from core.inference.onnx_io import export_onnx
+
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        folded, pre = Path(tmp) / "folded.onnx", Path(tmp) / "preprocessed.onnx"
+        if model is not None:
+            export_onnx(fold_batchnorm(model) if fold else model, folded, arch=arch, knobs={}, params=0)
+        else:
+            shutil.copyfile(fallback, folded)
+        preprocess(folded, pre)
+        reader = Calibration(calib, on_batch=on_batch) if recipe.static and calib is not None else None
+        quantize_int8(pre, dst, reader, recipe, exclude=stem_nodes(pre) if recipe.keep_stem_fp32 else [])
+    compact_names(dst)
+    return model is not None and fold
+
+
+def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
+    """make_int8 on the parent's weights, calibrated on a stratified sample of its training images."""
     from core.training import checkpoint, rundir
     from core.training.train import stratified_subset
 
-    folded, pre = tmp / "folded.onnx", tmp / "preprocessed.onnx"
     try:
         model, _ = checkpoint.load_model(parent.path)
-        export_onnx(fold_batchnorm(model), folded, arch=parent.record["model"]["arch"], knobs={}, params=0)
-        bn_folded = True
     except ValueError:  # channel-pruned weights do not fit the registry's model: start from its ONNX file
-        shutil.copyfile(parent.path / rundir.ONNX, folded)
-        bn_folded = False
-    preprocess(folded, pre)
+        model = None
     calib = stratified_subset(data.splits["train"], cfg.calibration, seed=0).images
-    reader = None
-    if cfg.int8_method != "dynamic":
-        seen = [0]
+    seen = [0]
 
-        def on_batch(n: int) -> None:
-            seen[0] += n
-            if progress is not None:
-                progress("calibration", seen[0], len(calib))
+    def on_batch(n: int) -> None:
+        seen[0] += n
+        if progress is not None:
+            progress("calibration", seen[0], len(calib))
 
-        reader = Calibration(calib, on_batch=on_batch)
-    exclude = stem_nodes(pre) if cfg.keep_stem_fp32 else []
-    quantize_int8(pre, tmp / rundir.ONNX, reader, method=cfg.int8_method, exclude_depthwise=cfg.exclude_depthwise,
-                  exclude=exclude)
-    compact_names(tmp / rundir.ONNX)
-    for f in (folded, pre):
-        f.unlink(missing_ok=True)
-    settings = {"method": cfg.int8_method, "weights": "int8 per-channel", "bn_folded": bn_folded,
-                "stem_fp32": cfg.keep_stem_fp32, "depthwise_fp32": cfg.exclude_depthwise, "names_compacted": True}
-    if cfg.int8_method != "dynamic":
-        settings.update(activations="uint8 per-tensor", calibration_images=len(calib), calibration_split="train")
+    recipe = cfg.int8_recipe()
+    bn_folded = make_int8(model, parent.path / rundir.ONNX, parent.record["model"]["arch"], tmp / rundir.ONNX, calib,
+                          recipe, on_batch=on_batch)
+    settings = {**recipe.settings(), "bn_folded": bn_folded, "names_compacted": True}
+    if recipe.static:
+        settings.update(calibration_images=len(calib), calibration_split="train")
     return Built(f"int8-{cfg.int8_method}-per-channel", settings)
 
 
