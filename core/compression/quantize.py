@@ -102,8 +102,10 @@ def fold_batchnorm(model: nn.Module, shift_into_padded: bool = False) -> nn.Modu
     """An inference copy of a FERNet with every BatchNorm folded where it is exact.
 
     Conv->BN pairs fuse as usual. The study's conv->ReLU->BN order keeps ONNX Runtime from fusing the BN, and
-    leaves per-channel activation ranges that differ by orders of magnitude before the BN rescales them, which
-    per-tensor int8 activations cannot hold (measured: mobilenet-w1 lost 6.5 points). Folding the BN's scale into
+    leaves per-channel activation ranges that differ widely before the BN rescales them, which one per-tensor
+    int8 scale has to cover (docs/compression.md measures the `no-fold` lever on an AVX512-VNNI CPU, where it
+    cost nothing; the first measurements, on an AVX2 CPU where u8s8 sums can saturate, did not keep their
+    figures). Folding the BN's scale into
     the conv in front (through the ReLU) equalises the ranges. Its shift folds exactly into a following 1x1 conv or
     linear layer; before a zero-padded conv it stays a per-channel Add unless `shift_into_padded`, which folds it
     into that conv's bias too, exact except at the map's border. Models whose forward is not a plain chain are
@@ -172,7 +174,7 @@ def depthwise_nodes(path: Path) -> list[str]:
 
 
 def stem_nodes(path: Path) -> list[str]:
-    """The first Conv node: it sees the raw image, and quantising it costs most of the int8 accuracy loss."""
+    """The first Conv node: it sees the raw image (docs/compression.md's `stem-int8` lever measures quantising it)."""
     import onnx
 
     return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"][:1]
