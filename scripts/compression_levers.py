@@ -65,15 +65,15 @@ LEVERS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
 QUICK = ("fp32", "old-default", "reduce-range", "u8u8")  # for the other models: the old and the saturation-free recipes
 
 
-def check_slice(train: Any) -> tuple[Any, Any]:
-    """(the rest, the check slice): the last CHECK_FRACTION of each class, in the data set's own order."""
+def check_slice(train: Any) -> Any:
+    """The check slice: the last CHECK_FRACTION of each class of Training, in the data set's own order."""
     from core.data.dataset import Split
 
     last = np.zeros(len(train), bool)
     for c in np.unique(train.labels):
         idx = np.flatnonzero(train.labels == c)
         last[idx[len(idx) - int(round(len(idx) * CHECK_FRACTION)):]] = True
-    return Split(train.images[~last], train.labels[~last]), Split(train.images[last], train.labels[last])
+    return Split(train.images[last], train.labels[last])
 
 
 def accuracy(path: Path, split: Any) -> float:
@@ -82,7 +82,7 @@ def accuracy(path: Path, split: Any) -> float:
     return float(onnx_accuracy(path, split)["accuracy"])
 
 
-def build(run: Path, key: str, fields: dict[str, Any], opts: dict[str, Any], train: Any, dst: Path) -> dict[str, Any]:
+def build(run: Path, fields: dict[str, Any], opts: dict[str, Any], train: Any, dst: Path) -> dict[str, Any]:
     """Write the lever's ONNX file to dst; returns what the row records besides accuracy."""
     from core.compression.compress import make_int8
     from core.compression.quantize import Int8Recipe, fold_batchnorm
@@ -109,7 +109,7 @@ def build(run: Path, key: str, fields: dict[str, Any], opts: dict[str, Any], tra
 def measure_run(run: Path, keys: tuple[str, ...] | None, data: Any, repeats: int) -> list[dict[str, Any]]:
     from core.compression.compress import file_sizes, latencies
 
-    rest, check = check_slice(data.splits["train"])
+    check = check_slice(data.splits["train"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -117,7 +117,7 @@ def measure_run(run: Path, keys: tuple[str, ...] | None, data: Any, repeats: int
             if keys is not None and key not in keys:
                 continue
             dst = Path(tmp) / f"{key}.onnx"
-            row = {"key": key, "lever": label, **build(run, key, fields, opts, data.splits["train"], dst)}
+            row = {"key": key, "lever": label, **build(run, fields, opts, data.splits["train"], dst)}
             row.update(public=accuracy(dst, data.splits["public"]), check=accuracy(dst, check),
                        onnx_bytes=file_sizes(dst)[0], **(int8_facts(dst) if "recipe" in row else {}))
             print(f"{run.name} {key}: public {row['public']:.4f}, check {row['check']:.4f}", flush=True)
@@ -195,7 +195,7 @@ def measure(data_path: str, repeats: int, full: str) -> dict[str, Any]:
     from core.training import rundir
 
     data = load_data(data_path)
-    rest, check = check_slice(data.splits["train"])
+    check = check_slice(data.splits["train"])
     out: dict[str, Any] = {"machine": machine(), "data": {
         "public": len(data.splits["public"]), "check": len(check), "check_slice": f"last {CHECK_FRACTION:.0%} of "
         "each class of Training, in the data set's order", "calibration": f"{CALIBRATION} Training images, "
