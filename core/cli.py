@@ -368,8 +368,9 @@ def cmd_compress(a: argparse.Namespace) -> int:
     prune = a.prune
     cfg = CompressConfig(int8=a.int8, fp16=a.fp16, prune=prune, structured=a.structured, calibration=a.calibration,
                          int8_method=a.int8_method, keep_stem_fp32=not a.quantize_stem,
-                         exclude_depthwise=a.exclude_depthwise, data=a.data, finetune_epochs=a.finetune_epochs,
-                         finetune_steps=a.finetune_steps, repeats=a.repeats)
+                         exclude_depthwise=a.exclude_depthwise, int8_calibrate=a.int8_calibrate,
+                         int8_reduce_range=a.int8_reduce_range, int8_types=a.int8_types, data=a.data,
+                         finetune_epochs=a.finetune_epochs, finetune_steps=a.finetune_steps, repeats=a.repeats)
     reporter = ProgressReporter(Path(a.progress) if a.progress else None, a.quiet)
 
     def log(msg: str) -> None:
@@ -400,6 +401,12 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--int8-method", default="static-qdq", choices=("static-qdq", "static-qoperator", "dynamic"))
     c.add_argument("--quantize-stem", action="store_true", help="quantise the first conv too (costs accuracy)")
     c.add_argument("--exclude-depthwise", action="store_true", help="keep depthwise convs in fp32")
+    c.add_argument("--int8-calibrate", default="minmax", choices=("minmax", "entropy", "percentile"),
+                   help="how calibration sets the activation ranges")
+    c.add_argument("--int8-reduce-range", action=argparse.BooleanOptionalAction, default=True,
+                   help="7-bit weights (default): the same int8 results on CPUs with and without VNNI")
+    c.add_argument("--int8-types", default="u8s8", choices=("u8s8", "u8u8", "s8s8", "u16s8"),
+                   help="activation x weight types")
     c.add_argument("--data", default=None, help="PATH or 'synthetic' (default: the data the run was trained on)")
     c.add_argument("--finetune-epochs", type=int, default=2, help="epochs of fine-tuning after pruning")
     c.add_argument("--finetune-steps", type=int, default=None, help="cap on fine-tuning steps")

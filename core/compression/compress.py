@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only
+    from torch import nn
+
+    from core.compression.quantize import Int8Recipe
     from core.training.record import RunRecord
 
 SEP = "--"  # <parent-name>--<technique>
@@ -34,8 +37,11 @@ class CompressConfig:
     structured: bool = False  # remove whole channels (narrower layers) instead of single weights
     calibration: int = 256  # training images that set the int8 activation ranges
     int8_method: str = "static-qdq"  # static-qdq, static-qoperator or dynamic (core.compression.quantize.INT8_METHODS)
-    keep_stem_fp32: bool = True  # the first conv sees raw pixels; quantising it cost 4.5 points on mobilenet-w1
+    keep_stem_fp32: bool = True  # the first conv sees raw pixels (docs/compression.md measures what quantising it costs)
     exclude_depthwise: bool = False  # keep depthwise convs in fp32 (for the speed comparison)
+    int8_calibrate: str = "minmax"  # minmax, entropy or percentile (core.compression.quantize.CALIBRATE_METHODS)
+    int8_reduce_range: bool = True  # 7-bit weights, so CPUs without VNNI compute the same as those with it
+    int8_types: str = "u8s8"  # activations x weights (core.compression.quantize.INT8_TYPES)
     data: str | None = None  # None: the data the parent was trained on
     finetune_epochs: int = 2  # after pruning
     finetune_steps: int | None = None  # cap on fine-tune steps (tests, quick demos)
@@ -43,7 +49,6 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         from core.compression.prune import check_amount
-        from core.compression.quantize import INT8_METHODS
         from core.training.config import int_in
 
         if not (self.int8 or self.fp16 or self.prune is not None):
@@ -57,8 +62,14 @@ class CompressConfig:
         int_in("repeats", self.repeats, 3, 10_000)
         if self.finetune_steps is not None:
             int_in("finetune_steps", self.finetune_steps, 1, 10**9)
-        if self.int8_method not in INT8_METHODS:
-            raise ValueError(f"int8 method {self.int8_method!r} is not known; allowed: {', '.join(INT8_METHODS)}")
+        self.int8_recipe()  # a bad method, calibration or type name fails here, named
+
+    def int8_recipe(self) -> "Int8Recipe":
+        from core.compression.quantize import Int8Recipe
+
+        return Int8Recipe(method=self.int8_method, calibrate=self.int8_calibrate, reduce_range=self.int8_reduce_range,
+                          types=self.int8_types, keep_stem_fp32=self.keep_stem_fp32,
+                          exclude_depthwise=self.exclude_depthwise)
 
     def techniques(self) -> list[str]:
         out = []
@@ -258,10 +269,14 @@ class Built:
     extra: dict[str, Any] = field(default_factory=dict)  # measured facts of the build (sparsity, fine-tune)
     params: int | None = None  # changed parameter count (channel pruning)
     macs: int | None = None
+    device: str = "cpu"  # where the build computed (ONNX Runtime's quantiser and converters run on the CPU)
 
 
-def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
-    """BN-folded fp32 export -> ONNX Runtime pre-processing -> static (or dynamic) int8 with per-channel weights."""
+def make_int8(model: "nn.Module | None", fallback: Path, arch: str, dst: Path, calib: np.ndarray | None,
+              recipe: "Int8Recipe", *, fold: bool = True, on_batch: Callable[[int], None] | None = None) -> bool:
+    """BN-folded fp32 export of `model` (or `fallback`, an ONNX file, when there is no model to fold) -> ONNX
+    Runtime pre-processing -> int8 by `recipe` -> compact names, written to dst. Returns whether BN was folded.
+    build_int8 and scripts/compression_levers.py share it, so the levers measured are the pipeline shipped."""
     from core.compression.quantize import (
         Calibration,
         compact_names,
@@ -271,39 +286,43 @@ def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progre
         stem_nodes,
     )
     from core.inference.onnx_io import export_onnx
+
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        folded, pre = Path(tmp) / "folded.onnx", Path(tmp) / "preprocessed.onnx"
+        if model is not None:
+            export_onnx(fold_batchnorm(model) if fold else model, folded, arch=arch, knobs={}, params=0)
+        else:
+            shutil.copyfile(fallback, folded)
+        preprocess(folded, pre)
+        reader = Calibration(calib, on_batch=on_batch) if recipe.static and calib is not None else None
+        quantize_int8(pre, dst, reader, recipe, exclude=stem_nodes(pre) if recipe.keep_stem_fp32 else [])
+    compact_names(dst)
+    return model is not None and fold
+
+
+def build_int8(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, progress: Progress | None) -> Built:
+    """make_int8 on the parent's weights, calibrated on a stratified sample of its training images."""
     from core.training import checkpoint, rundir
     from core.training.train import stratified_subset
 
-    folded, pre = tmp / "folded.onnx", tmp / "preprocessed.onnx"
     try:
         model, _ = checkpoint.load_model(parent.path)
-        export_onnx(fold_batchnorm(model), folded, arch=parent.record["model"]["arch"], knobs={}, params=0)
-        bn_folded = True
     except ValueError:  # channel-pruned weights do not fit the registry's model: start from its ONNX file
-        shutil.copyfile(parent.path / rundir.ONNX, folded)
-        bn_folded = False
-    preprocess(folded, pre)
+        model = None
     calib = stratified_subset(data.splits["train"], cfg.calibration, seed=0).images
-    reader = None
-    if cfg.int8_method != "dynamic":
-        seen = [0]
+    seen = [0]
 
-        def on_batch(n: int) -> None:
-            seen[0] += n
-            if progress is not None:
-                progress("calibration", seen[0], len(calib))
+    def on_batch(n: int) -> None:
+        seen[0] += n
+        if progress is not None:
+            progress("calibration", seen[0], len(calib))
 
-        reader = Calibration(calib, on_batch=on_batch)
-    exclude = stem_nodes(pre) if cfg.keep_stem_fp32 else []
-    quantize_int8(pre, tmp / rundir.ONNX, reader, method=cfg.int8_method, exclude_depthwise=cfg.exclude_depthwise,
-                  exclude=exclude)
-    compact_names(tmp / rundir.ONNX)
-    for f in (folded, pre):
-        f.unlink(missing_ok=True)
-    settings = {"method": cfg.int8_method, "weights": "int8 per-channel", "bn_folded": bn_folded,
-                "stem_fp32": cfg.keep_stem_fp32, "depthwise_fp32": cfg.exclude_depthwise, "names_compacted": True}
-    if cfg.int8_method != "dynamic":
-        settings.update(activations="uint8 per-tensor", calibration_images=len(calib), calibration_split="train")
+    recipe = cfg.int8_recipe()
+    bn_folded = make_int8(model, parent.path / rundir.ONNX, parent.record["model"]["arch"], tmp / rundir.ONNX, calib,
+                          recipe, on_batch=on_batch)
+    settings = {**recipe.settings(), "bn_folded": bn_folded, "names_compacted": True}
+    if recipe.static:
+        settings.update(calibration_images=len(calib), calibration_split="train")
     return Built(f"int8-{cfg.int8_method}-per-channel", settings)
 
 
@@ -321,6 +340,8 @@ def build_pruned(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, prog
     from core.inference.onnx_io import export_onnx, parity
     from core.models.summary import summarize_model
     from core.training import checkpoint, rundir
+    from core.training.runs import device_name
+    from core.training.train import resolve_device
 
     model, _ = checkpoint.load_model(parent.path)
     record = parent.record
@@ -346,7 +367,7 @@ def build_pruned(parent: Parent, tmp: Path, cfg: CompressConfig, data: Any, prog
     settings = {"amount": cfg.prune, "kind": kind, "scope": "per-layer channels (L2)" if cfg.structured else "global L1",
                 "finetune_epochs": cfg.finetune_epochs, "finetune_steps": cfg.finetune_steps, "finetune_lr": ft.lr}
     tag = f"pruned-{'channels-' if cfg.structured else ''}{cfg.prune:g}"
-    return Built(tag, settings, extra, params=s.params, macs=s.macs)
+    return Built(tag, settings, extra, params=s.params, macs=s.macs, device=device_name(resolve_device(ft.device)))
 
 
 BUILDERS = {"int8": build_int8, "fp16": build_fp16, "pruned": build_pruned}
@@ -368,14 +389,24 @@ def stamp_metadata(path: Path, parent: Parent, name: str, compression: str, para
 
 
 def variant_record(parent: Parent, name: str, technique: str, built: Built, measured: dict[str, Any],
-                   metrics: dict[str, Any], split: str, note: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A deep copy of the parent's record with the variant's name, its measured accuracy as `final`, and `variant`."""
+                   metrics: dict[str, Any], split: str, note: dict[str, Any] | None = None,
+                   wall_time_s: float = 0.0) -> dict[str, Any]:
+    """A deep copy of the parent's record with the variant's name, its measured accuracy as `final`, and `variant`.
+    Where, how long and with which libraries are the variant's own (its build and measurement, here), not the
+    parent's training: a variant made on a CPU must not say it ran on the parent's GPU."""
+    import platform
+
+    import torch
+
     from core.training import rundir
     from core.training.record import now_iso
+    from core.training.runs import versions
 
     rec = copy.deepcopy(parent.record)
     rec.pop("pid", None)
-    rec.update(name=name, status="done", error=None, created=now_iso(), updated=now_iso())
+    rec.update(name=name, status="done", error=None, created=now_iso(), updated=now_iso(), device=built.device,
+               wall_time_s=wall_time_s, cpu=platform.processor() or platform.machine(),
+               threads=torch.get_num_threads(), versions=versions())
     if built.params is not None:
         rec["params"] = rec["trainable"] = built.params
     if built.macs is not None:
@@ -420,12 +451,14 @@ def write_variant(parent: Parent, technique: str, out_root: Path, cfg: CompressC
     name = rundir.check_run_name(f"{parent.name}{SEP}{technique}")
     final = out_root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root))
+    started = time.perf_counter()
     try:
         built = BUILDERS[technique.split("-")[0]](parent, tmp, cfg, data, progress)
         stamp_metadata(tmp / rundir.ONNX, parent, name, built.compression, built.params)
         check_onnx_file(tmp / rundir.ONNX)
         measured, metrics = _measure(parent, tmp / rundir.ONNX, data, split, parent_eval, cfg, progress)
-        record = RunRecord.from_json(variant_record(parent, name, technique, built, measured, metrics, split, note))
+        record = RunRecord.from_json(variant_record(parent, name, technique, built, measured, metrics, split, note,
+                                                    wall_time_s=time.perf_counter() - started))
         rundir.write_record(tmp, record)
         os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private; a run folder gets normal permissions
         old = None

@@ -2,6 +2,7 @@
 dynamic quantisation, and fp16 weights behind the fp32 contract."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -101,8 +102,10 @@ def fold_batchnorm(model: nn.Module, shift_into_padded: bool = False) -> nn.Modu
     """An inference copy of a FERNet with every BatchNorm folded where it is exact.
 
     Conv->BN pairs fuse as usual. The study's conv->ReLU->BN order keeps ONNX Runtime from fusing the BN, and
-    leaves per-channel activation ranges that differ by orders of magnitude before the BN rescales them, which
-    per-tensor int8 activations cannot hold (measured: mobilenet-w1 lost 6.5 points). Folding the BN's scale into
+    leaves per-channel activation ranges that differ widely before the BN rescales them, which one per-tensor
+    int8 scale has to cover (docs/compression.md measures the `no-fold` lever on an AVX512-VNNI CPU, where it
+    cost nothing; the first measurements, on an AVX2 CPU where u8s8 sums can saturate, did not keep their
+    figures). Folding the BN's scale into
     the conv in front (through the ReLU) equalises the ranges. Its shift folds exactly into a following 1x1 conv or
     linear layer; before a zero-padded conv it stays a per-channel Add unless `shift_into_padded`, which folds it
     into that conv's bias too, exact except at the map's border. Models whose forward is not a plain chain are
@@ -171,7 +174,7 @@ def depthwise_nodes(path: Path) -> list[str]:
 
 
 def stem_nodes(path: Path) -> list[str]:
-    """The first Conv node: it sees the raw image, and quantising it costs most of the int8 accuracy loss."""
+    """The first Conv node: it sees the raw image (docs/compression.md's `stem-int8` lever measures quantising it)."""
     import onnx
 
     return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"][:1]
@@ -189,23 +192,80 @@ def cpu_has_vnni() -> bool:
     return " avx512_vnni" in flags or " avx_vnni" in flags
 
 
-def quantize_int8(src: Path, dst: Path, calibration: Calibration | None, *, method: str = "static-qdq",
-                  exclude_depthwise: bool = False, exclude: list[str] | None = None) -> None:
-    """int8 weights (per-channel) with ONNX Runtime; static methods also quantise activations (uint8) from the
-    calibration images. src should already be BN-folded (fold_batchnorm) and pre-processed (preprocess)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
+# activation x weight types: ONNX Runtime's x86 kernels sum uint8 x int8 products in saturating 16-bit pairs
+# without VNNI; uint8 x uint8 and 7-bit weights (reduce_range) cannot saturate there (its quantisation docs)
+INT8_TYPES = {"u8s8": ("QUInt8", "QInt8"), "u8u8": ("QUInt8", "QUInt8"), "s8s8": ("QInt8", "QInt8"),
+              "u16s8": ("QUInt16", "QInt8")}
 
-    if method not in INT8_METHODS:
-        raise ValueError(f"int8 method {method!r} is not known; allowed: {', '.join(INT8_METHODS)}")
-    exclude = list(exclude or []) + (depthwise_nodes(src) if exclude_depthwise else [])
-    if method == "dynamic":
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude)
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How a BN-folded fp32 graph becomes int8: the levers docs/compression.md measures
+    (scripts/compression_levers.py), each mapped onto onnxruntime.quantization's own arguments."""
+
+    method: str = "static-qdq"  # INT8_METHODS
+    calibrate: str = "minmax"  # CALIBRATE_METHODS: how the activation ranges are set from the calibration images
+    percentile: float = 99.999  # for calibrate="percentile"
+    per_channel: bool = True  # one weight scale per output channel, not per tensor
+    reduce_range: bool = False  # 7-bit weights: no 16-bit saturation on CPUs without VNNI
+    types: str = "u8s8"  # INT8_TYPES
+    keep_stem_fp32: bool = True  # the first conv sees raw pixels
+    exclude_depthwise: bool = False  # keep depthwise convs in fp32
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("int8 method", self.method, INT8_METHODS),
+                                     ("calibration method", self.calibrate, CALIBRATE_METHODS),
+                                     ("int8 types", self.types, tuple(INT8_TYPES))):
+            if value not in allowed:
+                raise ValueError(f"{name} {value!r} is not known; allowed: {', '.join(allowed)}")
+        if not 50 < self.percentile < 100:
+            raise ValueError(f"percentile {self.percentile!r} must be between 50 and 100")
+
+    @property
+    def static(self) -> bool:
+        return self.method != "dynamic"
+
+    @property
+    def saturation_free(self) -> bool:
+        """Whether ONNX Runtime's x86 kernels compute it exactly with and without VNNI alike."""
+        return self.reduce_range or self.types in ("u8u8", "u16s8") or not self.static
+
+    def settings(self) -> dict[str, object]:
+        """The record's description (variant.settings)."""
+        act, weights = INT8_TYPES[self.types]
+        out: dict[str, object] = {
+            "method": self.method, "weights": f"{weights.lower()[1:]} {'per-channel' if self.per_channel else 'per-tensor'}"
+            + (" 7-bit (reduce_range)" if self.reduce_range else ""), "stem_fp32": self.keep_stem_fp32,
+            "depthwise_fp32": self.exclude_depthwise, "saturation_free": self.saturation_free}
+        if self.static:
+            out.update(activations=f"{act.lower()[1:]} per-tensor", calibrate=self.calibrate)
+            if self.calibrate == "percentile":
+                out["percentile"] = self.percentile
+        return out
+
+
+def quantize_int8(src: Path, dst: Path, calibration: Calibration | None, recipe: Int8Recipe = Int8Recipe(),
+                  exclude: list[str] | None = None) -> None:
+    """int8 weights with ONNX Runtime; static methods also quantise activations from the calibration images. src
+    should already be BN-folded (fold_batchnorm) and pre-processed (preprocess)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    exclude = list(exclude or []) + (depthwise_nodes(src) if recipe.exclude_depthwise else [])
+    act, weights = (getattr(QuantType, t) for t in INT8_TYPES[recipe.types])
+    if not recipe.static:
+        quantize_dynamic(str(src), str(dst), weight_type=weights, per_channel=recipe.per_channel,
+                         reduce_range=recipe.reduce_range, nodes_to_exclude=exclude)
         return
     if calibration is None:
-        raise ValueError(f"int8 method {method!r} needs calibration images; 'dynamic' needs none")
-    fmt = QuantFormat.QDQ if method == "static-qdq" else QuantFormat.QOperator
-    quantize_static(str(src), str(dst), calibration, quant_format=fmt, per_channel=True, nodes_to_exclude=exclude,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        raise ValueError(f"int8 method {recipe.method!r} needs calibration images; 'dynamic' needs none")
+    fmt = QuantFormat.QDQ if recipe.method == "static-qdq" else QuantFormat.QOperator
+    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}[recipe.calibrate]
+    extra = {"CalibPercentile": recipe.percentile} if recipe.calibrate == "percentile" else {}
+    quantize_static(str(src), str(dst), calibration, quant_format=fmt, per_channel=recipe.per_channel,
+                    reduce_range=recipe.reduce_range, nodes_to_exclude=exclude, activation_type=act,
+                    weight_type=weights, calibrate_method=calib, extra_options=extra)
 
 
 def preprocess(src: Path, dst: Path) -> None:

@@ -25,7 +25,9 @@ JOB_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "job.json", "progress.json", "s
 def cli_args(run_dir: Path, cfg: CompressConfig, out: Path | None, force: bool = False) -> list[str]:
     """The `core compress` command line that does what cfg says."""
     args = [sys.executable, "-m", "core", "compress", str(run_dir), "--calibration", str(cfg.calibration),
-            "--int8-method", cfg.int8_method, "--finetune-epochs", str(cfg.finetune_epochs), "--repeats", str(cfg.repeats)]
+            "--int8-method", cfg.int8_method, "--int8-calibrate", cfg.int8_calibrate, "--int8-types", cfg.int8_types,
+            "--int8-reduce-range" if cfg.int8_reduce_range else "--no-int8-reduce-range",
+            "--finetune-epochs", str(cfg.finetune_epochs), "--repeats", str(cfg.repeats)]
     args += [flag for flag, on in (("--int8", cfg.int8), ("--fp16", cfg.fp16), ("--structured", cfg.structured),
                                    ("--quantize-stem", not cfg.keep_stem_fp32),
                                    ("--exclude-depthwise", cfg.exclude_depthwise), ("--force", force)) if on]

@@ -206,8 +206,8 @@ def compression_section(out: Path) -> list[str]:
              "fp32 parent in one call, accuracy with ONNX Runtime on PublicTest, latency as medians on one CPU thread "
              "in alternating rounds. This 2-core machine was shared with other jobs (1-minute load average "
              f"{v['load_avg_1min'].min():.0f} to {v['load_avg_1min'].max():.0f} during these measurements), so the "
-             "latencies are noisy; the accuracies are exact. Why int8 MobileNet gains little speed, measured "
-             "operator by operator: [compression.md](compression.md).",
+             "latencies are noisy; the accuracies are exact. Each int8 lever (calibration, types, BN folding, the "
+             "stem), measured on mobilenet-w1 and the large models: [compression.md](compression.md).",
              "", "![size vs accuracy](study_compression.png)", "",
              "| variant | technique | params | ONNX KB (vs fp32) | gzip KB | ms batch 1 | ms batch 64 (speed-up) | "
              "public acc | fp32 | difference |",
