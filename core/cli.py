@@ -363,14 +363,10 @@ class ProgressReporter:
 
 def cmd_compress(a: argparse.Namespace) -> int:
     from core.compression.compress import CompressConfig, compress_run
+    from core.training.config import config_from_args
     from core.util.fsutil import json_default
 
-    prune = a.prune
-    cfg = CompressConfig(int8=a.int8, fp16=a.fp16, prune=prune, structured=a.structured, calibration=a.calibration,
-                         int8_method=a.int8_method, keep_stem_fp32=not a.quantize_stem,
-                         exclude_depthwise=a.exclude_depthwise, int8_calibrate=a.int8_calibrate,
-                         int8_reduce_range=a.int8_reduce_range, int8_types=a.int8_types, data=a.data,
-                         finetune_epochs=a.finetune_epochs, finetune_steps=a.finetune_steps, repeats=a.repeats)
+    cfg = config_from_args(a, CompressConfig)
     reporter = ProgressReporter(Path(a.progress) if a.progress else None, a.quiet)
 
     def log(msg: str) -> None:
@@ -392,25 +388,10 @@ def cmd_compress(a: argparse.Namespace) -> int:
 def _add_compress(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compress", help="int8, fp16 and pruned variants of a run, each measured against it")
     c.add_argument("run", help="run folder (e.g. checkpoints/mobilenet-w1)")
-    c.add_argument("--int8", action="store_true", help="int8 ONNX (static QDQ quantisation, per-channel weights)")
-    c.add_argument("--fp16", action="store_true", help="fp16 ONNX weights (input and output stay fp32)")
-    c.add_argument("--prune", type=float, default=None, metavar="AMOUNT",
-                   help="remove this fraction (0-1) of weights, then fine-tune")
-    c.add_argument("--structured", action="store_true", help="with --prune: remove whole channels (narrower layers)")
-    c.add_argument("--calibration", type=int, default=256, metavar="N", help="training images for int8 calibration")
-    c.add_argument("--int8-method", default="static-qdq", choices=("static-qdq", "static-qoperator", "dynamic"))
-    c.add_argument("--quantize-stem", action="store_true", help="quantise the first conv too (costs accuracy)")
-    c.add_argument("--exclude-depthwise", action="store_true", help="keep depthwise convs in fp32")
-    c.add_argument("--int8-calibrate", default="minmax", choices=("minmax", "entropy", "percentile"),
-                   help="how calibration sets the activation ranges")
-    c.add_argument("--int8-reduce-range", action=argparse.BooleanOptionalAction, default=True,
-                   help="7-bit weights (default): the same int8 results on CPUs with and without VNNI")
-    c.add_argument("--int8-types", default="u8s8", choices=("u8s8", "u8u8", "s8s8", "u16s8"),
-                   help="activation x weight types")
-    c.add_argument("--data", default=None, help="PATH or 'synthetic' (default: the data the run was trained on)")
-    c.add_argument("--finetune-epochs", type=int, default=2, help="epochs of fine-tuning after pruning")
-    c.add_argument("--finetune-steps", type=int, default=None, help="cap on fine-tuning steps")
-    c.add_argument("--repeats", type=int, default=60, help="latency runs per batch size (medians)")
+    from core.compression.compress import CompressConfig
+    from core.training.config import add_config_arguments
+
+    add_config_arguments(c, CompressConfig)  # one flag per CompressConfig field, with its help, bounds and choices
     c.add_argument("--out", default=None, help="folder for the variants (default: beside a run of yours; the runs "
                    "folder for a shipped checkpoint, since nothing is written into checkpoints/)")
     c.add_argument("--force", action="store_true", help="replace a variant of the same name (default: refuse)")

@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from components import identity
-from components.widgets import KEEP
+from components.widgets import KEEP, field_rows, field_widget
 from core.data import find_fer
 from core.models import archs
 from core.models.summary import summarize
@@ -26,34 +26,19 @@ STATUS_BADGE = {"queued": ":violet-badge[queued]", "starting": ":blue-badge[star
 
 
 def widget(spec: FormField, where, fixed_choices: list | None = None):  # noqa: ANN001, ANN201 - a column; its value
-    """One form widget for a TrainConfig field, chosen by the field's kind."""
+    """One form widget for a TrainConfig field: the architecture by its family's title, the width as a slider, the
+    rest as components.widgets draws any field."""
     key, kw = f"train_{spec.name}", {"help": spec.help, **KEEP}
     if spec.name == "arch":
         return where.selectbox(spec.label, spec.choices, index=spec.choices.index(spec.default), key=key,
                                format_func=lambda n: archs.get_family(n).title, **kw)
     if spec.name == "width":
         return where.slider(spec.label, spec.low, spec.high, spec.default, spec.step, format="%.3f", key=key, **kw)
-    if spec.kind == "choice":
-        options = fixed_choices or list(spec.choices)
-        index = options.index(spec.default) if spec.default in options else 0
-        return where.selectbox(spec.label, options, index=index, key=key,
-                               format_func=lambda v: f"{v:g}" if isinstance(v, float) else str(v), **kw)
-    if spec.kind == "bool":
-        return where.toggle(spec.label, value=spec.default, key=key, **kw)
-    if spec.kind in ("int", "float"):
-        cast = int if spec.kind == "int" else float
-        return where.number_input(spec.label, min_value=cast(spec.low), max_value=cast(spec.high) if spec.high else None,
-                                  value=cast(spec.default), step=cast(spec.step or 1), key=key, **kw)
-    return where.text_input(spec.label, value=spec.default or "", key=key, **kw)
+    return field_widget(spec, where, key, KEEP, fixed_choices)
 
 
 def form_group(specs: list[FormField], values: dict) -> None:
-    """Lay a group's widgets out three to a row: at four, labels such as "Augment" were cut to "A..." at 1400 px."""
-    for i in range(0, len(specs), 3):
-        cols = st.columns(3)
-        for col, spec in zip(cols, specs[i:i + 3]):
-            choices = available_devices() if spec.name == "device" else None
-            values[spec.name] = widget(spec, col, choices)
+    field_rows(specs, values, lambda spec, col: widget(spec, col, available_devices() if spec.name == "device" else None))
 
 
 def dropout_slider(arch: str, where):  # noqa: ANN001, ANN201 - a column; the value or None

@@ -1,12 +1,15 @@
 """Compress page: make int8, fp16 and pruned variants of a checkpoint in the background (core.service.compress_jobs)
 and see every variant's size, speed and accuracy beside its fp32 parent."""
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from core.compression import compress
+from components.widgets import field_rows, field_widget
+from core.compression.compress import CompressConfig
 from core.service import compress_jobs
+from core.training.config import FormField, config_from_form, form_fields
 from core.training.rundir import RunStatus, list_runs
 from core.util.fsutil import runs_dir
 from core.views import charts, compressviews
@@ -25,26 +28,22 @@ VARIANT_COLUMNS = {
 }
 
 
+def draw_field(spec: FormField, col: Any) -> Any:
+    return field_widget(spec, col, f"compress_{spec.name}", checkbox=True)  # a form: checkboxes read as settings
+
+
 def compress_form(root: Path, names: dict[str, RunStatus]) -> None:
-    """The form; a submitted one starts a background job (its progress is shown below)."""
+    """The form, generated from CompressConfig's fields like the CLI's flags; a submitted one starts a background
+    job (its progress is shown below)."""
+    specs = form_fields(CompressConfig)
+    values: dict = {}
     with st.form("compress_form"):
         run = st.selectbox("Checkpoint", list(names), key="compress_run",
                            format_func=lambda n: f"{n} ({'shipped' if names[n].shipped else 'yours'})")
-        c1, c2, c3 = st.columns(3)
-        int8 = c1.checkbox("int8 (static, per-channel)", value=True, key="compress_int8",
-                           help="ONNX Runtime static quantisation; BatchNorms folded first; the first conv stays fp32")
-        fp16 = c2.checkbox("fp16 weights", key="compress_fp16", help="half the file; input and output stay fp32")
-        prune_on = c3.checkbox("prune, then fine-tune", key="compress_prune_on")
-        c1, c2, c3 = st.columns(3)
-        amount = c1.slider("Prune amount", min_value=0.05, max_value=0.95, value=0.5, step=0.05, key="compress_amount",
-                           help="share of weights (or of channels, if structured) to remove")
-        structured = c2.checkbox("structured (whole channels)", key="compress_structured",
-                                 help="layers really become narrower: fewer parameters, MACs and milliseconds")
-        epochs = c3.number_input("Fine-tune epochs", min_value=1, max_value=20, value=2, key="compress_epochs")
-        c1, c2 = st.columns(2)
-        calibration = c1.number_input("Calibration images (int8)", min_value=16, max_value=5000, value=256, step=16,
-                                      key="compress_calibration")
-        force = c2.checkbox("replace a variant of the same name", key="compress_force",
+        field_rows([s for s in specs if s.group == "main"], values, draw_field)
+        with st.expander("int8 settings (the defaults are what docs/compression.md found best)"):
+            field_rows([s for s in specs if s.group == "more"], values, draw_field)
+        force = st.checkbox("replace a variant of the same name", key="compress_force",
                             help="off: a variant that already exists is kept, and the job is refused")
         submitted = st.form_submit_button("Compress in the background", type="primary", key="compress_start")
     st.info("Unstructured pruning only writes zeros: dense kernels multiply by zero just as fast, so it saves **no "
@@ -57,9 +56,7 @@ def compress_form(root: Path, names: dict[str, RunStatus]) -> None:
         st.error("No checkpoint to compress: train one on the Train page first.")
         return
     try:
-        cfg = compress.CompressConfig(int8=int8, fp16=fp16, prune=amount if prune_on else None,
-                                      structured=structured and prune_on, calibration=int(calibration),
-                                      finetune_epochs=int(epochs))
+        cfg = config_from_form(values, CompressConfig)
         out = root if names[run].shipped else None  # shipped checkpoints stay as shipped
         compress_jobs.start_job(names[run].path, cfg, out=out, root=root, force=force)
         st.success(f"Started: {', '.join(cfg.techniques())} of `{run}`. Progress below.")

@@ -165,16 +165,18 @@ def test_bad_int8_settings_name_the_value(bad: dict, match: str) -> None:
         CompressConfig(int8=True, **bad)
 
 
-def test_background_job_command_line_rebuilds_the_int8_recipe() -> None:
-    """The Compress page's job runs `core compress` with flags that give back the same int8 recipe."""
+def test_background_job_command_line_rebuilds_the_config() -> None:
+    """The Compress page's job runs `core compress` with flags generated from CompressConfig's fields, which the
+    CLI's generated parser turns back into the very same config."""
     from core.cli import build_parser
     from core.service.compress_jobs import cli_args
+    from core.training.config import config_from_args
 
     for cfg in (CompressConfig(int8=True), CompressConfig(int8=True, int8_reduce_range=False, int8_calibrate="entropy",
-                                                          int8_types="u8u8", keep_stem_fp32=False)):
+                                                          int8_types="u8u8", quantize_stem=True),
+                CompressConfig(fp16=True, prune=0.3, structured=True, finetune_steps=5, data="synthetic", repeats=3)):
         args = build_parser().parse_args(cli_args(Path("run"), cfg, None)[3:])
-        assert (args.int8_reduce_range, args.int8_calibrate, args.int8_types, not args.quantize_stem) == \
-            (cfg.int8_reduce_range, cfg.int8_calibrate, cfg.int8_types, cfg.keep_stem_fp32)
+        assert config_from_args(args, CompressConfig) == cfg
     assert CompressConfig(int8=True).int8_recipe().saturation_free  # the default computes alike on every x86 CPU
 
 

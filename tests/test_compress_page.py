@@ -27,9 +27,11 @@ def test_controls_and_the_plain_warning(tiny_run: Path) -> None:
     at = page()
     assert any(t.value == "Compress" for t in at.title)
     assert any(o.startswith("page-tiny") for o in at.selectbox(key="compress_run").options)
-    for key in ("compress_int8", "compress_fp16", "compress_prune_on", "compress_structured"):
-        assert at.checkbox(key=key) is not None
-    assert at.slider(key="compress_amount").value == 0.5
+    # the form is generated from CompressConfig's fields, with their defaults (int8 on in the form)
+    assert at.checkbox(key="compress_int8").value is True and at.checkbox(key="compress_fp16").value is False
+    assert at.number_input(key="compress_prune").value == 0 and at.checkbox(key="compress_structured").value is False
+    assert at.selectbox(key="compress_int8_calibrate").options == ["minmax", "entropy", "percentile"]
+    assert at.checkbox(key="compress_int8_reduce_range").value is True
     assert any("saves **no time**" in i.value and "gzip" in i.value for i in at.info)
 
 

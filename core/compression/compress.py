@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from core.compression.int8_names import CALIBRATE_METHODS, INT8_METHODS, INT8_TYPE_NAMES
+from core.training.config import check_fields, knob
+
 if TYPE_CHECKING:  # annotations only
     from torch import nn
 
@@ -31,25 +34,41 @@ Progress = Callable[[str, int, int], None]  # stage, done, total
 
 @dataclass(frozen=True)
 class CompressConfig:
-    int8: bool = False  # int8 weights and activations (ONNX Runtime static quantisation)
-    fp16: bool = False  # fp16 weights and compute, fp32 input and output
-    prune: float | None = None  # fraction of weights (or channels, with structured) to remove, then fine-tune
-    structured: bool = False  # remove whole channels (narrower layers) instead of single weights
-    calibration: int = 256  # training images that set the int8 activation ranges
-    int8_method: str = "static-qdq"  # static-qdq, static-qoperator or dynamic (core.compression.quantize.INT8_METHODS)
-    keep_stem_fp32: bool = True  # the first conv sees raw pixels (docs/compression.md measures what quantising it costs)
-    exclude_depthwise: bool = False  # keep depthwise convs in fp32 (for the speed comparison)
-    int8_calibrate: str = "minmax"  # minmax, entropy or percentile (core.compression.quantize.CALIBRATE_METHODS)
-    int8_reduce_range: bool = True  # 7-bit weights, so CPUs without VNNI compute the same as those with it
-    int8_types: str = "u8s8"  # activations x weights (core.compression.quantize.INT8_TYPES)
-    data: str | None = None  # None: the data the parent was trained on
-    finetune_epochs: int = 2  # after pruning
-    finetune_steps: int | None = None  # cap on fine-tune steps (tests, quick demos)
-    repeats: int = 60  # latency runs per batch size (medians are reported)
+    """What `python -m core compress` makes of a run. Like TrainConfig, each field carries its help, choices and
+    bounds (core.training.config.knob): the CLI's flags, the Compress form, validation and the flags of a
+    background job are generated from it."""
+
+    int8: bool = knob(False, "int8 ONNX: static QDQ quantisation, per-channel weights (ONNX Runtime)",
+                      label="int8 (static, per-channel)", group="main", form_default=True)
+    fp16: bool = knob(False, "fp16 ONNX weights and compute; input and output stay fp32", label="fp16 weights",
+                      group="main")
+    prune: float | None = knob(None, "remove this fraction of weights (or of channels, with --structured), then "
+                                     "fine-tune", low=0.01, high=0.99, label="Prune amount (0 = none)", group="main",
+                               step=0.05)
+    structured: bool = knob(False, "with --prune: remove whole channels, so layers really become narrower (fewer "
+                                   "parameters, MACs and milliseconds)", label="structured (whole channels)",
+                            group="main")
+    finetune_epochs: int = knob(2, "epochs of fine-tuning after pruning", low=1, high=100, label="Fine-tune epochs",
+                                group="main")
+    calibration: int = knob(256, "training images that set the int8 activation ranges", low=1, high=100_000,
+                            label="Calibration images (int8)", group="main", step=16)
+    int8_method: str = knob("static-qdq", "int8 method", choices=INT8_METHODS, label="int8 method")
+    int8_calibrate: str = knob("minmax", "how calibration sets the activation ranges", choices=CALIBRATE_METHODS,
+                               label="Calibration method")
+    int8_types: str = knob("u8s8", "activation x weight types", choices=INT8_TYPE_NAMES, label="int8 types")
+    int8_reduce_range: bool = knob(True, "7-bit weights: the same int8 results on CPUs with and without VNNI",
+                                   label="7-bit weights (reduce_range)")
+    # the first conv sees raw pixels (docs/compression.md measures what quantising it costs)
+    quantize_stem: bool = knob(False, "quantise the first conv too (costs accuracy)", label="quantise the stem too")
+    exclude_depthwise: bool = knob(False, "keep depthwise convs in fp32 (for the speed comparison)",
+                                   label="keep depthwise convs fp32")
+    data: str | None = knob(None, "PATH or 'synthetic' (default: the data the run was trained on)", group=None)
+    finetune_steps: int | None = knob(None, "cap on fine-tuning steps (tests, quick demos)", low=1, high=10**9,
+                                      group=None)
+    repeats: int = knob(60, "latency runs per batch size (medians are reported)", low=3, high=10_000, group=None)
 
     def __post_init__(self) -> None:
         from core.compression.prune import check_amount
-        from core.training.config import int_in
 
         if not (self.int8 or self.fp16 or self.prune is not None):
             raise ValueError("no technique chosen: give at least one of --int8, --fp16, --prune AMOUNT")
@@ -57,18 +76,14 @@ class CompressConfig:
             check_amount(self.prune)
         elif self.structured:
             raise ValueError("--structured needs --prune AMOUNT (the fraction of channels to remove)")
-        int_in("calibration", self.calibration, 1, 100_000)
-        int_in("finetune_epochs", self.finetune_epochs, 1, 100)
-        int_in("repeats", self.repeats, 3, 10_000)
-        if self.finetune_steps is not None:
-            int_in("finetune_steps", self.finetune_steps, 1, 10**9)
-        self.int8_recipe()  # a bad method, calibration or type name fails here, named
+        self.int8_recipe()  # a bad method, calibration or type name fails here, named as the recipe names it
+        check_fields(self)
 
     def int8_recipe(self) -> "Int8Recipe":
         from core.compression.quantize import Int8Recipe
 
         return Int8Recipe(method=self.int8_method, calibrate=self.int8_calibrate, reduce_range=self.int8_reduce_range,
-                          types=self.int8_types, keep_stem_fp32=self.keep_stem_fp32,
+                          types=self.int8_types, keep_stem_fp32=not self.quantize_stem,
                           exclude_depthwise=self.exclude_depthwise)
 
     def techniques(self) -> list[str]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-INT8_METHODS = ("static-qdq", "static-qoperator", "dynamic")
+from core.compression.int8_names import CALIBRATE_METHODS, INT8_METHODS, INT8_TYPE_NAMES
 
 
 class ChannelShift(nn.Module):
@@ -192,11 +192,9 @@ def cpu_has_vnni() -> bool:
     return " avx512_vnni" in flags or " avx_vnni" in flags
 
 
-CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
-# activation x weight types: ONNX Runtime's x86 kernels sum uint8 x int8 products in saturating 16-bit pairs
-# without VNNI; uint8 x uint8 and 7-bit weights (reduce_range) cannot saturate there (its quantisation docs)
-INT8_TYPES = {"u8s8": ("QUInt8", "QInt8"), "u8u8": ("QUInt8", "QUInt8"), "s8s8": ("QInt8", "QInt8"),
-              "u16s8": ("QUInt16", "QInt8")}
+# ONNX Runtime's QuantType names for each of int8_names.INT8_TYPE_NAMES (activations x weights)
+INT8_TYPES = dict(zip(INT8_TYPE_NAMES, (("QUInt8", "QInt8"), ("QUInt8", "QUInt8"), ("QInt8", "QInt8"),
+                                        ("QUInt16", "QInt8"))))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.compression.compress import CompressConfig
+from core.training.config import to_cli_args
 from core.util.fsutil import atomic_write_json, read_json_object, runs_dir
 from core.util.procs import pid_alive, spawn_detached
 
@@ -23,23 +24,10 @@ JOB_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "job.json", "progress.json", "s
 
 
 def cli_args(run_dir: Path, cfg: CompressConfig, out: Path | None, force: bool = False) -> list[str]:
-    """The `core compress` command line that does what cfg says."""
-    args = [sys.executable, "-m", "core", "compress", str(run_dir), "--calibration", str(cfg.calibration),
-            "--int8-method", cfg.int8_method, "--int8-calibrate", cfg.int8_calibrate, "--int8-types", cfg.int8_types,
-            "--int8-reduce-range" if cfg.int8_reduce_range else "--no-int8-reduce-range",
-            "--finetune-epochs", str(cfg.finetune_epochs), "--repeats", str(cfg.repeats)]
-    args += [flag for flag, on in (("--int8", cfg.int8), ("--fp16", cfg.fp16), ("--structured", cfg.structured),
-                                   ("--quantize-stem", not cfg.keep_stem_fp32),
-                                   ("--exclude-depthwise", cfg.exclude_depthwise), ("--force", force)) if on]
-    if cfg.prune is not None:
-        args += ["--prune", repr(cfg.prune)]
-    if cfg.finetune_steps is not None:
-        args += ["--finetune-steps", str(cfg.finetune_steps)]
-    if cfg.data:
-        args += ["--data", cfg.data]
-    if out is not None:
-        args += ["--out", str(out)]
-    return args
+    """The `core compress` command line that does what cfg says (its flags generated from CompressConfig's fields,
+    like the CLI's parser)."""
+    return [sys.executable, "-m", "core", "compress", str(run_dir), *to_cli_args(cfg), *(["--force"] if force else []),
+            *(["--out", str(out)] if out is not None else [])]
 
 
 def start_job(run_dir: str | os.PathLike, cfg: CompressConfig, out: str | os.PathLike | None = None,

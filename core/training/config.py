@@ -149,8 +149,7 @@ class TrainConfig:
         return family.resolve(**knobs)
 
     def validate(self) -> None:
-        for f in fields(self):
-            _check_field(self, f)
+        check_fields(self)
         self.model_knobs()  # the family's own ranges (width, dropout)
         if self.teacher_mode == "once" and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
             raise ValueError("teacher_mode 'once' keeps one set of teacher logits per image, which mixed images do not "
@@ -178,14 +177,14 @@ def with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 # Field metadata -> validation, CLI flags and back, Train form
 # ---------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def _hints() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
-def field_type(f: Any) -> tuple[type, bool]:
-    """(base type, optional) of a TrainConfig field: `int | None` -> (int, True)."""
-    hint = _hints()[f.name]
+def field_type(f: Any, cls: type | None = None) -> tuple[type, bool]:
+    """(base type, optional) of a field of `cls` (TrainConfig by default): `int | None` -> (int, True)."""
+    hint = _hints(cls or TrainConfig)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return (args[0] if args else hint), bool(typing.get_args(hint))
 
@@ -195,9 +194,16 @@ def choices_of(f: Any) -> list | None:
     return list(c()) if callable(c) else (list(c) if c else None)
 
 
-def _check_field(cfg: TrainConfig, f: Any) -> None:
+def check_fields(cfg: Any) -> None:
+    """Each field of a config dataclass (TrainConfig, core.compression.compress.CompressConfig) against its
+    metadata: choices, type, bounds; ValueError naming the field, the bad value and what is allowed."""
+    for f in fields(cfg):
+        _check_field(cfg, f)
+
+
+def _check_field(cfg: Any, f: Any) -> None:
     value, meta = getattr(cfg, f.name), f.metadata
-    base, optional = field_type(f)
+    base, optional = field_type(f, type(cfg))
     if value is None and optional:
         return
     choices = choices_of(f)
@@ -240,9 +246,13 @@ def _num(v: Any) -> str:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, with its help, default, choices and bounds."""
-    for f in fields(TrainConfig):
-        base, _ = field_type(f)
+    add_config_arguments(parser, TrainConfig)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of the config dataclass `cls`, with its help, default, choices and bounds."""
+    for f in fields(cls):
+        base, _ = field_type(f, cls)
         kw: dict[str, Any] = {"help": _help(f), "dest": f.name}
         if base is bool:
             kw.update(action=argparse.BooleanOptionalAction, default=f.default)
@@ -254,19 +264,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(_flag(f.name), **kw)
 
 
-def config_from_args(ns: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{f.name: getattr(ns, f.name) for f in fields(TrainConfig)})
+def config_from_args(ns: argparse.Namespace, cls: type = None) -> Any:  # type: ignore[assignment]
+    """The config (TrainConfig by default) that the flags of add_config_arguments(parser, cls) gave."""
+    cls = cls or TrainConfig
+    return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
 
-def to_cli_args(cfg: TrainConfig) -> list[str]:
-    """The `core train` flags that rebuild exactly this config (the trainer refuses to resume a different one)."""
+def to_cli_args(cfg: Any) -> list[str]:
+    """The flags that rebuild exactly this config (`core train`'s for a TrainConfig: the trainer refuses to resume a
+    different one; `core compress`'s for a CompressConfig)."""
     args: list[str] = []
-    for f in fields(TrainConfig):
+    for f in fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, bool):
             args.append(_flag(f.name) if value else "--no-" + f.name.replace("_", "-"))
         elif value is None:
-            continue  # None means "the default" everywhere in TrainConfig, and the CLI's default is None too
+            continue  # None means "the default" in every config, and the CLI's default is None too
         else:
             args += [_flag(f.name), repr(value) if isinstance(value, float) else str(value)]  # repr round-trips floats
     return args
@@ -289,14 +302,15 @@ class FormField:
     zero_is_none: bool = False  # optional numbers: 0 in the form means "not set"
 
 
-def form_fields() -> list[FormField]:
-    """The Train form's widgets, in field order, from the same metadata as the CLI."""
+def form_fields(cls: type | None = None) -> list[FormField]:
+    """A form's widgets (the Train form's by default, of TrainConfig), in field order, from the same metadata as
+    the CLI."""
     out = []
-    for f in fields(TrainConfig):
+    for f in fields(cls or TrainConfig):
         meta = f.metadata
         if meta["group"] is None:
             continue
-        base, optional = field_type(f)
+        base, optional = field_type(f, cls)
         choices = tuple(meta["options"] or choices_of(f) or ())
         kind = "choice" if choices else {bool: "bool", int: "int", float: "float"}.get(base, "text")
         high = None if isinstance(meta["high"], str) else meta["high"]
@@ -308,9 +322,11 @@ def form_fields() -> list[FormField]:
     return out
 
 
-def config_from_form(values: dict[str, Any], **fixed: Any) -> TrainConfig:
-    """A TrainConfig from the form's values (0 -> None where the form says so, '' -> None for text)."""
-    by_name = {f.name: f for f in form_fields()}
+def config_from_form(values: dict[str, Any], cls: type | None = None, **fixed: Any) -> Any:
+    """A config (TrainConfig by default) from its form's values (0 -> None where the form says so, '' -> None for
+    text)."""
+    cls = cls or TrainConfig
+    by_name = {f.name: f for f in form_fields(cls)}
     clean: dict[str, Any] = {}
     for name, value in values.items():
         spec = by_name.get(name)
@@ -321,4 +337,4 @@ def config_from_form(values: dict[str, Any], **fixed: Any) -> TrainConfig:
         elif spec is not None and spec.kind == "float":
             value = float(value)
         clean[name] = value
-    return TrainConfig(**clean, **fixed)
+    return cls(**clean, **fixed)
