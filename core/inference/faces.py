@@ -132,11 +132,10 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x.astype(np.float32) - 127.5) * 0.0078125
 
 
-def _level(img: np.ndarray, scale: float, thr: float) -> np.ndarray:
+def _level(pnet, img: np.ndarray, scale: float, thr: float) -> np.ndarray:  # noqa: ANN001 - an ORT session
     """P-Net on one pyramid level: rows x1, y1, x2, y2, score, 4 regressions in `img`'s pixels, after NMS."""
     import cv2
 
-    pnet = _mtcnn_sessions()["pnet"]
     h, w = img.shape[:2]
     small = cv2.resize(img, (int(np.ceil(w * scale)), int(np.ceil(h * scale))), interpolation=cv2.INTER_AREA)
     reg, prob = pnet.run(None, {pnet.get_inputs()[0].name: _normalise(small).transpose(1, 0, 2)[None]})
@@ -158,7 +157,8 @@ def _proposals(img: np.ndarray, min_face: float, thr: float) -> np.ndarray:
     while min(h, w) * scale >= 12:
         scales.append(scale)
         scale *= 0.709  # the paper's pyramid step (1/sqrt(2))
-    found = [b for b in _pyramid_pool().map(lambda s: _level(img, s, thr), scales) if len(b)]
+    pnet = _mtcnn_sessions()["pnet"]  # here, not in the threads: the cache would build the sessions twice at first
+    found = [b for b in _pyramid_pool().map(lambda s: _level(pnet, img, s, thr), scales) if len(b)]
     if not found:
         return np.empty((0, 5))
     b = np.vstack(found)
