@@ -84,7 +84,8 @@ def test_photo_set_jpegs_decode_as_pillow_does() -> None:
 
     jpegs = sorted(PHOTOS_DIR.glob("*.jpg"))
     if not jpegs:
-        pytest.skip(f"real test photos not found at {PHOTOS_DIR} ($FER_PHOTOS, else ../shared/photos beside the project)")
+        pytest.skip(f"real test photos not found at {PHOTOS_DIR} ($FER_PHOTOS, else ../shared/photos beside the "
+                    "project)")
     for p in jpegs:
         data = p.read_bytes()
         assert np.array_equal(decode_image(data, p.name), _pillow_decode(data)), p.name

@@ -182,9 +182,9 @@ class OnnxClassifier:
 
     _cache = _LatestLRU(16)  # sessions hold their weights in memory: keep the models in use, not every one ever opened
     # Batches up to this size (a photo's faces) run on a single-thread session: without spinning, waking a pool's
-    # thread for each op doubled batch-1 latency (mobilenet-w1: 0.45 vs 0.22 ms on the dev machine), and a single
-    # thread leaves nothing behind to compete with the next photo. Larger batches (evaluation, occlusion maps) share
-    # the work between min(2, cores) threads.
+    # thread for each op doubled batch-1 latency (mobilenet-w1: 0.45 vs 0.22 ms, the dev machine under load), and a
+    # single thread leaves nothing behind to compete with the next photo. Larger batches (evaluation, occlusion
+    # maps) share the work between min(2, cores) threads.
     SMALL_BATCH = 8
 
     def __init__(self, path: Path) -> None:
