@@ -182,9 +182,11 @@ class OnnxClassifier:
 
     _cache = _LatestLRU(16)  # sessions hold their weights in memory: keep the models in use, not every one ever opened
     # Batches up to this size (a photo's faces) run on a single-thread session: without spinning, waking a pool's
-    # thread for each op doubled batch-1 latency (mobilenet-w1: 0.45 vs 0.22 ms, the dev machine under load), and a
-    # single thread leaves nothing behind to compete with the next photo. Larger batches (evaluation, occlusion
-    # maps) share the work between min(2, cores) threads.
+    # thread for each op doubled mobilenet-w1's batch-1 latency (0.39 vs 0.22 ms; 0.18 with the spinning pool, whose
+    # spin then slows whatever runs next), and a single thread leaves nothing behind to compete with the next photo.
+    # The price: plain_cnn-w1, whose convolutions are big enough to share, takes 3.5 ms at batch 1 against 1.8 ms.
+    # Larger batches (evaluation, occlusion maps) share the work between min(2, cores) threads. (2-core AMD EPYC,
+    # other work held off with real-time priority, one process per setting.)
     SMALL_BATCH = 8
 
     def __init__(self, path: Path) -> None:
