@@ -77,6 +77,26 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def side_by_side(fns: dict[str, Callable[[], object]], repeats: int, block: int = 3,
+                 warmup: int = 2) -> dict[str, tuple[float, float]]:
+    """(median wall seconds, median process CPU seconds) per function over `repeats` calls each, run in turns of
+    `block` calls (the first call of a turn is not timed) so that drifting load on a shared machine falls on all of
+    them alike. CPU time counts every thread of this process and barely moves with other processes' load."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
+    while min(len(v) for v in times.values()) < repeats:
+        for k, fn in fns.items():
+            fn()  # settles what the previous function left behind (caches, threads)
+            for _ in range(block):
+                t, c = time.perf_counter(), time.process_time()
+                fn()
+                times[k].append((time.perf_counter() - t, time.process_time() - c))
+    return {k: (statistics.median(w for w, _ in v[:repeats]), statistics.median(c for _, c in v[:repeats]))
+            for k, v in times.items()}
+
+
 def machine_info() -> dict[str, str]:
     import onnxruntime
 
@@ -297,15 +317,37 @@ def int8_rows(paths: dict[str, Path], data: FERData, tmp: Path, repeats: int) ->
     return rows
 
 
-def photo_row(onnx_path: Path, repeats: int) -> Row:
+PHOTO_REPEATS = 9  # the photo path's figures are medians of at least this many calls (issue 21)
+RECALL_TARGET = 0.97  # MTCNN's recall on the real photos (tests/test_faces.py holds the default detector to it)
+
+
+def one_megapixel_jpeg() -> bytes:
+    """The photo-path benchmark's input: assets/astronaut.jpg upscaled to 1024x1024 (about 1 MP, one face), JPEG q90."""
     import cv2
 
+    img = cv2.imread(str(PROJECT_ROOT / "assets" / "astronaut.jpg"))
+    big = cv2.resize(img, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    return cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def photo_model(paths: dict[str, Path], tmp: Path) -> Path:
+    """The classifier for the photo rows: the inference section's mobilenet export when it ran, else the shipped
+    mobilenet-w1, else a fresh untrained export (the same cost per face), so the photo sections also run alone."""
+    if "mobilenet" in paths:
+        return paths["mobilenet"]
+    shipped = SHIPPED_DIR / "mobilenet-w1" / rundir.ONNX
+    if shipped.is_file():
+        return shipped
+    path = tmp / "mobilenet.onnx"
+    export_onnx(archs.build("mobilenet", width=1.0).eval(), path, arch="mobilenet", knobs={"width": 1.0},
+                params=summarize("mobilenet").params)
+    return path
+
+
+def photo_row(onnx_path: Path, repeats: int) -> Row:
     from core.inference.photo import analyze_photo
 
-    img = cv2.imread(str(PROJECT_ROOT / "assets" / "astronaut.jpg"))
-    big = cv2.resize(img, (1024, 1024), interpolation=cv2.INTER_CUBIC)  # about 1 megapixel, one face
-    ok, enc = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    data = enc.tobytes()
+    data = one_megapixel_jpeg()
     parts: dict[str, list[float]] = {}
 
     def run() -> None:
@@ -314,7 +356,7 @@ def photo_row(onnx_path: Path, repeats: int) -> Row:
         for k, v in r.timings_ms.items():
             parts.setdefault(k, []).append(v)
 
-    t = median_time(run, repeats, warmup=2) * 1e3
+    t = median_time(run, max(repeats, PHOTO_REPEATS), warmup=2) * 1e3
     note = ", ".join(f"{k} {statistics.median(v):.1f} ms" for k, v in parts.items())
     return Row("inference", "photo end to end, 1 MP JPEG with one face (decode, detect, crop, classify)", t, None, "ms",
                max_value=40, note=note)
@@ -323,29 +365,37 @@ def photo_row(onnx_path: Path, repeats: int) -> Row:
 def detector_rows(photos_dir: Path, onnx_path: Path, repeats: int) -> list[Row]:
     """The face detector (MTCNN, Haar as its fallback) against Haar alone, side by side in this run: recall and false
     faces on a folder of real photos with a manifest.csv of face counts, the median detection time per photo, and a
-    1 MP photo end to end. Self-contained: it needs only Row, median_time and core.inference.faces/core.inference.photo."""
-    import cv2
-
+    1 MP photo end to end (median of at least PHOTO_REPEATS calls each, in turns). Self-contained: it needs only Row,
+    side_by_side, one_megapixel_jpeg and core.inference.faces/core.inference.photo."""
     from core.inference.facescore import score_on_manifest
     from core.inference.photo import analyze_photo
 
     new, old = score_on_manifest(photos_dir, "auto"), score_on_manifest(photos_dir, "haar")
     where = f"{new.photos} photos, {new.faces} faces in {photos_dir.name}/manifest.csv"
+    recall_met = "met" if new.recall >= RECALL_TARGET else "not met"
     rows = [Row("faces", f"recall, MTCNN (Haar fallback) vs Haar ({where})", 100 * new.recall, 100 * old.recall, "%",
-                note=f"found {new.found} vs {old.found} of {new.faces} faces; target >= 90 %: "
-                     f"{'met' if new.recall >= 0.90 else 'not met'}"),
+                note=f"found {new.found} vs {old.found} of {new.faces} faces; "
+                     f"target >= {RECALL_TARGET:.0%}: {recall_met}"),
             Row("faces", "false faces (detections beyond each photo's count)", new.extra, None, "faces",
                 note=f"Haar: {old.extra}; target: no more than Haar's: {'met' if new.extra <= old.extra else 'not met'}"),
             Row("faces", "detection, median per photo (decoded photo in, boxes out)", statistics.median(new.detect_ms),
                 statistics.median(old.detect_ms), "ms", note=f"slowest {max(new.detect_ms):.0f} vs {max(old.detect_ms):.0f} ms")]
-    img = cv2.imread(str(PROJECT_ROOT / "assets" / "astronaut.jpg"))
-    big = cv2.resize(img, (1024, 1024), interpolation=cv2.INTER_CUBIC)  # about 1 megapixel, one face
-    data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-    times = {}
-    for det in ("auto", "haar"):
-        times[det] = median_time(lambda det=det: analyze_photo(data, "1mp.jpg", onnx_path, detector=det), repeats, warmup=2) * 1e3
-    rows.append(Row("faces", "photo end to end, 1 MP JPEG, one face: MTCNN + alignment vs Haar + box crop", times["auto"],
-                    times["haar"], "ms", max_value=40, note=f"model {onnx_path.parent.name}"))
+    data = one_megapixel_jpeg()
+    parts: dict[str, list[float]] = {}
+
+    def mtcnn() -> None:
+        for k, v in analyze_photo(data, "1mp.jpg", onnx_path, detector="auto").timings_ms.items():
+            parts.setdefault(k, []).append(v)
+
+    n = max(repeats, PHOTO_REPEATS)
+    times = side_by_side({"auto": mtcnn, "haar": lambda: analyze_photo(data, "1mp.jpg", onnx_path, detector="haar")}, n)
+    (wall, cpu), (haar_wall, haar_cpu) = times["auto"], times["haar"]
+    split = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in parts.items())
+    load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
+    figure = f"photo end to end, 1 MP JPEG, one face: MTCNN + alignment vs Haar + box crop (median of {n}, in turns)"
+    rows.append(Row("faces", figure, wall * 1e3, haar_wall * 1e3, "ms", max_value=40,
+                    note=f"MTCNN: {split} ms; CPU time {cpu * 1e3:.1f} vs {haar_cpu * 1e3:.1f} ms a photo (all "
+                         f"threads); recall {new.recall:.3f}; load average {load}; model {onnx_path.parent.name}"))
     return rows
 
 
@@ -521,8 +571,19 @@ SECTIONS = ("training", "parallel", "cuda", "cli", "memory", "peak", "inference"
 PHOTOS_DIR = PROJECT_ROOT.parent / "shared" / "photos"  # real photos with face counts, where this checkout has them
 
 
-def main(quick: bool = False, data: str | None = None, out: str = "docs/benchmarks.md",
+def parse_sections(text: str) -> tuple[str, ...]:
+    """'photo,faces' -> ('photo', 'faces'); ValueError names any part that is not in SECTIONS."""
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in parts if p not in SECTIONS]
+    if bad or not parts:
+        what = f"unknown {', '.join(map(repr, bad))}" if bad else "none named"
+        raise ValueError(f"sections {text!r}: {what}; choose from {', '.join(SECTIONS)}")
+    return parts
+
+
+def main(quick: bool = False, data: str | None = None, out: str | None = "docs/benchmarks.md",
          sections: tuple[str, ...] = SECTIONS) -> int:
+    """Run `sections` in order and print the report; write it to `out` too unless that is None."""
     repeats = 5 if quick else 20
     steps, warm, windows = (3, 2, 3) if quick else (8, 3, 5)
     machine = machine_info()
@@ -560,10 +621,10 @@ def main(quick: bool = False, data: str | None = None, out: str = "docs/benchmar
                 inf, paths = inference_rows(tmp, repeats)
                 rows += inf + tta_rows(paths["mobilenet"], tmp, repeats)
             elif part == "photo":
-                rows.append(photo_row(paths["mobilenet"], repeats))
-                rows += int8_rows(paths, fer, tmp, repeats)
+                rows.append(photo_row(photo_model(paths, tmp), repeats))
+                rows += int8_rows(paths, fer, tmp, repeats) if paths else []
             elif part == "faces" and (PHOTOS_DIR / "manifest.csv").is_file():
-                rows += detector_rows(PHOTOS_DIR, paths["mobilenet"], repeats)
+                rows += detector_rows(PHOTOS_DIR, photo_model(paths, tmp), repeats)
             elif part == "data":
                 rows += data_rows(fer, tmp, quick)
                 if cache_env is None:
@@ -573,11 +634,12 @@ def main(quick: bool = False, data: str | None = None, out: str = "docs/benchmar
             elif part == "summary":
                 rows.append(summary_row(repeats))
     text = render(rows, machine, quick, data_desc, extra)
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(text)
-    # the figures as measured, unrounded, beside the report: tests check that the report is this JSON rendered
-    atomic_write_json(out_path.with_suffix(".json"), report_json(rows, machine, quick, data_desc, extra))
+    if out is not None:
+        out_path = Path(out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(text)
+        # the figures as measured, unrounded, beside the report: tests check that the report is this JSON rendered
+        atomic_write_json(out_path.with_suffix(".json"), report_json(rows, machine, quick, data_desc, extra))
     print(text)
     return 0
 

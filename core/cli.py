@@ -233,9 +233,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from bench.harness import main as bench_main  # outside the library; imported only when asked for
+    from bench.harness import SECTIONS, parse_sections  # outside the library; imported only when asked for
+    from bench.harness import main as bench_main
 
-    return bench_main(quick=a.quick, data=a.data, out=a.out)
+    sections = parse_sections(a.sections) if a.sections else SECTIONS
+    # a partial run prints its sections and writes a file only where --out says: docs/benchmarks.md stays one run
+    out = a.out if a.out or a.sections else "docs/benchmarks.md"
+    return bench_main(quick=a.quick, data=a.data, out=out, sections=sections)
 
 
 def cmd_study(a: argparse.Namespace) -> int:
@@ -311,7 +315,11 @@ def _add_docs(sub: argparse._SubParsersAction) -> None:
                                    "side with plain PyTorch/torchvision, and write the report (docs/benchmarks.md).")
     b.add_argument("--quick", action="store_true", help="short run (fewer repeats and steps)")
     b.add_argument("--data", default=None, help="FER2013 path (synthetic data when absent)")
-    b.add_argument("--out", default="docs/benchmarks.md", help="where to write the report; default: docs/benchmarks.md")
+    b.add_argument("--out", default=None, help="where to write the report; default: docs/benchmarks.md for a full run, "
+                                               "none (printed only) with --sections")
+    b.add_argument("--sections", default=None,
+                   help="comma-separated parts to run alone, e.g. photo,faces (training, parallel, cuda, cli, memory, "
+                        "peak, inference, photo, faces, data, summary); default: all")
     b.set_defaults(func=cmd_bench)
 
     st = sub.add_parser("study", help="regenerate docs/study.md and its charts from the checkpoint records",

@@ -92,3 +92,43 @@ def test_side_by_side_trainings_are_measured_in_their_own_processes() -> None:
     (row,) = rows
     assert row.ours > 0 and row.yardstick > 0 and row.unit == "img/s" and row.ratio == row.ours / row.yardstick
     assert f"{os.cpu_count()} single-thread trainings side by side" in row.figure
+
+
+def test_sections_by_name_and_a_bad_one_named() -> None:
+    from bench.harness import parse_sections
+
+    assert parse_sections(" photo, faces ") == ("photo", "faces")
+    with pytest.raises(ValueError, match="unknown 'fcaes'"):
+        parse_sections("photo,fcaes")
+    with pytest.raises(ValueError, match="none named"):
+        parse_sections(" , ")
+
+
+def test_side_by_side_times_each_function_in_turns() -> None:
+    from bench.harness import side_by_side
+
+    calls: list[str] = []
+    out = side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4, block=2, warmup=1)
+    assert set(out) == {"a", "b"} and all(w >= 0 and c >= 0 for w, c in out.values())
+    assert calls[:2] == ["a", "b"] and "b" in calls[2:6] and calls.count("a") == calls.count("b")  # turns, alike
+
+
+def test_photo_and_faces_sections_run_alone(tmp_path: Path) -> None:
+    """`--sections photo,faces`: the photo path end to end (MTCNN, and beside Haar in turns, median of >= 9) with
+    the recall on the real photos and the < 40 ms target, with no inference section run first. No time is asserted:
+    the figures are the benchmark's to report."""
+    from conftest import PHOTOS_DIR
+
+    if not (PHOTOS_DIR / "manifest.csv").is_file():
+        pytest.skip(f"real test photos not found at {PHOTOS_DIR} ($FER_PHOTOS, else ../shared/photos beside the "
+                    "project)")
+    out = tmp_path / "bench.md"
+    assert main(quick=True, out=str(out), sections=("photo", "faces")) == 0
+    rows = {r[0]: r for r in _table(out.read_text())}
+    photo = next(r for f, r in rows.items() if f.startswith("photo end to end, 1 MP JPEG, one face: MTCNN"))
+    assert "median of 9" in photo[0] and photo[2].endswith("ms") and photo[4] == "< 40 ms"
+    assert photo[5] in ("yes", "**no**")
+    assert re.search(r"recall [01]\.\d{3}", photo[6]) and "CPU time" in photo[6]
+    recall = next(r for f, r in rows.items() if f.startswith("recall, MTCNN"))
+    assert "target >= 97%: met" in recall[6]
+    assert any(f.startswith("photo end to end, 1 MP JPEG with one face") for f in rows)

@@ -26,6 +26,19 @@ def test_every_family_exports_with_parity(name: str, tmp_path: Path) -> None:
     assert parity(model, path) < 1e-4
 
 
+def test_small_batches_give_the_pools_logits(tiny_run: Path) -> None:
+    """Batches of up to SMALL_BATCH (a photo's faces) run on a single-thread session, larger ones on the pool: the
+    same model, so the same logits either way, and neither session's threads spin while idle."""
+    clf = OnnxClassifier.get(tiny_run / rundir.ONNX)
+    x = np.random.default_rng(0).integers(0, 256, (OnnxClassifier.SMALL_BATCH + 1, 1, 48, 48)).astype(np.float32)
+    pool = clf.session.run(None, {"image": x})[0]
+    for n in (1, OnnxClassifier.SMALL_BATCH, OnnxClassifier.SMALL_BATCH + 1):
+        np.testing.assert_allclose(clf.logits(x[:n]), pool[:n], rtol=1e-5, atol=1e-5)
+    assert clf._session_for(1).get_session_options().intra_op_num_threads == 1
+    for sess in (clf.session, clf._session_for(1)):
+        assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_contract(tiny_run: Path) -> None:
     path = tiny_run / rundir.ONNX
     proto = onnx.load(str(path))

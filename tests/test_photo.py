@@ -49,6 +49,48 @@ def test_exif_rotation_is_applied() -> None:
     assert any(150 < b[0] < 200 and 40 < b[1] < 90 for b in boxes)  # found where it is in the upright photo
 
 
+def _pillow_decode(data: bytes) -> np.ndarray:
+    """Pillow alone, as decode_image decoded every file before JPEGs went through OpenCV: the pixels it must keep."""
+    from PIL import ImageOps
+
+    im = Image.open(io.BytesIO(data))
+    if max(im.size) > 2048:
+        im.draft("RGB", (1024, 1024))
+    return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_pixels_are_pillows_at_every_exif_orientation(orientation: int) -> None:
+    img = Image.open(SAMPLE_PHOTO).convert("RGB").crop((0, 0, 400, 512))  # not square: turns change the shape
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(img, "JPEG", quality=95, exif=exif.tobytes())
+    got, want = decode_image(data, "turned.jpg"), _pillow_decode(data)
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("size, mode", [((4200, 3100), "RGB"), ((8400, 3000), "RGB"), ((4200, 2200), "L"),
+                                        ((2100, 1500), "RGB")])
+def test_large_and_grey_jpegs_keep_pillows_pixels_and_reduced_size(size: tuple[int, int], mode: str) -> None:
+    img = Image.open(SAMPLE_PHOTO).convert(mode).resize(size)
+    data = encode(img, "JPEG", quality=90)
+    got, want = decode_image(data, "big.jpg"), _pillow_decode(data)
+    assert got.shape == want.shape and np.array_equal(got, want)
+    assert min(got.shape[:2]) >= 1024 or max(size) <= 2048  # reduced, never below the display size
+
+
+def test_photo_set_jpegs_decode_as_pillow_does() -> None:
+    from conftest import PHOTOS_DIR
+
+    jpegs = sorted(PHOTOS_DIR.glob("*.jpg"))
+    if not jpegs:
+        pytest.skip(f"real test photos not found at {PHOTOS_DIR} ($FER_PHOTOS, else ../shared/photos beside the "
+                    "project)")
+    for p in jpegs:
+        data = p.read_bytes()
+        assert np.array_equal(decode_image(data, p.name), _pillow_decode(data)), p.name
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP", "BMP", "GIF", "TIFF"])
 def test_formats_decode(fmt: str) -> None:
     img = Image.open(SAMPLE_PHOTO).convert("RGB").resize((128, 128))
