@@ -132,3 +132,12 @@ def test_photo_and_faces_sections_run_alone(tmp_path: Path) -> None:
     recall = next(r for f, r in rows.items() if f.startswith("recall, MTCNN"))
     assert "target >= 97%: met" in recall[6]
     assert any(f.startswith("photo end to end, 1 MP JPEG with one face") for f in rows)
+
+
+def test_the_committed_report_is_its_json_rendered() -> None:
+    """docs/benchmarks.md comes from one `python -m core bench` run: it is exactly its JSON's rendering, so no figure
+    was edited by hand or spliced in from another run, and every figure has its unrounded value in the JSON."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    report = json.loads((docs / "benchmarks.json").read_text())
+    assert render_json(report) == (docs / "benchmarks.md").read_text(), "regenerate with: python -m core bench"
+    assert report["produced_by"] == "python -m core bench" and not report["quick"]
