@@ -17,7 +17,8 @@ from pathlib import Path
 
 # Peak resident memory of one CPU training of plain_cnn-w1 (the largest shipped family) on FER2013, as a fixed part
 # (torch, the trainer's imports, data, weights and optimiser state) plus activations per image of a forward/backward
-# pass; fitted to docs/benchmarks.md's memory row: ~0.95 GiB in micro-batches of 16, ~1.85 GiB at batch 256.
+# pass; fitted to an earlier benchmark run's memory row (~0.95 GiB in micro-batches of 16, ~1.85 GiB at batch 256).
+# docs/benchmarks.md's run of 2026-12-07 measured 0.95 and 1.47 GiB: the estimate errs high, on the safe side.
 RUN_FIXED_BYTES = int(0.85 * 2**30)
 RUN_BYTES_PER_IMAGE = int(4.2 * 2**20)
 ASSUMED_BATCH = 256  # the study's batch; the form's quick default (64) needs less
