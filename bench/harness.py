@@ -635,13 +635,17 @@ def main(quick: bool = False, data: str | None = None, out: str | None = "docs/b
                 rows.append(summary_row(repeats))
     text = render(rows, machine, quick, data_desc, extra)
     if out is not None:
-        out_path = Path(out)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(text)
-        # the figures as measured, unrounded, beside the report: tests check that the report is this JSON rendered
-        atomic_write_json(out_path.with_suffix(".json"), report_json(rows, machine, quick, data_desc, extra))
+        write_report(Path(out), text, report_json(rows, machine, quick, data_desc, extra))
     print(text)
     return 0
+
+
+def write_report(path: Path, text: str, report: dict) -> None:
+    """The Markdown report, and beside it the figures as measured, unrounded: tests check that the report is this
+    JSON rendered."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    atomic_write_json(path.with_suffix(".json"), report)
 
 
 def report_json(rows: list[Row], machine: dict[str, str], quick: bool, data_desc: str, extra: list[str]) -> dict:
