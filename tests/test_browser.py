@@ -212,21 +212,8 @@ def open_next_expander(driver) -> bool:  # noqa: ANN001
     return False
 
 
-def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
-    url, runs = server
-    d = browser
-
-    d.get(f"{url}/")
-    settle(d, "Architectures")
-    assert "Parameters" in text_of(d) and "Why depthwise-separable" in text_of(d)
-    shoot(d, "architectures", 1250)
-
-    d.get(f"{url}/data")
-    settle(d, "Data")
-    assert "Synthetic data" in text_of(d) and "Samples per class" in text_of(d)
-    shoot(d, "data", 1300)
-
-    # Train: start a run with the page's quick defaults, watch it learn, then stop it from the page.
+def _train_watch_and_stop(d, url: str, runs: Path) -> None:  # noqa: ANN001
+    """Train: start a run with the page's quick defaults, watch it learn, then stop it from the page."""
     d.get(f"{url}/train")
     settle(d, "Train")
     epochs = d.find_element(By.CSS_SELECTOR, "input[aria-label='Epochs']")
@@ -257,6 +244,23 @@ def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
     shoot(d, "train", 1300)
     click_button(d, "Stop")
     wait(d, lambda dd: "Stopped on request" in text_of(dd), 120, "the run to stop")
+
+
+def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
+    url, runs = server
+    d = browser
+
+    d.get(f"{url}/")
+    settle(d, "Architectures")
+    assert "Parameters" in text_of(d) and "Why depthwise-separable" in text_of(d)
+    shoot(d, "architectures", 1250)
+
+    d.get(f"{url}/data")
+    settle(d, "Data")
+    assert "Synthetic data" in text_of(d) and "Samples per class" in text_of(d)
+    shoot(d, "data", 1300)
+
+    _train_watch_and_stop(d, url, runs)
 
     d.get(f"{url}/compare")
     settle(d, "Compare")

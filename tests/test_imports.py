@@ -6,6 +6,7 @@ import ast
 import graphlib
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 CORE = ROOT / "core"
@@ -120,6 +121,13 @@ def test_length_checker_counts_nested_functions(tmp_path: Path) -> None:
 def test_no_function_in_core_over_60_lines() -> None:
     found = long_functions(CORE)
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines in core: {', '.join(found)}"
+
+
+@pytest.mark.parametrize("folder", ["components", "pages", "bench", "scripts", "tests"])
+def test_no_function_elsewhere_over_60_lines(folder: str) -> None:
+    """The pages, the app's components, the benchmarks, the scripts and the tests keep the same limit as core."""
+    found = long_functions(ROOT / folder)
+    assert not found, f"functions over {MAX_FUNCTION_LINES} lines in {folder}/: {', '.join(found)}"
 
 
 # The layers of core, bottom first: a module may import its own package and the layers below it, never one above

@@ -94,23 +94,8 @@ def server_view(png: bytes) -> list[np.ndarray]:
     return [crop for _, crop in server_faces(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))]
 
 
-def test_live_boxes_labels_match_the_server_and_switch_models(app: str, camera) -> None:  # noqa: ANN001
-    d = camera
-    open_live(d, app)
-    assert "never leaves this browser" in text_of(d)
-    # The detector's settings as on the server (faces down to 20 px at 320 px), so both see the same faces.
-    d.find_element(By.XPATH, "//label[.//p[starts-with(text(), 'Find small faces')]]").click()
-    settle(d, "Live")
-    enter_component(d)
-    state = wait_for(d, running(3), 120, "the first labelled frames")
-    assert state["minFace"] == 20
-    state = wait_for(d, running(state["frames"] + 2), 60, "frames at the server's detector settings")
-    label = state["labels"][0]["text"]
-    assert (label.split()[0] in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-            and label.endswith("%"))
-    assert d.find_element(By.CSS_SELECTOR, ".bar .pct").text.endswith("%")  # the probability bars are filled
-
-    # The browser's crop through the server's ONNX Runtime, and the server's own pipeline on the same frame.
+def _labels_match_the_server(d, state: dict) -> None:  # noqa: ANN001
+    """The browser's crop through the server's ONNX Runtime, and the server's own pipeline on the same frame."""
     shot = last_frame(d)
     assert shot["min_face"] == 20
     model_id = state["slots"][0]
@@ -129,7 +114,10 @@ def test_live_boxes_labels_match_the_server_and_switch_models(app: str, camera) 
         assert np.abs(mine.astype(int) - theirs).max() <= 2, "the browser's crop differs from the server's"
         assert int(np.argmax(face["probs"][model_id])) == int(np.argmax(p_server))
 
-    # A new model takes effect on the running page: same iframe (no reload), the camera still on.
+
+def _switch_models_in_place(d) -> dict:  # noqa: ANN001
+    """A new model takes effect on the running page: same iframe (no reload), the camera still on; then a second
+    model side by side on the same frames, each with its own per-frame time."""
     d.execute_script("window.__sameFrame = true;")
     d.switch_to.default_content()
     d.find_element(By.XPATH, "//label[.//p[starts-with(text(), 'Find small faces')]]").click()  # the faster default
@@ -140,7 +128,6 @@ def test_live_boxes_labels_match_the_server_and_switch_models(app: str, camera) 
                      f"{SECOND} to label frames")
     assert d.execute_script("return window.__sameFrame === true;"), "the component was reloaded"
 
-    # Side by side: a second model on the same frames, each with its own per-frame time.
     d.switch_to.default_content()
     d.find_element(By.XPATH, "//label[.//p[text()='Side by side']]").click()
     settle(d, "Live")
@@ -151,17 +138,19 @@ def test_live_boxes_labels_match_the_server_and_switch_models(app: str, camera) 
             and all(state["modelMs"][s] > 0 for s in state["slots"]))
     assert {lab["model"] for lab in state["labels"]} == set(state["slots"])
     assert d.execute_script("return window.__sameFrame === true;"), "the component was reloaded"
+    return state
 
-    # Privacy: the component fetched only its own files, and no message to the server could hold an image.
+
+def _nothing_but_code_fetched_or_sent(d) -> None:  # noqa: ANN001
+    """Privacy: the component fetched only its own files, and no message to the server could hold an image."""
     resources = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
     assert all(r.split("?")[0].rsplit(".", 1)[-1] in ("js", "css", "wasm", "html") for r in resources), resources
     d.switch_to.default_content()
     sent = d.execute_script("return window.__wsSent;")
     assert sent and max(sent) < 2048, f"a message of {max(sent)} bytes went to the server: {sorted(sent)[-5:]}"
 
-    enter_component(d)
-    assert d.find_element(By.ID, "status").text.startswith("Live:")  # no "Loading..." left behind
-    d.switch_to.default_content()
+
+def _screenshots_at_both_widths(d) -> None:  # noqa: ANN001
     SHOT_DIR.mkdir(parents=True, exist_ok=True)
     d.set_window_size(1400, 1450)  # down to the probability bars and the frame rate
     time.sleep(3.5)  # the component's report after the last switch reruns the page once more
@@ -176,6 +165,30 @@ def test_live_boxes_labels_match_the_server_and_switch_models(app: str, camera) 
         assert scroll <= client, f"Live is {scroll} px wide in a {client} px window: it scrolls sideways"
     finally:
         d.set_window_size(1400, 1000)
+
+
+def test_live_boxes_labels_match_the_server_and_switch_models(app: str, camera) -> None:  # noqa: ANN001
+    d = camera
+    open_live(d, app)
+    assert "never leaves this browser" in text_of(d)
+    # The detector's settings as on the server (faces down to 20 px at 320 px), so both see the same faces.
+    d.find_element(By.XPATH, "//label[.//p[starts-with(text(), 'Find small faces')]]").click()
+    settle(d, "Live")
+    enter_component(d)
+    state = wait_for(d, running(3), 120, "the first labelled frames")
+    assert state["minFace"] == 20
+    state = wait_for(d, running(state["frames"] + 2), 60, "frames at the server's detector settings")
+    label = state["labels"][0]["text"]
+    assert (label.split()[0] in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+            and label.endswith("%"))
+    assert d.find_element(By.CSS_SELECTOR, ".bar .pct").text.endswith("%")  # the probability bars are filled
+    _labels_match_the_server(d, state)
+    _switch_models_in_place(d)
+    _nothing_but_code_fetched_or_sent(d)
+    enter_component(d)
+    assert d.find_element(By.ID, "status").text.startswith("Live:")  # no "Loading..." left behind
+    d.switch_to.default_content()
+    _screenshots_at_both_widths(d)
 
 
 # A browser without WebAssembly: Chromium has no switch for that, so the component's frame loses it before its own

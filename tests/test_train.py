@@ -472,20 +472,11 @@ def test_element_wise_dropout_knob(tmp_path: Path) -> None:
     assert archs.set_dropout_kind(archs.build("plain_cnn", width=0.25), "channel") == 0  # its dropouts act on vectors
 
 
-def test_faked_cuda_graph_capture_and_replay_equal_eager_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CUDA-graph path on the CPU, with torch.cuda's stream and graph objects faked (no CUDA device here):
-    capture_step's warm-up steps really run (and change weights, BatchNorm statistics and Adam's moments), a
-    capture records without running, and a replay runs the recorded step. After capture and N replays, weights,
-    BN running statistics and optimiser state must equal N eager steps: the warm-up has to be undone exactly."""
+def _fake_cuda_graphs(monkeypatch: pytest.MonkeyPatch, live: dict) -> None:
+    """torch.cuda's stream and graph objects, faked on the CPU: a capture records without running (the weights and
+    optimiser state are put back as they were), and a replay runs the recorded step (live["step"])."""
     import contextlib
     import copy
-
-    from core.training import train
-    from core.training.train import Stepper, epoch_plan
-
-    cfg = TrainConfig(arch="mobilenet", width=0.25, dropout=0.2, batch_size=32, optimizer="adam", lr=3e-3,
-                      precision="fp32", synthetic_size=300)
-    live: dict = {}
 
     class FakeGraph:
         def replay(self) -> None:
@@ -509,27 +500,45 @@ def test_faked_cuda_graph_capture_and_replay_equal_eager_steps(monkeypatch: pyte
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", fake_graph)
-    results = []
-    for capture in (False, True):
-        model, opt, su, acc, step = _tiny_setup(cfg)
-        live.update(model=model, opt=opt, step=step)
-        warm = {"n": 0}
 
-        def counted(*bufs: torch.Tensor, _step=step) -> None:  # noqa: ANN001
-            warm["n"] += 1
-            _step(*bufs)
 
-        live["step"] = counted
-        stepper = Stepper(counted, model, opt, su, static=False, capture=capture)
-        live["stepper"] = stepper
-        if capture:
-            assert stepper.graph is not None and warm["n"] == train.GRAPH_WARMUP_STEPS + 1  # warm-up + the capture
-        order, r, mix = epoch_plan(cfg, 0, su, len(su.x))
-        torch.manual_seed(123)  # dropout masks alike in both runs (the warm-up drew from the generator)
-        for i in range(4):
-            stepper(order[i], r[i], mix[i])
-        results.append((copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()["state"])))
-    (w_e, o_e), (w_g, o_g) = results
+def _four_steps(cfg: TrainConfig, capture: bool, live: dict) -> tuple[dict, dict]:
+    """Weights and optimiser state after four steps through a Stepper, captured into a (fake) graph or eager."""
+    import copy
+
+    from core.training import train
+    from core.training.train import Stepper, epoch_plan
+
+    model, opt, su, acc, step = _tiny_setup(cfg)
+    live.update(model=model, opt=opt)
+    warm = {"n": 0}
+
+    def counted(*bufs: torch.Tensor) -> None:
+        warm["n"] += 1
+        step(*bufs)
+
+    live["step"] = counted
+    stepper = Stepper(counted, model, opt, su, static=False, capture=capture)
+    live["stepper"] = stepper
+    if capture:
+        assert stepper.graph is not None and warm["n"] == train.GRAPH_WARMUP_STEPS + 1  # warm-up + the capture
+    order, r, mix = epoch_plan(cfg, 0, su, len(su.x))
+    torch.manual_seed(123)  # dropout masks alike in both runs (the warm-up drew from the generator)
+    for i in range(4):
+        stepper(order[i], r[i], mix[i])
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()["state"])
+
+
+def test_faked_cuda_graph_capture_and_replay_equal_eager_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA-graph path on the CPU, with torch.cuda's stream and graph objects faked (no CUDA device here):
+    capture_step's warm-up steps really run (and change weights, BatchNorm statistics and Adam's moments), a
+    capture records without running, and a replay runs the recorded step. After capture and N replays, weights,
+    BN running statistics and optimiser state must equal N eager steps: the warm-up has to be undone exactly."""
+    cfg = TrainConfig(arch="mobilenet", width=0.25, dropout=0.2, batch_size=32, optimizer="adam", lr=3e-3,
+                      precision="fp32", synthetic_size=300)
+    live: dict = {}
+    _fake_cuda_graphs(monkeypatch, live)
+    (w_e, o_e), (w_g, o_g) = (_four_steps(cfg, capture, live) for capture in (False, True))
     bn_stats = [k for k in w_e if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert bn_stats and all(torch.equal(w_e[k], w_g[k]) for k in bn_stats)
     assert all(torch.equal(w_e[k], w_g[k]) for k in w_e)
