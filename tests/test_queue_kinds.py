@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import slot_taken
 
 from core.compression.compress import CompressConfig
 from core.service import compress_jobs, jobs, launcher, sweep
@@ -96,11 +97,9 @@ def test_the_per_user_limit_counts_trainings_compressions_and_sweeps_together(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FER_MAX_RUNS", "1")
     monkeypatch.setenv("FER_MAX_QUEUED", "3")
-    # someone else's long training holds the only slot, so everything below waits (and no sweep starts Ray)
-    blocker = jobs.start_run(TrainConfig(**{**TINY, "epochs": 1000, "max_steps": None}), tmp_path, "blocker")
     user, cfg = "user-one", CompressConfig(**FP16)
     spec = sweep.SweepSpec("mine", {"width": [0.125, 0.25]}, {k: v for k, v in TINY.items() if k != "width"}, [0])
-    try:
+    with slot_taken(tmp_path):  # someone else's long training: everything below waits (and no sweep starts Ray)
         compression = compress_jobs.start_job(PARENT, cfg, out=tmp_path / "v", root=tmp_path, session=user)
         training = jobs.start_run(TrainConfig(**TINY), tmp_path, "mine", session=user)
         swept = sweep.start_sweep(spec, tmp_path, session=user)
@@ -119,11 +118,6 @@ def test_the_per_user_limit_counts_trainings_compressions_and_sweeps_together(
                        lambda: queue.cancel(swept, tmp_path), lambda: jobs.stop_run(other)):
             cancel()
         assert not queue.waiting(tmp_path) and not compression.exists() and not swept.exists()
-    finally:
-        for entry in queue.waiting(tmp_path):  # after a failure above too: nothing else may start (a sweep's Ray)
-            queue.cancel(entry.run_dir, tmp_path)
-        jobs.stop_run(blocker, kill=True)
-        settle(tmp_path, lambda: not lock_held(blocker / rundir.TRAINER_LOCK) and queue.claimed(blocker) is None)
 
 
 LAUNCHER = """

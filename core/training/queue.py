@@ -179,7 +179,7 @@ def _check_session_limit(qdir: Path, session: str | None, runner: Runners) -> No
     mine = [e for sub in ("waiting", "running") for e in _entries(qdir, sub) if e.session == session
             and (sub == "waiting" or _runner(runner, e.kind).state(e.run_dir, e.token) != "ended")]
     if len(mine) >= limit:
-        raise ValueError(f"you already have {len(mine)} jobs queued or running (trainings, compressions and sweeps "
+        raise ValueError(f"you already have {len(mine)} job{'s' * (len(mine) != 1)} queued or running (trainings, compressions and sweeps "
                          f"count together), the most this server allows per user ({limit}, $FER_MAX_QUEUED); wait "
                          "for one to finish or cancel one")
 
