@@ -68,6 +68,7 @@ def test_an_old_entry_without_a_kind_still_launches_as_a_training(tmp_path: Path
     assert json.loads((run_dir / rundir.JOB_FILE).read_text())["command"][3] == "train"
 
 
+@pytest.mark.slow  # a real training, then a real compression after it: 20-30 s on 2 busy cores
 def test_a_compression_waits_while_a_training_holds_the_only_slot(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FER_MAX_RUNS", "1")
