@@ -374,6 +374,10 @@ def cmd_compress(a: argparse.Namespace) -> int:
     from core.training.config import config_from_args
     from core.util.fsutil import json_default
 
+    if a.job_dir:  # started by the app's queue: confirm that launch first, so that even a refusal below is its end
+        from core.service.launcher import confirm, job_files
+
+        confirm(job_files(Path(a.job_dir)))
     cfg = config_from_args(a, CompressConfig)
     reporter = ProgressReporter(Path(a.progress) if a.progress else None, a.quiet)
 
@@ -406,6 +410,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--progress", default=None, help="also write progress as JSON to this file (for the app)")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    c.add_argument("--job-dir", default=None, help=argparse.SUPPRESS)  # the app's job folder (core.service.launcher)
     c.set_defaults(func=cmd_compress)
 
 
@@ -475,6 +480,10 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from core.service.sweep import SWEEP_FILE, check_size, count, expand, run_sweep, sweep_dir
     from core.util.fsutil import json_default
 
+    if a.name:  # the app's queue names the sweep: confirm its launch (core.service.launcher) before anything else
+        from core.service.launcher import confirm, job_files
+
+        confirm(job_files(sweep_dir(a.out, a.name)))
     spec = spec_from_args(a)
     check_size(count(spec), a.yes, a.allow_huge_grid)  # from the value counts, before building 10,000 configs
     trials = expand(spec)
@@ -595,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from core.service.launcher import keep_lock_from_children
+
+    keep_lock_from_children()  # a job's lock, inherited from the app's launcher, stays with this process alone
     parser = build_parser()
     a = parser.parse_args(argv)
     try:

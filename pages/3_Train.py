@@ -118,7 +118,12 @@ def start(values: dict, run_name: str | None, root, box) -> None:  # noqa: ANN00
         box.error(f"Could not start: {exc}")
     else:
         st.session_state["train_last_start"] = jobs.click_stamp(cfg)
-        box.success(f"Started **{run_dir.name}**; it is listed below.")
+        status = rundir.run_status(run_dir)
+        if status.status == "queued":
+            box.info(f"Queued **{run_dir.name}** (place {status.position}): it starts when a slot is free; it is "
+                     "listed below.")
+        else:
+            box.success(f"Started **{run_dir.name}**; it is listed below.")
 
 
 def curves(run: rundir.RunStatus) -> None:
@@ -218,6 +223,10 @@ def sweep_trials(root: Path) -> None:
     from core.service import sweep
 
     for record in sweep.list_sweeps(root)[:3]:
+        if record.get("state") == sweep.TrialStatus.QUEUED:  # no record yet: it waits for a free slot
+            st.markdown(f"**{record.get('name')}** · :violet-badge[queued (place {record.get('position')})] · "
+                        f"{record.get('planned_trials')} trials, started when a slot is free")
+            continue
         st.markdown(f"**{record.get('name')}** · {record.get('state')} · {len(record['trials'])} trials")
         if record.get("state") == "failed" and record.get("error"):  # e.g. it asked for more than the cluster has
             st.error(f"Sweep {record.get('name')} failed: {record['error']}")
@@ -245,11 +254,14 @@ def sweep_panel(root: Path, values: dict) -> None:
                                    {"data": values["data"], "epochs": int(s_epochs),  # the rest as in the form above
                                     **{k: values[k] for k in ("synthetic_size", "batch_size", "lr", "device")}},
                                    list(range(int(s_seeds))))
-            sweep.start_sweep(spec, root)
+            # the browser's identity: $FER_MAX_QUEUED counts this user's sweeps with their trainings and compressions
+            sweep.start_sweep(spec, root, session=identity.current_user())
         except (ValueError, OSError) as exc:
             st.error(f"Could not start the sweep: {exc}")
         else:
-            st.toast(f"Started sweep {spec.name}: {sweep.count(spec)} trials", icon=":material/grid_view:")
+            waiting = [s for s in sweep.list_sweeps(root) if s["name"] == spec.name and s["state"] == "queued"]
+            st.toast(f"Queued sweep {spec.name} (place {waiting[0]['position']}): {sweep.count(spec)} trials"
+                     if waiting else f"Started sweep {spec.name}: {sweep.count(spec)} trials", icon=":material/grid_view:")
     sweep_trials(root)
 
 

@@ -6,6 +6,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from components import identity
 from components.widgets import field_rows, field_widget
 from core.compression.compress import CompressConfig
 from core.service import compress_jobs
@@ -58,10 +59,18 @@ def compress_form(root: Path, names: dict[str, RunStatus]) -> None:
     try:
         cfg = config_from_form(values, CompressConfig)
         out = root if names[run].shipped else None  # shipped checkpoints stay as shipped
-        compress_jobs.start_job(names[run].path, cfg, out=out, root=root, force=force)
-        st.success(f"Started: {', '.join(cfg.techniques())} of `{run}`. Progress below.")
-    except ValueError as exc:
+        # the browser's identity: $FER_MAX_QUEUED counts this user's compressions with their trainings and sweeps
+        job = compress_jobs.start_job(names[run].path, cfg, out=out, root=root, force=force,
+                                      session=identity.current_user())
+    except (ValueError, OSError) as exc:  # OSError: the runs folder is not writable, or no disk space
         st.error(str(exc))
+        return
+    state = compress_jobs.job_state(job)
+    if state.status == compress_jobs.JobStatus.QUEUED:
+        st.info(f"Queued (place {state.position}): {', '.join(cfg.techniques())} of `{run}` starts when a slot is "
+                "free. Its place is shown below.", icon=":material/hourglass_top:")
+    else:
+        st.success(f"Started: {', '.join(cfg.techniques())} of `{run}`. Progress below.")
 
 
 @st.fragment(run_every=2)
@@ -74,7 +83,9 @@ def show_jobs(root: Path) -> None:
         st.rerun(scope="app")
     for job in listed:
         label = f"`{job.path.name}`: {', '.join(job.techniques)} of `{job.run}`"
-        if job.status == "running":
+        if job.status == "queued":
+            queued_job(job, label)
+        elif job.status == "running":
             p = job.progress or {}
             total = p.get("total") or 0
             frac = min(1.0, p.get("done", 0) / total) if total else 0.0
@@ -83,6 +94,20 @@ def show_jobs(root: Path) -> None:
             st.success(f"{label}: done, " + ", ".join(f"`{v['name']}` {v['accuracy']:.3f}" for v in job.variants))
         else:
             st.error(f"{label}: failed: {job.error}")
+
+
+def queued_job(job: compress_jobs.JobState, label: str) -> None:
+    """A waiting job: its place in the line, and Cancel for the browser that asked for it (or the operator)."""
+    text_col, button_col = st.columns([5, 1], vertical_alignment="center")
+    text_col.info(f"{label}: queued (place {job.position}), starts when a slot is free", icon=":material/hourglass_top:")
+    mine = job.owner is None or job.owner == identity.current_user() or identity.operator()
+    if mine and button_col.button("Cancel", key=f"cancel_{job.path.name}"):
+        try:
+            compress_jobs.cancel_job(job.path)
+        except ValueError as exc:  # it started meanwhile
+            st.error(str(exc))
+        else:
+            st.rerun(scope="app")
 
 
 def variants(table: pd.DataFrame) -> None:

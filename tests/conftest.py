@@ -1,6 +1,7 @@
 """Shared fixtures: temp cache/runs folders, the real FER2013 copy (skipped when absent), one tiny trained run."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -82,3 +83,30 @@ def wait_for_status(run_dir: Path, statuses: tuple[str, ...], timeout: float = 2
         time.sleep(0.3)
     log = (run_dir / LOG).read_text() if (run_dir / LOG).exists() else "(no log)"
     raise AssertionError(f"{run_dir.name} never reached {statuses}; last status {st.status}; log:\n{log[-2000:]}")
+
+
+@contextlib.contextmanager
+def slot_taken(root: Path):  # noqa: ANN201 - yields the blocking run's folder
+    """With $FER_MAX_RUNS=1, a long real training in `root` that holds the only slot, so that every job queued
+    meanwhile waits. On exit, what still waits is cancelled first (a sweep must not start Ray), then the training
+    is killed and the queue settles."""
+    import time
+
+    from core.service import jobs
+    from core.training import queue, rundir
+    from core.training.config import TrainConfig
+    from core.util.procs import lock_held
+
+    blocker = jobs.start_run(TrainConfig(arch="plain_cnn", width=0.125, synthetic_size=40, epochs=1000, batch_size=16,
+                                         threads=1, augment=False), root, "blocker")
+    try:
+        yield blocker
+    finally:
+        for entry in queue.waiting(root):
+            queue.cancel(entry.run_dir, root)
+        with contextlib.suppress(ValueError):  # it failed or ended already
+            jobs.stop_run(blocker, kill=True)
+        deadline = time.monotonic() + 120
+        while (lock_held(blocker / rundir.TRAINER_LOCK) or queue.claimed(blocker)) and time.monotonic() < deadline:
+            jobs.schedule_runs(root)
+            time.sleep(0.2)

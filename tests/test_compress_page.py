@@ -86,3 +86,34 @@ def test_variant_on_other_data_than_its_parent_is_flagged(tmp_path: Path, monkey
     charts = [c for c in at.get("vega_lite_chart") if "measured on" in str(c.proto.spec)]
     titles = {t for t in ("measured on synthetic faces", "measured on data/fer2013") if any(t in str(c.proto.spec) for c in charts)}
     assert len(charts) >= 2 and len(titles) == 2, titles
+
+
+def test_a_waiting_job_shows_its_place_and_a_refused_one_an_error(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compressions wait in the runs folder's queue: with the only slot taken, the page says queued and its place,
+    Cancel takes it out; past the user's $FER_MAX_QUEUED, the page shows the refusal, no traceback."""
+    from conftest import slot_taken
+
+    from core.training import queue
+
+    root = tmp_path / "runs"
+    monkeypatch.setenv("FER_RUNS_DIR", str(root))
+    monkeypatch.setenv("FER_MAX_RUNS", "1")
+    monkeypatch.setenv("FER_MAX_QUEUED", "1")
+    with slot_taken(root):
+        at = page()
+        at.selectbox(key="compress_run").select("plain_cnn-w0.125")
+        at.checkbox(key="compress_int8").uncheck()
+        at.checkbox(key="compress_fp16").check()
+        at.button(key="compress_start").click().run()
+        assert not at.exception, at.exception
+        assert any("Queued (place 1)" in i.value for i in at.info), [i.value for i in at.info]
+        (job,) = compress_jobs.list_jobs(root)
+        assert job.status == "queued" and any(f"`{job.path.name}`" in i.value and "queued (place 1)" in i.value
+                                              for i in at.info)
+        at.button(key="compress_start").click().run()  # a second one: this browser already has one waiting
+        assert not at.exception, at.exception
+        assert any("you already have 1 job queued or running" in e.value and "$FER_MAX_QUEUED" in e.value
+                   for e in at.error), [e.value for e in at.error]
+        at.button(key=f"cancel_{job.path.name}").click().run()
+        assert not at.exception and not queue.waiting(root) and compress_jobs.list_jobs(root) == []

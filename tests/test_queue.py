@@ -132,7 +132,7 @@ def test_queued_run_shows_place_and_can_be_cancelled(tmp_path: Path, monkeypatch
     sa, sb = rundir.run_status(a), rundir.run_status(b)
     assert (sa.status, sa.position, sb.status, sb.position) == ("queued", 1, "queued", 2)
     assert sa.active and sa.config == cfg.to_dict()
-    with pytest.raises(ValueError, match=r"already have 2 runs queued.*\(2, \$FER_MAX_QUEUED\)"):
+    with pytest.raises(ValueError, match=r"already have 2 jobs queued.*\(2, \$FER_MAX_QUEUED\)"):
         queue.submit(cfg.to_dict(), tmp_path / "c", runner, session="s1", max_alive=1)
     with pytest.raises(ValueError, match="already queued"):
         jobs.start_run(cfg, run_dir=a)

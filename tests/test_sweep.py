@@ -211,3 +211,29 @@ def test_train_page_sweep_form_refuses_an_empty_grid(tmp_path: Path, monkeypatch
     at.button(key="FormSubmitter:sweep_form-Start sweep").click().run()
     assert any("Could not start the sweep: empty grid" in e.value for e in at.error), [e.value for e in at.error]
     assert not (tmp_path / sweep.SWEEPS_DIR).exists() or not any((tmp_path / sweep.SWEEPS_DIR).iterdir())
+
+
+def test_train_page_queues_a_sweep_and_shows_a_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep is one job of the runs folder's queue: with the only slot taken it waits, and the page says queued
+    and its place; past the user's $FER_MAX_QUEUED the next one is refused on the page, no traceback."""
+    from conftest import slot_taken
+    from streamlit.testing.v1 import AppTest
+
+    from core.training import queue
+
+    pytest.importorskip("ray", reason="Ray is optional; pip install -r requirements-dev.txt to test sweeps")
+    monkeypatch.setenv("FER_RUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("FER_MAX_RUNS", "1")
+    monkeypatch.setenv("FER_MAX_QUEUED", "1")
+    with slot_taken(tmp_path):
+        at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300)
+        at.run()
+        at.switch_page("pages/3_Train.py").run()
+        for name in ("waits", "refused"):
+            at.text_input(key="sweep_name").set_value(name)
+            at.button(key="FormSubmitter:sweep_form-Start sweep").click().run()
+            assert not at.exception, at.exception
+        assert any("**waits**" in m.value and "queued (place 1)" in m.value for m in at.markdown)
+        assert any("Could not start the sweep: you already have 1 job queued or running" in e.value
+                   for e in at.error), [e.value for e in at.error]
+        assert [(e.kind, e.run_dir.name) for e in queue.waiting(tmp_path)] == [("sweep", "waits")]

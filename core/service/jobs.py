@@ -1,12 +1,11 @@
 """Background training jobs: launch `python -m core train` subprocesses whose whole state lives in their run
 folders (core.training.rundir), so they survive Streamlit reruns, page switches, browser reloads and app restarts.
+Also the one way into the queue for every kind of background work (submit, RUNNERS): compressions
+(core.service.compress_jobs) and sweeps (core.service.sweep) wait in the same queue, under the same limits.
 
 One trainer per run folder, whatever crashes: a trainer holds the folder's trainer lock (rundir.TRAINER_LOCK) for
-its whole life. launch() takes that lock before it writes anything and hands it to the child at the spawn, so from
-the claim to the trainer's exit some live process holds it, and a free lock proves no trainer runs. job.json is
-first written without a pid (the launch marker, with the queue entry's token), then with the pid, by the launcher
-after the spawn and by the trainer itself before it trains (claim_run_dir): a launch whose marker never got a pid
-and whose lock is free never trained, and the queue may launch it again."""
+its whole life, and job.json is its launch marker, as core.service.launcher describes for every kind of job; the
+trainer confirms its launch before it trains (claim_run_dir)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,15 +15,16 @@ import sys
 import time
 from pathlib import Path
 
+from core.service import launcher
 from core.training import queue, rundir
 from core.training.config import TrainConfig, to_cli_args, with_defaults
-from core.training.record import FINISHED, now_iso
+from core.training.queue import JobKind
+from core.training.record import FINISHED
 from core.util import settings
-from core.util.fsutil import atomic_write_json, read_json_object, runs_dir
-from core.util.procs import crash_point, lock_held, pid_alive, spawn_detached, take_lock
+from core.util.fsutil import runs_dir
+from core.util.procs import take_lock
 
 REPEAT_WINDOW_S = 5.0  # a second click on Start within this time, with the same settings, is the same click
-TOKEN_ENV, LOCK_FD_ENV = "FER_LAUNCH_TOKEN", "FER_RUN_LOCK_FD"  # how launch() tells its trainer which launch it is
 
 
 def click_stamp(cfg: TrainConfig, now: float | None = None) -> tuple[dict, float]:
@@ -110,66 +110,44 @@ def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name
         cfg = within_server_memory(cfg)
     if run_dir.exists():
         _check_can_start(run_dir, cfg)
-    return queue.submit(cfg.to_dict(), run_dir, RUNNER, session=session)  # makes the folder once it is accepted
+    return submit(JobKind.TRAIN, cfg.to_dict(), run_dir, run_dir.parent, session=session)
+
+
+def submit(kind: JobKind, config: dict, folder: Path, runs_root: str | os.PathLike | None, *,
+           session: str | None = None) -> Path:
+    """Queue a job of any kind in the runs folder's queue (it makes `folder` once the job is accepted); ValueError
+    when a setting is mistyped, the job is already queued or running, or `session` has $FER_MAX_QUEUED jobs."""
+    return queue.submit(config, folder, RUNNERS, session=session, kind=kind, runs_root=runs_dir(runs_root))
 
 
 def schedule_runs(runs_root: str | os.PathLike | None = None) -> list[Path]:
-    """One pass of the queue: launch waiting runs while fewer than N trainings are alive."""
-    return queue.schedule(runs_root, RUNNER)
+    """One pass of the queue: launch waiting jobs while fewer than N jobs are alive."""
+    return queue.schedule(runs_root, RUNNERS)
 
 
 def ensure_scheduler(runs_root: str | os.PathLike | None = None) -> None:
     """A background thread in this process that runs a pass every second: started with the app server
     (streamlit_app.py's lifespan hook), and again by every render, which finds it running."""
-    queue.ensure_scheduler(runs_root, RUNNER)
+    queue.ensure_scheduler(runs_root, RUNNERS)
+
+
+def _files(run_dir: Path) -> launcher.JobFiles:
+    return launcher.JobFiles(run_dir / rundir.TRAINER_LOCK, run_dir / rundir.JOB_FILE, run_dir / rundir.LOG)
 
 
 def launch_state(run_dir: Path, token: str | None) -> str:
     """For core.training.queue: 'alive' while a trainer holds the run's lock, 'ended' once the trainer of launch
-    `token` (it wrote its pid) is gone, 'unlaunched' when no trainer of that launch ever ran. That last answer is
-    certain, not a timeout: the lock is held without a gap from before the spawn, so a free lock and no pid mean
-    the launcher died before the spawn or the trainer before it trained."""
-    if lock_held(run_dir / rundir.TRAINER_LOCK):
-        return "alive"
-    job = rundir.read_job(run_dir)
-    if job.get("token") != token:
-        return "unlaunched"  # its launcher died before writing the marker: job.json is an earlier launch's
-    if job.get("pid"):  # a trainer of a version that took no lock is watched by its pid
-        return "alive" if pid_alive(job["pid"], job.get("started_unix")) else "ended"
-    (run_dir / rundir.JOB_FILE).unlink(missing_ok=True)  # the marker of a launch that never ran: not a failure
-    return "unlaunched"
+    `token` is gone, 'unlaunched' when no trainer of that launch ever ran (core.service.launcher.launch_state)."""
+    return launcher.launch_state(_files(run_dir), token, rundir.read_job(run_dir))
 
 
 def launch(cfg: TrainConfig | dict, run_dir: Path, token: str) -> Path:
     """Start the trainer process now (core.training.queue calls this when a slot is free, under its lock)."""
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
-    if not run_dir.is_dir():
-        raise ValueError(f"{run_dir}: the run folder was removed while the run waited")
-    lock = take_lock(run_dir / rundir.TRAINER_LOCK)
-    if lock is None:
-        raise ValueError(f"run {run_dir.name!r} is already being trained by another process")
-    try:
-        for stale in (rundir.STOP_FILE, rundir.PROGRESS_FILE):
-            (run_dir / stale).unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "core", "train", *to_cli_args(cfg), "--run-dir", str(run_dir), "--json",
-               "--quiet"]
-        job = {"token": token, "started": now_iso(), "started_unix": time.time(), "command": cmd,
-               "config": cfg.to_dict()}
-        atomic_write_json(run_dir / rundir.JOB_FILE, job)  # the marker: the run shows 'starting', not 'failed'
-        crash_point("after_marker")
-        with open(run_dir / rundir.LOG, "ab") as log:
-            log.write(f"\n=== {now_iso()} {' '.join(cmd[1:])}\n".encode())
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_ENV: token, LOCK_FD_ENV: str(lock)}
-        try:
-            pid = spawn_detached(cmd, run_dir / rundir.LOG, env=env, pass_fds=(lock,))
-        except OSError as exc:  # no process could start (limits, memory): the run's log tells why it failed
-            with open(run_dir / rundir.LOG, "ab") as log:
-                log.write(f"could not start the trainer: {exc}\n".encode())
-            raise
-        crash_point("after_spawn")
-        atomic_write_json(run_dir / rundir.JOB_FILE, {**job, "pid": pid})  # started_unix stays the launch's order
-    finally:
-        os.close(lock)  # the trainer holds its own copy from the spawn on
+    cmd = [sys.executable, "-m", "core", "train", *to_cli_args(cfg), "--run-dir", str(run_dir), "--json", "--quiet"]
+    # an earlier launch's stop request and progress are not this one's (removed under the lock: never a live one's)
+    launcher.launch(_files(run_dir), token, cmd, {"config": cfg.to_dict()},
+                    stale=(run_dir / rundir.STOP_FILE, run_dir / rundir.PROGRESS_FILE))
     return run_dir
 
 
@@ -177,31 +155,15 @@ def claim_run_dir(run_dir: Path) -> int:
     """For the trainer process, before it trains: hold the run folder's trainer lock until this process exits and
     return its descriptor (keep it open). A trainer that launch() started inherits the lock and confirms its launch
     by writing its pid into job.json; any other (the CLI) takes the lock, or ValueError when a trainer holds it."""
-    token, fd_text = os.environ.pop(TOKEN_ENV, None), os.environ.pop(LOCK_FD_ENV, None)
-    lock_path = run_dir / rundir.TRAINER_LOCK
-    if token and fd_text and fd_text.isdigit() and _is_lock_of(int(fd_text), lock_path):
-        fd = int(fd_text)
-        os.set_inheritable(fd, False)  # the trainer's own children must not keep the run looking alive
-        job = read_json_object(run_dir / rundir.JOB_FILE) or {}
-        if job.get("token") != token:
-            raise ValueError(f"{run_dir}: job.json names another launch than this trainer's; not training")
-        atomic_write_json(run_dir / rundir.JOB_FILE, {**job, "pid": os.getpid()})
+    fd = launcher.confirm(_files(run_dir))
+    if fd is not None:
         return fd
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = take_lock(lock_path)
+    fd = take_lock(run_dir / rundir.TRAINER_LOCK)
     if fd is None:
         raise ValueError(f"run {run_dir.name!r} is already being trained by another process; wait for it to finish "
                          "or stop it, or train under another name")
     return fd
-
-
-def _is_lock_of(fd: int, lock_path: Path) -> bool:
-    """Is descriptor `fd` open on `lock_path`? (A stray $FER_RUN_LOCK_FD in a user's shell must not pass.)"""
-    try:
-        a, b = os.fstat(fd), os.stat(lock_path)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def resume_run(run_dir: str | os.PathLike) -> Path:
@@ -232,3 +194,6 @@ def stop_run(run_dir: str | os.PathLike, *, kill: bool = False) -> None:
 
 
 RUNNER = queue.Runner(launch=launch, state=launch_state)  # how core.training.queue launches and watches trainers
+# The queue's runner for each kind. A sweep is one job (one slot of $FER_MAX_RUNS) however many trials it runs:
+# its own process spreads them over Ray's CPUs, and Ray, not this queue, bounds their concurrency.
+RUNNERS = {JobKind.TRAIN: RUNNER, JobKind.COMPRESS: launcher.COMMAND_RUNNER, JobKind.SWEEP: launcher.COMMAND_RUNNER}

@@ -30,7 +30,7 @@ MAX_TRIALS_WITHOUT_YES = 200  # a typo such as --width 0.1 0.2 ... x 10 seeds sh
 MAX_TRIALS = 1000
 SWEEPS_DIR = ".sweeps"  # inside the runs folder; hidden, so run listings skip it
 SWEEP_FILE = "sweep.json"
-LAUNCH_FILE = "launch.json"  # pid and start time of a sweep the app started in the background
+SPEC_FILE, LOG_FILE = "sweep.toml", "sweep.log"  # what the app's background sweep runs, and its output
 ADDRESS_TIMEOUT_S = 3.0
 # ray.init waits this long for a joined cluster's GCS (it waits three times, so about 30 s in all); Ray's own default
 # retries 20 times of 30 s (ten minutes, which reads as "forever"), and a cluster that is up answers in milliseconds.
@@ -40,6 +40,7 @@ JOIN_TIMEOUT_S = 10
 class TrialStatus(StrEnum):
     """A sweep trial's state in sweep.json (and the sweep's own: running, done or failed)."""
 
+    QUEUED = "queued"  # a sweep the app queued, waiting for a free slot (core.training.queue); never a trial's
     PENDING = "pending"
     RUNNING = "running"
     RETRYING = "retrying"  # failed, and Ray Tune restarts it from its last finished epoch
@@ -265,16 +266,21 @@ def read_sweep(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def list_sweeps(runs_root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Every readable sweep record in the runs folder, newest first."""
+    """Every readable sweep record in the runs folder, newest first, after the sweeps waiting in the queue: those
+    have no record yet, only their name, state 'queued', their place in the line (`position`) and no trials."""
+    from core.training import queue
     from core.util.fsutil import runs_dir
 
     base = runs_dir(runs_root) / SWEEPS_DIR
-    out = []
+    out = [{"name": e.config.get("info", {}).get("name", e.run_dir.name), "state": TrialStatus.QUEUED, "position": i,
+            "planned_trials": e.config.get("info", {}).get("trials"), "trials": []}
+           for i, e in enumerate(queue.waiting(runs_root), 1) if e.kind == queue.JobKind.SWEEP][::-1]
     for d in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True) if base.is_dir() else []:
         try:
             out.append(read_sweep(d))
         except ValueError:
-            continue
+            if queue.claimed(d, runs_dir(runs_root)) is not None:  # launched, its record not written yet (Ray starts)
+                out.append({"name": d.name, "state": TrialStatus.PENDING, "trials": []})
     return out
 
 
@@ -634,14 +640,15 @@ def ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
-def start_sweep(spec: SweepSpec, runs_root: str | os.PathLike | None = None, *, cpus_per_trial: float = 1.0) -> Path:
-    """Check the grid (ValueError as the CLI would give it), then run `python -m core sweep --file ...` in the
-    background: Ray runs in that process, never in the app's. Returns the sweep folder, which also holds the
-    process's pid (LAUNCH_FILE) for pid_alive."""
-    import time
-
-    from core.util.fsutil import atomic_write_bytes, atomic_write_json
-    from core.util.procs import spawn_detached
+def start_sweep(spec: SweepSpec, runs_root: str | os.PathLike | None = None, *, cpus_per_trial: float = 1.0,
+                session: str | None = None) -> Path:
+    """Check the grid (ValueError as the CLI would give it), then queue `python -m core sweep --file ...` with the
+    app's other background jobs (`session` counts against the per-user limit): Ray runs in that process, never in
+    the app's. The whole sweep is one job of the queue. Returns the sweep folder; its record (sweep.json) appears
+    once the sweep runs, and list_sweeps shows it as queued until then."""
+    from core.service import jobs, launcher
+    from core.training.queue import JobKind
+    from core.util.fsutil import runs_dir
 
     if not ray_available():
         raise ValueError(INSTALL_HINT)
@@ -650,12 +657,12 @@ def start_sweep(spec: SweepSpec, runs_root: str | os.PathLike | None = None, *, 
     folder = sweep_dir(runs_root, spec.name)
     if (folder / SWEEP_FILE).exists():
         raise ValueError(f"a sweep named {spec.name!r} already exists; choose another name")
-    atomic_write_bytes(folder / "sweep.toml", _to_toml(spec).encode())
-    cmd = [sys.executable, "-m", "core", "sweep", "--file", str(folder / "sweep.toml"), "--out", str(folder.parent.parent),
-           "--cpus-per-trial", repr(float(cpus_per_trial)), "--quiet"]
-    pid = spawn_detached(cmd, folder / "sweep.log")  # outlives the page; the record and the log tell its state
-    atomic_write_json(folder / LAUNCH_FILE, {"pid": pid, "started_unix": time.time(), "command": cmd})
-    return folder
+    # --name too, though the file names it: the child confirms its launch in its folder before it reads the file
+    args = ["-m", "core", "sweep", "--file", str(folder / SPEC_FILE), "--name", spec.name,
+            "--out", str(runs_dir(runs_root)), "--cpus-per-trial", repr(float(cpus_per_trial)), "--quiet"]
+    config = launcher.command_config(args, {"name": spec.name, "trials": count(spec)}, log=LOG_FILE,
+                                     write={SPEC_FILE: _to_toml(spec)})
+    return jobs.submit(JobKind.SWEEP, config, folder, runs_root, session=session)
 
 
 def _to_toml(spec: SweepSpec) -> str:

@@ -1,14 +1,18 @@
-"""A disk-backed FIFO job queue for background trainings: at most N alive at once, the rest wait in order.
+"""A disk-backed FIFO queue for all background work (trainings, compressions, sweeps): at most N jobs alive at
+once, the rest wait in order.
 
-The queue is files in <runs folder>/.queue/ (so it survives app restarts, like the runs themselves):
-  waiting/<ticket>.json   a run asked for and not launched yet; tickets sort in arrival order
-  running/<ticket>.json   a run claimed by a scheduler pass, with the token of its launch; removed once that
+The queue is files in <runs folder>/.queue/ (so it survives app restarts, like the runs themselves), one queue for
+every kind of job, so $FER_MAX_RUNS and $FER_MAX_QUEUED count them together:
+  waiting/<ticket>.json   a job asked for and not launched yet; tickets sort in arrival order
+  running/<ticket>.json   a job claimed by a scheduler pass, with the token of its launch; removed once that
                           launch's process has ended, put back in waiting/ if it never started
-  lock                    fcntl lock held by every pass: two app processes never launch the same run twice
-A scheduler pass (`schedule`) runs on every start_run call, and a daemon thread (`ensure_scheduler`, started with
-the app server) repeats it every second; any app process may run passes, they take turns on the lock.
-The queue knows nothing of trainers: a Runner (core.service.jobs.RUNNER) launches a run and tells whether that launch
-lives, ended, or never started. A pass killed at any point leaves a claimed entry the next pass settles by asking.
+  lock                    fcntl lock held by every pass: two app processes never launch the same job twice
+A job is its folder (a run folder, a compression's job folder, a sweep's folder) and its kind (JobKind). A
+scheduler pass (`schedule`) runs on every submission, and a daemon thread (`ensure_scheduler`, started with the app
+server) repeats it every second; any app process may run passes, they take turns on the lock.
+The queue knows nothing of trainers or compressors: a Runner per kind (core.service.jobs.RUNNERS) launches a job and
+tells whether that launch lives, ended, or never started. A pass killed at any point leaves a claimed entry the
+next pass settles by asking.
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from core.util.fsutil import atomic_write_json, runs_dir
 from core.util.procs import crash_point
@@ -30,6 +35,18 @@ from core.util.settings import check_server_settings, max_queued_per_session, ma
 
 QUEUE_DIR = ".queue"  # hidden, so run listings skip it
 log = logging.getLogger(__name__)
+
+
+class JobKind(StrEnum):
+    """What a queue entry launches; entries written before kinds existed are trainings."""
+
+    TRAIN = "train"
+    COMPRESS = "compress"
+    SWEEP = "sweep"
+
+    @property
+    def noun(self) -> str:
+        return {"train": "run", "compress": "compression"}.get(self.value, self.value)
 
 
 class Runner(NamedTuple):
@@ -40,6 +57,14 @@ class Runner(NamedTuple):
 
     launch: Callable[[dict[str, Any], Path, str], Any]
     state: Callable[[Path, str | None], str]
+
+
+# One Runner for every kind, or a Runner per kind (core.service.jobs.RUNNERS): the queue dispatches by entry kind.
+Runners = Runner | Mapping[str, Runner]
+
+
+def _runner(runners: Runners, kind: str) -> Runner:
+    return runners if isinstance(runners, Runner) else runners[kind]
 
 
 @dataclass
@@ -53,16 +78,23 @@ class Entry:
     enqueued: float  # unix time
     claimed: float | None = None  # unix time a scheduler pass moved it to running/
     token: str | None = None  # names that launch: the runner tells its state by it
+    kind: JobKind = JobKind.TRAIN
 
     def to_json(self) -> dict[str, Any]:
         return {"ticket": self.ticket, "run_dir": str(self.run_dir), "config": self.config, "session": self.session,
-                "enqueued": self.enqueued, "claimed": self.claimed, "token": self.token}
+                "enqueued": self.enqueued, "claimed": self.claimed, "token": self.token, "kind": self.kind.value}
 
 
-def queue_dir(run_dir_or_root: str | os.PathLike | None = None, *, is_run: bool = False) -> Path:
-    """The queue folder of a runs folder (of the runs folder holding `run_dir` when is_run)."""
-    root = Path(run_dir_or_root).parent if is_run else runs_dir(run_dir_or_root)
-    d = root / QUEUE_DIR
+def _root(folder: str | os.PathLike, runs_root: str | os.PathLike | None) -> Path:
+    """The runs folder whose queue holds the job in `folder`: given, else the folder's parent (a run folder's).
+    Compression and sweep folders lie deeper (<runs>/.compress-jobs/<id>, <runs>/.sweeps/<name>): their callers
+    name the runs folder, so that every kind waits in the one queue."""
+    return runs_dir(runs_root) if runs_root is not None else Path(folder).parent
+
+
+def queue_dir(runs_root: str | os.PathLike | None = None) -> Path:
+    """The queue folder of a runs folder, made if missing."""
+    d = runs_dir(runs_root) / QUEUE_DIR
     for sub in ("waiting", "running"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     return d
@@ -82,7 +114,7 @@ def _read(path: Path) -> Entry | None:
     try:
         d = json.loads(path.read_text())
         return Entry(d["ticket"], Path(d["run_dir"]), d["config"], d.get("session"), float(d["enqueued"]),
-                     d.get("claimed"), d.get("token"))
+                     d.get("claimed"), d.get("token"), JobKind(d.get("kind", JobKind.TRAIN)))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # removed by another pass meanwhile, or damaged: not a run we can launch
 
@@ -103,48 +135,59 @@ def _next_ticket(qdir: Path) -> str:
     return f"{n:010d}"
 
 
-def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runner, *, session: str | None = None,
-           max_alive: int | None = None) -> Path:
-    """Queue a run, then run a pass. ValueError, with nothing written, when a server setting is mistyped, the run is
-    already queued, or this session already has its maximum waiting or running; the run folder is made only once
-    the run is accepted, so a refused Start leaves no empty folder that would list as a failed run."""
-    run_dir = Path(run_dir)
+def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runners, *, session: str | None = None,
+           max_alive: int | None = None, kind: JobKind = JobKind.TRAIN,
+           runs_root: str | os.PathLike | None = None) -> Path:
+    """Queue a job of `kind` (its folder: `run_dir`), then run a pass. `runs_root` names the runs folder whose queue
+    it joins (default: the folder's parent, as for a run). ValueError, with nothing written, when a server setting is
+    mistyped, the job is already queued, or this session already has its maximum waiting or running, of all kinds
+    together; the folder is made only once the job is accepted, so a refused Start leaves no empty folder that
+    would list as a failed run."""
+    run_dir, kind = Path(run_dir), JobKind(kind)
     check_server_settings()
     max_runs(max_alive)  # an invalid override fails here, not in the pass after the entry is written
-    qdir = queue_dir(run_dir, is_run=True)
-    limit = max_queued_per_session()
+    root = _root(run_dir, runs_root)
+    qdir = queue_dir(root)
     with _locked(qdir):
-        if find(run_dir) is not None:
-            raise ValueError(f"run {run_dir.name!r} is already queued")
-        if (launched := claimed(run_dir)) is not None:
-            if runner.state(launched.run_dir, launched.token) != "ended":
-                raise ValueError(f"run {run_dir.name!r} is already starting or running")
-            # its trainer is gone but no pass has forgotten it yet: forget it now, or a pass would take the old
-            # entry, whose token no longer matches the run's launch, for one that never started and launch it too
+        if find(run_dir, root) is not None:
+            raise ValueError(f"{kind.noun} {run_dir.name!r} is already queued")
+        if (launched := claimed(run_dir, root)) is not None:
+            if _runner(runner, launched.kind).state(launched.run_dir, launched.token) != "ended":
+                raise ValueError(f"{kind.noun} {run_dir.name!r} is already starting or running")
+            # its process is gone but no pass has forgotten it yet: forget it now, or a pass would take the old
+            # entry, whose token no longer matches the folder's launch, for one that never started and launch it too
             (qdir / "running" / f"{launched.ticket}.json").unlink(missing_ok=True)
-        if session is not None and limit:
-            mine = [e for sub in ("waiting", "running") for e in _entries(qdir, sub) if e.session == session
-                    and (sub == "waiting" or runner.state(e.run_dir, e.token) != "ended")]
-            if len(mine) >= limit:
-                raise ValueError(f"you already have {len(mine)} runs queued or running, the most this server allows "
-                                 f"per user ({limit}, $FER_MAX_QUEUED); wait for one to finish or cancel one")
+        _check_session_limit(qdir, session, runner)
         # The entry before the folder: a folder with no entry beside it would list as a failed run meanwhile.
         ticket = _next_ticket(qdir)
         entry = qdir / "waiting" / f"{ticket}.json"
-        atomic_write_json(entry, Entry(ticket, run_dir.resolve(), config, session, time.time()).to_json())
+        atomic_write_json(entry, Entry(ticket, run_dir.resolve(), config, session, time.time(), kind=kind).to_json())
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError:
             entry.unlink(missing_ok=True)
             raise
-    schedule(run_dir.parent, runner, max_alive=max_alive)
+    schedule(root, runner, max_alive=max_alive)
     return run_dir
 
 
-def schedule(runs_root: str | os.PathLike | None, runner: Runner, *, max_alive: int | None = None) -> list[Path]:
-    """One scheduler pass: forget launched runs that ended, put back in line the claimed ones that never started
-    (their pass was killed), then launch waiting runs in order while fewer than N are alive. Returns the run
-    folders launched by this pass."""
+def _check_session_limit(qdir: Path, session: str | None, runner: Runners) -> None:
+    """$FER_MAX_QUEUED: a user's trainings, compressions and sweeps, waiting or alive, count together."""
+    limit = max_queued_per_session()
+    if session is None or not limit:
+        return
+    mine = [e for sub in ("waiting", "running") for e in _entries(qdir, sub) if e.session == session
+            and (sub == "waiting" or _runner(runner, e.kind).state(e.run_dir, e.token) != "ended")]
+    if len(mine) >= limit:
+        raise ValueError(f"you already have {len(mine)} job{'s' * (len(mine) != 1)} queued or running (trainings, compressions and sweeps "
+                         f"count together), the most this server allows per user ({limit}, $FER_MAX_QUEUED); wait "
+                         "for one to finish or cancel one")
+
+
+def schedule(runs_root: str | os.PathLike | None, runner: Runners, *, max_alive: int | None = None) -> list[Path]:
+    """One scheduler pass: forget launched jobs that ended, put back in line the claimed ones that never started
+    (their pass was killed), then launch waiting jobs in order while fewer than N are alive. A job is one slot
+    whatever it runs inside: a sweep manages its own trials' concurrency on Ray. Returns the folders launched."""
     qdir = runs_dir(runs_root) / QUEUE_DIR
     if not (qdir / "waiting").is_dir():
         return []  # nothing was ever queued here; a page render must not create folders
@@ -153,7 +196,7 @@ def schedule(runs_root: str | os.PathLike | None, runner: Runner, *, max_alive: 
     with _locked(qdir):
         alive = 0
         for e in _entries(qdir, "running"):
-            state = runner.state(e.run_dir, e.token)
+            state = _runner(runner, e.kind).state(e.run_dir, e.token)
             if state == "alive":
                 alive += 1
             elif state == "unlaunched":  # back to its place in the line, launched again below if a slot is free
@@ -170,8 +213,8 @@ def schedule(runs_root: str | os.PathLike | None, runner: Runner, *, max_alive: 
             (qdir / "waiting" / f"{e.ticket}.json").unlink()
             crash_point("after_claim")
             try:
-                runner.launch(e.config, e.run_dir, e.token)
-            except (ValueError, OSError):  # e.g. the folder was deleted while waiting: the run shows as failed
+                _runner(runner, e.kind).launch(e.config, e.run_dir, e.token)
+            except (ValueError, OSError):  # e.g. the folder was deleted while waiting: the job shows as failed
                 (qdir / "running" / f"{e.ticket}.json").unlink(missing_ok=True)
                 continue
             alive += 1
@@ -179,10 +222,10 @@ def schedule(runs_root: str | os.PathLike | None, runner: Runner, *, max_alive: 
     return started
 
 
-def find(run_dir: str | os.PathLike) -> tuple[int, Entry] | None:
-    """(1-based place in the queue, entry) for a waiting run, else None."""
+def find(run_dir: str | os.PathLike, runs_root: str | os.PathLike | None = None) -> tuple[int, Entry] | None:
+    """(1-based place in the queue, entry) for a waiting job, else None. `runs_root` as for submit."""
+    qdir = _root(run_dir, runs_root) / QUEUE_DIR
     run_dir = Path(run_dir).resolve()
-    qdir = Path(run_dir).parent / QUEUE_DIR
     if not (qdir / "waiting").is_dir():
         return None
     for i, e in enumerate(_entries(qdir, "waiting"), 1):
@@ -191,29 +234,30 @@ def find(run_dir: str | os.PathLike) -> tuple[int, Entry] | None:
     return None
 
 
-def claimed(run_dir: str | os.PathLike) -> Entry | None:
-    """The entry of a run a pass has claimed (launched, or being launched), else None."""
+def claimed(run_dir: str | os.PathLike, runs_root: str | os.PathLike | None = None) -> Entry | None:
+    """The entry of a job a pass has claimed (launched, or being launched), else None. `runs_root` as for submit."""
+    qdir = _root(Path(run_dir).resolve(), runs_root) / QUEUE_DIR
     run_dir = Path(run_dir).resolve()
-    qdir = run_dir.parent / QUEUE_DIR
     if not (qdir / "running").is_dir():
         return None
     return next((e for e in _entries(qdir, "running") if e.run_dir == run_dir), None)
 
 
 def waiting(runs_root: str | os.PathLike | None = None) -> list[Entry]:
-    """Waiting runs in launch order."""
+    """Waiting jobs of every kind in launch order."""
     return _entries(runs_dir(runs_root) / QUEUE_DIR, "waiting")
 
 
-def cancel(run_dir: str | os.PathLike) -> None:
-    """Take a waiting run out of the queue (ValueError when it is not waiting: launched runs are stopped instead).
-    The run folder is removed if nothing was ever written into it (a resumed run keeps its epochs)."""
+def cancel(run_dir: str | os.PathLike, runs_root: str | os.PathLike | None = None) -> None:
+    """Take a waiting job out of the queue (ValueError when it is not waiting: launched jobs are stopped instead).
+    The folder is removed if nothing was ever written into it (a resumed run keeps its epochs)."""
     run_dir = Path(run_dir)
-    qdir = queue_dir(run_dir, is_run=True)
+    root = _root(run_dir, runs_root)
+    qdir = queue_dir(root)
     with _locked(qdir):
-        hit = find(run_dir)
+        hit = find(run_dir, root)
         if hit is None:
-            raise ValueError(f"run {run_dir.name!r} is not waiting in the queue")
+            raise ValueError(f"{run_dir.name!r} is not waiting in the queue")
         (qdir / "waiting" / f"{hit[1].ticket}.json").unlink(missing_ok=True)
     if run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
@@ -223,7 +267,7 @@ _THREADS: dict[Path, threading.Thread] = {}
 _THREADS_LOCK = threading.Lock()
 
 
-def ensure_scheduler(runs_root: str | os.PathLike | None, runner: Runner, interval_s: float = 1.0) -> None:
+def ensure_scheduler(runs_root: str | os.PathLike | None, runner: Runners, interval_s: float = 1.0) -> None:
     """Start (once per process and runs folder) a daemon thread running a pass every interval_s, so waiting runs
     start when a slot frees even when no page is open."""
     root = runs_dir(runs_root).resolve()
@@ -236,7 +280,7 @@ def ensure_scheduler(runs_root: str | os.PathLike | None, runner: Runner, interv
         _THREADS[root] = t
 
 
-def _scheduler_loop(root: Path, runner: Runner, interval_s: float) -> None:
+def _scheduler_loop(root: Path, runner: Runners, interval_s: float) -> None:
     """Passes forever. A failing pass (a mistyped server setting, a full disk) must not end the thread, nor go
     unnoticed: its reason goes to the server's log once, and again only when it changes or clears."""
     last_error: str | None = None

@@ -1,7 +1,9 @@
 """Server settings for a shared deployment, read from environment variables (one place, documented in the README).
 
-FER_MAX_RUNS            trainings alive at once (default: what the machine holds, see default_max_runs)
-FER_MAX_QUEUED          runs one browser may have queued or running at once (default 3; 0 = no limit)
+FER_MAX_RUNS            background jobs (trainings, compressions, sweeps) alive at once; a sweep is one job, its
+                        trials share its slot (default: what the machine holds, see default_max_runs)
+FER_MAX_QUEUED          background jobs (trainings, compressions, sweeps) one browser may have queued or running
+                        at once, all kinds together (default 3; 0 = no limit)
 FER_ALLOW_DELETE        1/0: whether users may delete runs from the app (default 1)
 FER_DATA_ROOTS          folders (separated by ':') the app may read FER2013 from; unset = any path (a single user)
 FER_MICRO_BATCH         CPU trainings started from the app run in micro-batches of at most this many images
@@ -80,7 +82,8 @@ def default_max_runs() -> int:
 
 
 def max_runs(override: int | None = None) -> int:
-    """N, the trainings alive at once: the argument, else $FER_MAX_RUNS, else default_max_runs()."""
+    """N, the background jobs (trainings, compressions, sweeps) alive at once: the argument, else $FER_MAX_RUNS,
+    else default_max_runs()."""
     if override is not None:
         if isinstance(override, bool) or not isinstance(override, int) or override < 1:
             raise ValueError(f"max runs must be an integer of at least 1, got {override!r}")
@@ -90,7 +93,7 @@ def max_runs(override: int | None = None) -> int:
 
 
 def max_queued_per_session() -> int:
-    """Runs one browser session may have waiting or running at once; 0 means no limit."""
+    """Background jobs of all kinds one browser may have waiting or running at once; 0 means no limit."""
     return _env_int("FER_MAX_QUEUED", DEFAULT_MAX_QUEUED, 0,
                     f"a whole number, 0 for no limit, or unset for {DEFAULT_MAX_QUEUED}")
 
