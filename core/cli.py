@@ -542,6 +542,7 @@ def cmd_campaign(a: argparse.Namespace) -> int:
 
     from core.service.campaign import STOP_FILE, Deadline, lock, parse_deadline, progress_lines, run_campaign, states
     from core.util.fsutil import PROJECT_ROOT
+    from core.util.procs import lower_priority
 
     trials, out = _selected(a), Path(a.out).resolve()
     at = parse_deadline(a.deadline)
@@ -562,7 +563,7 @@ def cmd_campaign(a: argparse.Namespace) -> int:
     handle = lock(out)
     (out / STOP_FILE).unlink(missing_ok=True)  # a request left from an earlier campaign is not this one's
     os.chdir(PROJECT_ROOT)  # relative data paths in the campaign file are the project's
-    os.nice(a.nice)
+    lower_priority(a.nice)
     if a.threads:
         import torch
 

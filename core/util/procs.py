@@ -98,6 +98,19 @@ def spawn_detached(cmd: list[str], log_path: Path, cwd: Path | None = None, env:
     return proc.pid
 
 
+def lower_priority(nice: int) -> None:
+    """Yield the CPU to everything else on the machine, as `nice` promises, also where the kernel groups processes
+    by session (Linux's autogroup, on by default on desktops and on the machines here): there a process's nice only
+    ranks it within its own session, and a detached job (start_new_session) is a session of its own, so at nice 19
+    it still took half of a 2-core machine from an interactive shell's tests. Raising the session's autogroup nice
+    (allowed without privileges, like raising one's own nice) makes the ranking hold across sessions."""
+    os.nice(nice)
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError:
+        pass  # no autogroup (kernel without it, macOS): os.nice alone already ranks it against everything
+
+
 def crash_point(name: str) -> None:
     """Tests only: SIGKILL this process here when $FER_TEST_CRASH_AT names this point, to reproduce a process dying
     at that exact moment (no cleanup, no finally blocks, like an OOM kill or a power cut of the app)."""
