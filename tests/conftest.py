@@ -17,6 +17,13 @@ SAMPLE_PHOTO = ROOT / "tests" / "data" / "astronaut.jpg"
 PHOTOS_DIR = Path(os.environ.get("FER_PHOTOS") or ROOT.parent / "shared" / "photos")
 pytest_plugins = ["skipguard"]  # under CI, a skip off its allow-list fails the run
 
+# Under pytest-xdist (the default, pyproject.toml) each worker and every process it starts (trainers, the app, Ray)
+# computes on one thread: two processes of two OpenMP threads each on a 2-core machine wait on each other's
+# preempted threads (one epoch of the quick test training took 39 s instead of 3.5 s beside a trainer). Set before
+# anything imports torch; an explicit $OMP_NUM_THREADS wins.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:

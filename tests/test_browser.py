@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SAMPLE_PHOTO
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]  # `-m 'not browser'` leaves these out
+# `-m 'not browser'` leaves these out; under pytest-xdist they share one worker (one Chromium at a time)
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("browser")]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -212,6 +213,15 @@ def open_next_expander(driver) -> bool:  # noqa: ANN001
     return False
 
 
+def _page_shows(d, url: str, title: str, words: tuple[str, ...], height: int) -> None:  # noqa: ANN001
+    """Open a page, wait for it to settle, check it shows `words`, and keep its screenshot."""
+    d.get(url)
+    settle(d, title)
+    text = text_of(d)
+    assert all(w in text for w in words), [w for w in words if w not in text]
+    shoot(d, title.lower(), height)
+
+
 def _train_watch_and_stop(d, url: str, runs: Path) -> None:  # noqa: ANN001
     """Train: start a run with the page's quick defaults, watch it learn, then stop it from the page."""
     d.get(f"{url}/train")
@@ -242,30 +252,37 @@ def _train_watch_and_stop(d, url: str, runs: Path) -> None:  # noqa: ANN001
          300, "two epochs to finish (curves need two points)")
     time.sleep(2.5)  # one fragment refresh draws the curves
     shoot(d, "train", 1300)
-    click_button(d, "Stop")
+    _press_stop(d, runs / new_run)
     wait(d, lambda dd: "Stopped on request" in text_of(dd), 120, "the run to stop")
+
+
+def _press_stop(d, run: Path) -> None:  # noqa: ANN001
+    """Press Stop until the page has asked the trainer to stop (its STOP file, or the run already stopped). A click
+    that lands as a fragment refresh replaces the button reaches no handler: under a full load that lost one."""
+    from core.training import rundir
+
+    def done() -> bool:  # the trainer removes the file once it has stopped and recorded so
+        return (run / rundir.STOP_FILE).exists() or rundir.run_status(run).status == "stopped"
+
+    def asked(dd) -> bool:  # noqa: ANN001
+        if done():
+            return True
+        click_button(dd, "Stop")
+        time.sleep(5)  # a fragment refresh every 2 s: the click's rerun has written the file by now, if it arrived
+        return done()
+
+    wait(d, asked, 60, "the page to ask the trainer to stop")
 
 
 def test_every_page_in_a_real_browser(server, browser) -> None:  # noqa: ANN001
     url, runs = server
     d = browser
 
-    d.get(f"{url}/")
-    settle(d, "Architectures")
-    assert "Parameters" in text_of(d) and "Why depthwise-separable" in text_of(d)
-    shoot(d, "architectures", 1250)
-
-    d.get(f"{url}/data")
-    settle(d, "Data")
-    assert "Synthetic data" in text_of(d) and "Samples per class" in text_of(d)
-    shoot(d, "data", 1300)
-
+    for path, title, words, height in (("", "Architectures", ("Parameters", "Why depthwise-separable"), 1250),
+                                       ("data", "Data", ("Synthetic data", "Samples per class"), 1300)):
+        _page_shows(d, f"{url}/{path}", title, words, height)
     _train_watch_and_stop(d, url, runs)
-
-    d.get(f"{url}/compare")
-    settle(d, "Compare")
-    assert "Cost vs accuracy" in text_of(d) and "Download as CSV" in text_of(d)
-    shoot(d, "compare", 1300)
+    _page_shows(d, f"{url}/compare", "Compare", ("Cost vs accuracy", "Download as CSV"), 1300)
 
     d.get(f"{url}/predict")
     settle(d, "Predict")

@@ -21,6 +21,8 @@ from components.live.catalog import server_faces, server_probabilities
 
 CHECKPOINTS = ROOT / "checkpoints"
 FIRST, SECOND, THIRD = "mobilenet-w1", "mobilenet-w0.5", "plain_cnn-w0.25"
+# `-m 'not browser'` leaves these out; under pytest-xdist they share the other browser tests' worker
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("browser")]
 # Counts what the top page sends the server over Streamlit's WebSocket (installed before any page script runs).
 WS_TALLY = """window.__wsSent = [];
 const _send = WebSocket.prototype.send;

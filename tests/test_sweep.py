@@ -18,6 +18,9 @@ from core.views import sweepviews
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(synthetic_size=200, max_steps=None, batch_size=32, width=0.125, threads=1, augment=False, subset=None)
+# Under pytest-xdist every Ray test runs on one worker, so no two Ray clusters start at once (one test starts a
+# stranger's cluster on purpose and checks that a sweep never joins it)
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 def tiny_spec(name: str, **grid) -> sweep.SweepSpec:  # noqa: ANN003

@@ -24,6 +24,9 @@ from core.cli import main
 from core.service import sweep
 
 pytest.importorskip("ray", reason="Ray is optional; pip install -r requirements-dev.txt to test sweeps")
+# Under pytest-xdist every Ray test runs on one worker, so no two Ray clusters start at once (one test starts a
+# stranger's cluster on purpose and checks that a sweep never joins it)
+pytestmark = pytest.mark.xdist_group("ray")
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
