@@ -112,8 +112,7 @@ def start(values: dict, run_name: str | None, root, box) -> None:  # noqa: ANN00
         # the browser's identity, not the Streamlit session's: the limit of queued runs per user ($FER_MAX_QUEUED)
         # holds across reloads, and only this browser (or the operator) may stop the run
         user = identity.current_user()
-        run_dir = jobs.start_run(cfg, root, run_name, session=user)
-        owners.record_owner(run_dir, user)
+        run_dir = jobs.start_run(cfg, root, run_name, session=user, owner=user)
     except (ValueError, OSError) as exc:  # OSError: the runs folder is not writable, or no disk space
         box.error(f"Could not start: {exc}")
     else:

@@ -151,3 +151,33 @@ def test_ownership_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         owners.record_owner(owned, "../../etc")
     (owned / owners.OWNER_FILE).write_text("{not json")
     assert owners.owner_of(owned) is None
+
+
+def test_the_owner_is_on_disk_before_the_run_can_launch(tmp_path: Path) -> None:
+    """The queue writes the owner into the run folder as it accepts the run, under its lock: the first pass that
+    could launch it (here, at once) already finds it, so an app killed right after a Start leaves no unowned run."""
+    from core.training import queue
+
+    seen: list[str | None] = []
+    runner = queue.Runner(launch=lambda config, folder, token: seen.append(owners.owner_of(folder)),
+                          state=lambda folder, token: "alive")
+    folder = tmp_path / "runs" / "mine"
+    queue.submit({}, folder, runner, session=ALICE, files={owners.OWNER_FILE: owners.owner_entry(ALICE)})
+    assert seen == [ALICE]
+
+
+def test_another_user_cannot_continue_an_unfinished_run_by_its_name(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.training.config import TrainConfig
+    from core.training.runs import run_training
+
+    cfg = TrainConfig(arch="plain_cnn", width=0.125, epochs=2, synthetic_size=200, batch_size=32, augment=False)
+    steps: list = []  # 7 steps an epoch: stopped inside the second, resumable under its name with its settings
+    list(run_training(cfg, runs / "alices", on_batch=steps.append, should_stop=lambda: len(steps) >= 9))
+    assert rundir.run_status(runs / "alices").status == "stopped"
+    owners.record_owner(runs / "alices", ALICE)
+    monkeypatch.setattr(jobs.queue, "schedule", lambda *a, **k: [])  # nothing launches: only the refusal matters
+    with pytest.raises(ValueError, match="started by another user"):
+        jobs.start_run(cfg, runs, "alices", session=BOB, owner=BOB)
+    assert owners.owner_of(runs / "alices") == ALICE and not jobs.queue.waiting(runs)
+    jobs.start_run(cfg, runs, "alices", session=ALICE, owner=ALICE)  # its owner may
+    assert owners.owner_of(runs / "alices") == ALICE and len(jobs.queue.waiting(runs)) == 1

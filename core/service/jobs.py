@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.service import launcher
+from core.service import launcher, owners
 from core.training import queue, rundir
 from core.training.config import TrainConfig, to_cli_args, with_defaults
 from core.training.queue import JobKind
@@ -95,12 +95,14 @@ def _check_trained_run(folder: Path, what: str, allowed: str) -> None:
 
 
 def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name: str | None = None, *,
-              run_dir: str | os.PathLike | None = None, session: str | None = None) -> Path:
+              run_dir: str | os.PathLike | None = None, session: str | None = None,
+              owner: str | None = None) -> Path:
     """Queue `python -m core train` for this config (core.training.queue launches it when a slot is free; `session` counts
     against the per-user limit); returns the run folder. Every check comes first: a refused start writes nothing.
 
     With `run_dir` (or a `name` whose folder holds an unfinished run) the trainer resumes from the last
-    finished epoch."""
+    finished epoch. `owner` (a browser's identity, core.service.owners) is written into the run folder as the queue
+    makes it, before any pass can launch the run: an app that dies just after the Start leaves no unowned run."""
     settings.check_server_settings()  # a mistyped setting refuses the Start; queued, the run could never launch
     check_inputs(cfg)
     if run_dir is None:
@@ -110,14 +112,19 @@ def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name
         cfg = within_server_memory(cfg)
     if run_dir.exists():
         _check_can_start(run_dir, cfg)
-    return submit(JobKind.TRAIN, cfg.to_dict(), run_dir, run_dir.parent, session=session)
+        if owner is not None:  # continuing an unfinished run of the same name: it must be this user's to continue
+            owners.check_control(run_dir, owner)
+    files = {owners.OWNER_FILE: owners.owner_entry(owner)} if owner is not None else None
+    return submit(JobKind.TRAIN, cfg.to_dict(), run_dir, run_dir.parent, session=session, files=files)
 
 
 def submit(kind: JobKind, config: dict, folder: Path, runs_root: str | os.PathLike | None, *,
-           session: str | None = None) -> Path:
-    """Queue a job of any kind in the runs folder's queue (it makes `folder` once the job is accepted); ValueError
-    when a setting is mistyped, the job is already queued or running, or `session` has $FER_MAX_QUEUED jobs."""
-    return queue.submit(config, folder, RUNNERS, session=session, kind=kind, runs_root=runs_dir(runs_root))
+           session: str | None = None, files: dict[str, dict] | None = None) -> Path:
+    """Queue a job of any kind in the runs folder's queue (it makes `folder`, with `files` in it, once the job is
+    accepted); ValueError when a setting is mistyped, the job is already queued or running, or `session` has
+    $FER_MAX_QUEUED jobs."""
+    return queue.submit(config, folder, RUNNERS, session=session, kind=kind, runs_root=runs_dir(runs_root),
+                        files=files)
 
 
 def schedule_runs(runs_root: str | os.PathLike | None = None) -> list[Path]:

@@ -45,9 +45,15 @@ def is_operator(candidate: str | None) -> bool:
     return bool(token and candidate and hmac.compare_digest(token.encode(), str(candidate).encode()))
 
 
+def owner_entry(user: str) -> dict[str, str]:
+    """What OWNER_FILE holds: written once, by the queue as it accepts the run (core.service.jobs.start_run's
+    `owner`), and never changed by the trainer. ValueError for a token that is not one."""
+    return {"user": check_token(user)}
+
+
 def record_owner(run_dir: str | os.PathLike, user: str) -> None:
-    """Note who started the run; written once, at submission, and never changed by the trainer."""
-    atomic_write_json(Path(run_dir) / OWNER_FILE, {"user": check_token(user)})
+    """Give an existing run folder an owner (an operator's repair; the app records owners through start_run)."""
+    atomic_write_json(Path(run_dir) / OWNER_FILE, owner_entry(user))
 
 
 def owner_of(run_dir: str | os.PathLike) -> str | None:

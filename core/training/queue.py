@@ -137,9 +137,10 @@ def _next_ticket(qdir: Path) -> str:
 
 def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runners, *, session: str | None = None,
            max_alive: int | None = None, kind: JobKind = JobKind.TRAIN,
-           runs_root: str | os.PathLike | None = None) -> Path:
+           runs_root: str | os.PathLike | None = None, files: dict[str, Any] | None = None) -> Path:
     """Queue a job of `kind` (its folder: `run_dir`), then run a pass. `runs_root` names the runs folder whose queue
-    it joins (default: the folder's parent, as for a run). ValueError, with nothing written, when a server setting is
+    it joins (default: the folder's parent, as for a run). `files` (name: JSON object) are written into the folder
+    as it is made, under the queue's lock, so no pass can launch the job before they exist. ValueError, with nothing written, when a server setting is
     mistyped, the job is already queued, or this session already has its maximum waiting or running, of all kinds
     together; the folder is made only once the job is accepted, so a refused Start leaves no empty folder that
     would list as a failed run."""
@@ -164,6 +165,8 @@ def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runners, 
         atomic_write_json(entry, Entry(ticket, run_dir.resolve(), config, session, time.time(), kind=kind).to_json())
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
+            for name, obj in (files or {}).items():
+                atomic_write_json(run_dir / name, obj)
         except OSError:
             entry.unlink(missing_ok=True)
             raise
