@@ -63,7 +63,7 @@ def test_readme_target_sentence() -> None:
 def test_readme_says_what_the_tests_need_and_uses_one_data_path() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for need in ("apt-get install\nchromium chromium-driver", "/usr/bin/chromedriver", "`$FER_PHOTOS`",
-                 "`../shared/photos`", "browser tests for about 6"):
+                 "`../shared/photos`", "pytest-xdist", "-n 0"):
         assert need in readme, need
     cli_block = readme.split("## CLI", 1)[1].split("```", 2)[1]
     assert "../shared/data" not in cli_block and cli_block.count("data/fer2013") >= 5
