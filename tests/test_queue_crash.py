@@ -116,3 +116,23 @@ def test_a_second_trainer_for_a_run_folder_is_refused(tmp_path: Path) -> None:
     assert "already being trained by another process" in proc.stderr
     assert not (run_dir / rundir.RECORD).exists()
     assert jobs.launch_state(run_dir, None) == "unlaunched"  # the lock is free again once its holder let go
+
+
+@pytest.mark.parametrize("point", ["after_claim", "after_marker"])
+def test_a_stop_pressed_while_a_crashed_launch_waits_is_honoured(point: str, tmp_path: Path) -> None:
+    """The launcher dies before its trainer starts; the user presses Stop on the 'starting' run; the restarted
+    app's pass launches it again. The stop must hold: the trainer stops before it trains (it used to be lost, as
+    the launch removed the STOP file as an earlier launch's)."""
+    run_dir = tmp_path / "crash"
+    env = {**os.environ, "FER_MAX_RUNS": "1", "FER_RUNS_DIR": str(tmp_path), CRASH_ENV: point}
+    code = LAUNCHER.format(root=str(ROOT), tiny=TINY, runs=str(tmp_path))
+    launcher = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert launcher.returncode == -signal.SIGKILL, launcher.stdout + launcher.stderr
+    assert rundir.run_status(run_dir).status == "starting"
+    jobs.stop_run(run_dir)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (queue.waiting(tmp_path) or queue.claimed(run_dir)):
+        jobs.schedule_runs(tmp_path)
+        time.sleep(0.2)
+    assert rundir.run_status(run_dir).status == "stopped", rundir.run_status(run_dir)
+    assert rundir.read_record(run_dir).epochs == []  # it trained no epoch

@@ -115,6 +115,8 @@ def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name
         if owner is not None:  # continuing an unfinished run of the same name: it must be this user's to continue
             owners.check_control(run_dir, owner)
     files = {owners.OWNER_FILE: owners.owner_entry(owner)} if owner is not None else None
+    # a stop request left by an earlier trainer that died before it could honour it: not a request for this run
+    (run_dir / rundir.STOP_FILE).unlink(missing_ok=True)
     return submit(JobKind.TRAIN, cfg.to_dict(), run_dir, run_dir.parent, session=session, files=files)
 
 
@@ -152,9 +154,10 @@ def launch(cfg: TrainConfig | dict, run_dir: Path, token: str) -> Path:
     """Start the trainer process now (core.training.queue calls this when a slot is free, under its lock)."""
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     cmd = [sys.executable, "-m", "core", "train", *to_cli_args(cfg), "--run-dir", str(run_dir), "--json", "--quiet"]
-    # an earlier launch's stop request and progress are not this one's (removed under the lock: never a live one's)
-    launcher.launch(_files(run_dir), token, cmd, {"config": cfg.to_dict()},
-                    stale=(run_dir / rundir.STOP_FILE, run_dir / rundir.PROGRESS_FILE))
+    # an earlier launch's progress is not this one's (removed under the lock: never a live one's). Its STOP file
+    # stays: a stale one went at submission (start_run), so one here was pressed while a crashed launch waited to
+    # be launched again, and the trainer honours it at once.
+    launcher.launch(_files(run_dir), token, cmd, {"config": cfg.to_dict()}, stale=(run_dir / rundir.PROGRESS_FILE,))
     return run_dir
 
 
