@@ -317,7 +317,7 @@ def int8_rows(paths: dict[str, Path], data: FERData, tmp: Path, repeats: int) ->
     return rows
 
 
-PHOTO_REPEATS = 9  # the photo path's figures are medians of at least this many calls (issue 21)
+PHOTO_REPEATS = 9  # the photo path's figures are medians of at least this many calls
 RECALL_TARGET = 0.97  # MTCNN's recall on the real photos (tests/test_faces.py holds the default detector to it)
 
 

@@ -1,4 +1,4 @@
-"""Live page benchmark (issue 22): headless Chromium with a fake camera fed a video file, the Live page's frontend
+"""Live page benchmark: headless Chromium with a fake camera fed a video file, the Live page's frontend
 running MTCNN and the expression model in onnxruntime-web; reports frames per second, per-frame detector and model
 time, and agreement with the server's ONNX Runtime on the same crops and on the same frames.
 

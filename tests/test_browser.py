@@ -536,7 +536,7 @@ def test_look_inside_and_back_keeps_photos_and_model_and_both_fit_a_phone(server
 
 
 def test_a_run_stays_its_starters_across_reloads_and_typed_urls(server, browser) -> None:  # noqa: ANN001
-    """Issue 23: the identity lives in a cookie, so a reload or a typed /train (no ?user=) keeps the owner's Stop
+    """The identity lives in a cookie, so a reload or a typed /train (no ?user=) keeps the owner's Stop
     button; another browser (no cookie) sees the run without it."""
     from core.service import jobs, owners
     from core.training.config import TrainConfig

@@ -263,7 +263,7 @@ def test_shipped_variant_follows_the_contract(folder: Path) -> None:
 
 
 def test_shipped_int8_accuracy_is_what_onnx_runtime_measures(fer_dir: Path) -> None:
-    """mobilenet-w1--int8 scores what its record says here, and stays within a point of its parent (issue 21)."""
+    """mobilenet-w1--int8 scores what its record says here, and stays within a point of its parent."""
     from core.compression.quantize import cpu_has_vnni
     from core.data import load_data
     from core.training.runs import evaluate_path
@@ -294,7 +294,7 @@ def test_shipped_int8_accuracy_is_what_onnx_runtime_measures(fer_dir: Path) -> N
 @pytest.mark.skipif(not SHIPPED_VARIANTS, reason="no shipped compression variants in checkpoints/")
 def test_large_shipped_int8_variants_hold_within_a_point() -> None:
     """Every shipped int8 variant of a model of at least 100,000 parameters was measured within a point of its
-    parent, with a recipe that computes the same on CPUs with and without VNNI (issue 21)."""
+    parent, with a recipe that computes the same on CPUs with and without VNNI."""
     checked = 0
     for folder in SHIPPED_VARIANTS:
         rec = rundir.read_record(folder)

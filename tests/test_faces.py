@@ -13,8 +13,8 @@ from core.inference import faces, facescore
 from core.inference.photo import decode_image
 
 PHOTOS = PHOTOS_DIR
-# Measured on the 40 photos (74 faces) when MTCNN was chosen, and again after the photo path was sped up (issue 21):
-# 73 found, 0 extra; Haar alone finds 44. The floor (issue 21: 0.97, i.e. 72 of 74) leaves room for one face of
+# Measured on the 40 photos (74 faces) when MTCNN was chosen, and again after the photo path was sped up:
+# 73 found, 0 extra; Haar alone finds 44. The floor (0.97, i.e. 72 of 74) leaves room for one face of
 # difference across OpenCV/ONNX Runtime builds, and stays far above Haar's 0.59.
 RECALL_FLOOR = 0.97
 

@@ -49,3 +49,16 @@ def test_icons_need_no_emoji_font() -> None:
     for path in [ROOT / "streamlit_app.py", *sorted((ROOT / "pages").glob("*.py"))]:
         for value in icon.findall(path.read_text()):
             assert re.fullmatch(r":material/[a-z0-9_]+:", value), f"{path.name}: icon {value!r} needs an emoji font"
+
+
+def test_code_cites_no_issue_numbers() -> None:
+    """A comment says why in its own words: an issue number means nothing to a reader of the code, and outlives
+    the tracker it points to."""
+    import re
+
+    cite = re.compile(r"\bissue\s*#?\d+", re.IGNORECASE)
+    files = [ROOT / "streamlit_app.py", *(p for d in ("core", "components", "pages", "bench", "scripts", "tests")
+                                         for p in (ROOT / d).rglob("*.py"))]
+    found = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+             if cite.search(line) and p.name != "test_layout.py"]
+    assert not found, found

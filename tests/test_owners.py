@@ -1,4 +1,4 @@
-"""Runs owned by the browser that started them (issue 23, item 8): two browsers through two AppTest sessions, each
+"""Runs owned by the browser that started them: two browsers through two AppTest sessions, each
 with its own identity token, on one runs folder; a reload keeps the identity, and with it the owner's rights and the
 per-user queue limit; an operator token gives a teacher rights over every run."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One queue for all background work (issue 19, item 2): compressions and sweeps wait with trainings under
+"""One queue for all background work: compressions and sweeps wait with trainings under
 $FER_MAX_RUNS, count with them under $FER_MAX_QUEUED, and launch exactly once however their launcher dies.
 
 Before, the Compress page and the Train page's sweep form spawned their processes directly: any number ran at once
