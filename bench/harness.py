@@ -330,6 +330,14 @@ def one_megapixel_jpeg() -> bytes:
     return cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
+def model_label(onnx_path: Path) -> str:
+    """What a photo row's classifier was, in a report: a shipped run by its name, else this run's own export (an
+    untrained net of the same architecture, whose temporary folder name would mean nothing)."""
+    if onnx_path.parent.parent == SHIPPED_DIR:
+        return f"shipped {onnx_path.parent.name}"
+    return f"untrained {onnx_path.stem}-w1 export (the same cost per face)"
+
+
 def photo_model(paths: dict[str, Path], tmp: Path) -> Path:
     """The classifier for the photo rows: the inference section's mobilenet export when it ran, else the shipped
     mobilenet-w1, else a fresh untrained export (the same cost per face), so the photo sections also run alone."""
@@ -395,7 +403,7 @@ def detector_rows(photos_dir: Path, onnx_path: Path, repeats: int) -> list[Row]:
     figure = f"photo end to end, 1 MP JPEG, one face: MTCNN + alignment vs Haar + box crop (median of {n}, in turns)"
     rows.append(Row("faces", figure, wall * 1e3, haar_wall * 1e3, "ms", max_value=40,
                     note=f"MTCNN: {split} ms; CPU time {cpu * 1e3:.1f} vs {haar_cpu * 1e3:.1f} ms a photo (all "
-                         f"threads); recall {new.recall:.3f}; load average {load}; model {onnx_path.parent.name}"))
+                         f"threads); recall {new.recall:.3f}; load average {load}; model {model_label(onnx_path)}"))
     return rows
 
 

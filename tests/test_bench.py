@@ -129,6 +129,7 @@ def test_photo_and_faces_sections_run_alone(tmp_path: Path) -> None:
     assert "median of 9" in photo[0] and photo[2].endswith("ms") and photo[4] == "< 40 ms"
     assert photo[5] in ("yes", "**no**")
     assert re.search(r"recall [01]\.\d{3}", photo[6]) and "CPU time" in photo[6]
+    assert "model shipped mobilenet-w1" in photo[6]  # the classifier by name, not a temporary folder's
     recall = next(r for f, r in rows.items() if f.startswith("recall, MTCNN"))
     assert "target >= 97%: met" in recall[6]
     assert any(f.startswith("photo end to end, 1 MP JPEG with one face") for f in rows)
