@@ -223,13 +223,29 @@ def sweep_trials(root: Path) -> None:
 
     for record in sweep.list_sweeps(root)[:3]:
         if record.get("state") == sweep.TrialStatus.QUEUED:  # no record yet: it waits for a free slot
-            st.markdown(f"**{record.get('name')}** · :violet-badge[queued (place {record.get('position')})] · "
-                        f"{record.get('planned_trials')} trials, started when a slot is free")
+            queued_sweep(record, root)
             continue
         st.markdown(f"**{record.get('name')}** · {record.get('state')} · {len(record['trials'])} trials")
         if record.get("state") == "failed" and record.get("error"):  # e.g. it asked for more than the cluster has
             st.error(f"Sweep {record.get('name')} failed: {record['error']}")
         st.dataframe(sweepviews.trials_table(record), hide_index=True, key=f"sweep_table_{record.get('name')}")
+
+
+def queued_sweep(record: dict, root: Path) -> None:
+    """A waiting sweep: its place in the line, and Cancel for the browser that asked for it (or the operator)."""
+    from core.service import sweep
+
+    text, button = st.columns([5, 1], vertical_alignment="center")
+    text.markdown(f"**{record.get('name')}** · :violet-badge[queued (place {record.get('position')})] · "
+                  f"{record.get('planned_trials')} trials, started when a slot is free")
+    if owners.may_act(record.get("owner"), identity.current_user(), identity.operator()) \
+            and button.button("Cancel", key=f"cancel_sweep_{record.get('name')}"):
+        try:
+            sweep.cancel_sweep(record["folder"], root)
+        except ValueError as exc:  # it started meanwhile
+            st.error(str(exc))
+        else:
+            st.rerun()
 
 
 def sweep_panel(root: Path, values: dict) -> None:

@@ -9,7 +9,7 @@ import streamlit as st
 from components import identity
 from components.widgets import field_rows, field_widget
 from core.compression.compress import CompressConfig
-from core.service import compress_jobs
+from core.service import compress_jobs, owners
 from core.training.config import FormField, config_from_form, form_fields
 from core.training.rundir import RunStatus, list_runs
 from core.util.fsutil import runs_dir
@@ -100,7 +100,7 @@ def queued_job(job: compress_jobs.JobState, label: str) -> None:
     """A waiting job: its place in the line, and Cancel for the browser that asked for it (or the operator)."""
     text_col, button_col = st.columns([5, 1], vertical_alignment="center")
     text_col.info(f"{label}: queued (place {job.position}), starts when a slot is free", icon=":material/hourglass_top:")
-    mine = job.owner is None or job.owner == identity.current_user() or identity.operator()
+    mine = owners.may_act(job.owner, identity.current_user(), identity.operator())
     if mine and button_col.button("Cancel", key=f"cancel_{job.path.name}"):
         try:
             compress_jobs.cancel_job(job.path)

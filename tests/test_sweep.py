@@ -240,3 +240,7 @@ def test_train_page_queues_a_sweep_and_shows_a_refusal(tmp_path: Path, monkeypat
         assert any("Could not start the sweep: you already have 1 job queued or running" in e.value
                    for e in at.error), [e.value for e in at.error]
         assert [(e.kind, e.run_dir.name) for e in queue.waiting(tmp_path)] == [("sweep", "waits")]
+        at.button(key="cancel_sweep_waits").click().run()  # its owner (this browser) takes it out of the line
+        assert not at.exception, at.exception
+        assert not queue.waiting(tmp_path) and not (tmp_path / sweep.SWEEPS_DIR / "waits").exists()
+        assert not any("**waits**" in m.value for m in at.markdown)

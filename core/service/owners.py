@@ -67,9 +67,13 @@ def owner_of(run_dir: str | os.PathLike) -> str | None:
 
 def may_control(run_dir: str | os.PathLike, user: str | None, operator: bool = False) -> bool:
     """Whether `user` may Stop, Cancel, Resume or Delete the run (see the module's docstring)."""
+    return may_act(owner_of(run_dir), user, operator)
+
+
+def may_act(owner: str | None, user: str | None, operator: bool = False) -> bool:
+    """The rule for any job (a run, a queued compression or sweep) whose owner is `owner` (None: none on record)."""
     if operator:
         return True
-    owner = owner_of(run_dir)
     if owner is None:
         try:
             return settings.operator_token() is None

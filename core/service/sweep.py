@@ -273,7 +273,8 @@ def list_sweeps(runs_root: str | os.PathLike | None = None) -> list[dict[str, An
 
     base = runs_dir(runs_root) / SWEEPS_DIR
     out = [{"name": e.config.get("info", {}).get("name", e.run_dir.name), "state": TrialStatus.QUEUED, "position": i,
-            "planned_trials": e.config.get("info", {}).get("trials"), "trials": []}
+            "planned_trials": e.config.get("info", {}).get("trials"), "trials": [], "owner": e.session,
+            "folder": str(e.run_dir)}
            for i, e in enumerate(queue.waiting(runs_root), 1) if e.kind == queue.JobKind.SWEEP][::-1]
     for d in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True) if base.is_dir() else []:
         try:
@@ -282,6 +283,17 @@ def list_sweeps(runs_root: str | os.PathLike | None = None) -> list[dict[str, An
             if queue.claimed(d, runs_dir(runs_root)) is not None:  # launched, its record not written yet (Ray starts)
                 out.append({"name": d.name, "state": TrialStatus.PENDING, "trials": []})
     return out
+
+
+def cancel_sweep(folder: str | os.PathLike, runs_root: str | os.PathLike | None = None) -> None:
+    """Take a waiting sweep out of the queue and forget it (ValueError when it is not waiting: it runs, or ran)."""
+    import shutil
+
+    from core.training import queue
+    from core.util.fsutil import runs_dir
+
+    queue.cancel(folder, runs_dir(runs_root))
+    shutil.rmtree(folder, ignore_errors=True)  # it never started: it holds no record, no trial, nothing to keep
 
 
 # ---------------------------------------------------------------------------------------------------------
