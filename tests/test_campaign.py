@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -193,7 +194,8 @@ def test_one_campaign_at_a_time(tmp_path: Path) -> None:
 def test_cli_refuses_bad_flags(tmp_path: Path) -> None:
     file = write(tmp_path, TINY.format(size=300, epochs=1))
     for extra, message in ((["--deadline", "later"], "give HH:MM"), (["--nice", "40"], "--nice must be"),
-                           (["--only", "zzz"], "no trial name contains")):
+                           (["--only", "zzz"], "no trial name contains"), (["--workers", "999"], "--workers must be"),
+                           (["--workers", "2"], "--workers needs --background")):
         out = subprocess.run([sys.executable, "-m", "core", "campaign", str(file), "--out", str(tmp_path), *extra],
                              cwd=PROJECT_ROOT, capture_output=True, text=True)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
@@ -253,3 +255,28 @@ def test_a_detached_campaign_yields_across_sessions(tmp_path: Path) -> None:
     assert group_nice == ("19" if ours is not None else "none")
     # only the job's own group yielded: the session that started it (this test's) keeps its priority
     assert (autogroup.read_text() if ours is not None else None) == ours
+
+
+def test_two_workers_share_the_trials_and_never_train_one_twice(tmp_path: Path) -> None:
+    """`--background --workers 2`: two processes, one thread each, take the trials in order; a trial one of them
+    trains is skipped by the other (its claim is an flock), and every trial is trained once."""
+    from core.util.procs import pid_alive
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("--workers 2 needs 2 cores")
+    file = write(tmp_path, TINY.format(size=200, epochs=2))
+    out = tmp_path / "out"
+    started = subprocess.run([sys.executable, "-m", "core", "campaign", str(file), "--out", str(out), "--nice", "0",
+                              "--background", "--workers", "2", "--deadline", "+10m"],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    pids = [int(p) for p in re.search(r"pid ([\d, ]+), log", started.stdout).group(1).split(", ")]
+    assert len(pids) == 2, started.stdout
+    deadline = time.monotonic() + 300
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = (out / campaign.LOG_FILE).read_text()
+    names = [t.name for t in campaign.load_campaign(file)]
+    assert len(names) == 5 and all(log.count(f"{n}: starting") == 1 for n in names), log
+    assert all(campaign.trial_state(t, out).state == "done" for t in campaign.load_campaign(file)), log
+    assert (out / campaign.LOCK_FILE).exists() and (out / f"{campaign.LOCK_FILE}.1").exists()  # two workers ran

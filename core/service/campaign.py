@@ -238,8 +238,13 @@ def run_trial(trial: CampaignTrial, out: Path, deadline: Deadline, cache: dict, 
 
 def run_campaign(trials: list[CampaignTrial], out: Path, deadline: Deadline,
                  log: Callable[[str], None] = print) -> list[TrialState]:
-    """Every unfinished trial in order until the deadline; failed trials are tried once per call."""
+    """Every unfinished trial in order until the deadline; failed trials are tried once per call. A trial that
+    another worker of the campaign (--workers) is training is left to it: each trial's claim is an flock, so two
+    workers never train one trial, and a worker that dies frees its trial for the next."""
+    from core.util.procs import take_lock
+
     cache: dict = {}
+    out.mkdir(parents=True, exist_ok=True)  # the trials' claims live there
     for trial in trials:
         current = trial_state(trial, out)
         if current.state == CampaignStatus.DONE:
@@ -247,16 +252,24 @@ def run_campaign(trials: list[CampaignTrial], out: Path, deadline: Deadline,
         if deadline.left() < max(MIN_START_S, deadline.epoch_s or 0.0):
             log(f"deadline: {trial.name} and the trials after it wait for the next run")
             break
-        run_trial(trial, out, deadline, cache, log)
+        claim = take_lock(out / f".{trial.name}.claim", wait_s=0)
+        if claim is None:
+            continue  # another worker trains it
+        try:
+            if trial_state(trial, out).state != CampaignStatus.DONE:  # it may have finished while we looked
+                run_trial(trial, out, deadline, cache, log)
+        finally:
+            os.close(claim)
     return states(trials, out)
 
 
-def lock(out: Path) -> Any:
-    """One campaign at a time per trials folder: an flock held for the life of the process."""
+def lock(out: Path, worker: int = 0) -> Any:
+    """One campaign at a time per trials folder, with its workers numbered from 0: an flock per worker, held for the
+    life of its process."""
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
-    handle = open(out / LOCK_FILE, "a+")
+    handle = open(out / (LOCK_FILE if worker == 0 else f"{LOCK_FILE}.{worker}"), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -72,10 +72,15 @@ def run_memory_bytes() -> int:
     return RUN_FIXED_BYTES + RUN_BYTES_PER_IMAGE * (min(cap, ASSUMED_BATCH) if cap else ASSUMED_BATCH)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_max_runs() -> int:
     """min(cores, available memory / one run's peak), at least 1: more runs than cores only slow each other down,
     and more than memory holds gets them killed."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     mem = available_memory()
     by_memory = mem // run_memory_bytes() if mem is not None else cores
     return max(1, min(cores, by_memory))
