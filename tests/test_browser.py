@@ -228,7 +228,7 @@ def _train_watch_and_stop(d, url: str, runs: Path) -> None:  # noqa: ANN001
     settle(d, "Train")
     epochs = d.find_element(By.CSS_SELECTOR, "input[aria-label='Epochs']")
     epochs.send_keys(Keys.CONTROL, "a")
-    epochs.send_keys("8", Keys.ENTER)  # long enough that the Stop button is still there after epoch 1
+    epochs.send_keys("50", Keys.ENTER)  # far more than it trains before Stop, however slow or fast the machine
     settle(d, "Train")
     budget = d.find_element(By.CSS_SELECTOR, "input[aria-label='Time budget, s (0 = none)']")
     budget.send_keys(Keys.CONTROL, "a")
@@ -267,6 +267,8 @@ def _press_stop(d, run: Path) -> None:  # noqa: ANN001
     def asked(dd) -> bool:  # noqa: ANN001
         if done():
             return True
+        status = rundir.run_status(run).status
+        assert status in ("running", "starting"), f"the run is {status} before Stop took: nothing left to stop"
         click_button(dd, "Stop")
         time.sleep(5)  # a fragment refresh every 2 s: the click's rerun has written the file by now, if it arrived
         return done()
