@@ -237,6 +237,21 @@ def find(run_dir: str | os.PathLike, runs_root: str | os.PathLike | None = None)
     return None
 
 
+def locate(run_dir: str | os.PathLike, runs_root: str | os.PathLike | None = None) -> tuple[int | None, Entry] | None:
+    """(place, entry) for a waiting job, (None, entry) for a claimed one, else None, read under the queue's lock:
+    find and claimed read one folder each, and a pass that moves the entry between them in between (a requeue, a
+    claim) makes a job that is in the queue look absent from both. For the rare reader that must not be wrong."""
+    root = _root(run_dir, runs_root)
+    qdir = root / QUEUE_DIR
+    if not (qdir / "waiting").is_dir():
+        return None
+    with _locked(qdir):
+        if (hit := find(run_dir, root)) is not None:
+            return hit
+        entry = claimed(run_dir, root)
+    return (None, entry) if entry is not None else None
+
+
 def claimed(run_dir: str | os.PathLike, runs_root: str | os.PathLike | None = None) -> Entry | None:
     """The entry of a job a pass has claimed (launched, or being launched), else None. `runs_root` as for submit."""
     qdir = _root(Path(run_dir).resolve(), runs_root) / QUEUE_DIR

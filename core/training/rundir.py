@@ -352,6 +352,8 @@ def run_status(run_dir: str | os.PathLike, shipped: bool = False) -> RunStatus:
             # claimed by the queue, no trainer confirmed yet (or its launcher died): the next pass starts it
             st.status, st.problem, st.config = RunState.STARTING, None, st.config or pending.config
             return st
+        if not alive and st.record is None and _in_queue_after_all(st, run_dir):
+            return st
         _live_status(st, alive, (run_dir / STOP_FILE).exists(), fresh)
     elif st.record is not None:
         st.status = st.record.status
@@ -361,6 +363,24 @@ def run_status(run_dir: str | os.PathLike, shipped: bool = False) -> RunStatus:
 
 def _queued(run_dir: Path) -> Any:
     return queue.find(run_dir)
+
+
+def _in_queue_after_all(st: RunStatus, run_dir: Path) -> bool:
+    """A run with no record and no trainer would read as failed: look once more, under the queue's lock, in case a
+    pass was moving its entry while we looked (a crashed launch put back in line, a claim). True, with the status
+    set, when it is waiting or being launched after all."""
+    hit = queue.locate(run_dir)
+    if hit is None:
+        return False
+    place, entry = hit
+    if place is not None:
+        st.status, st.position = RunState.QUEUED, place
+    elif _launch_pending(run_dir, read_job(run_dir)) is not None:
+        st.status = RunState.STARTING
+    else:
+        return False  # its trainer confirmed and is gone without a record: it failed
+    st.problem, st.config = None, st.config or entry.config
+    return True
 
 
 def _launch_pending(run_dir: Path, job: dict[str, Any]) -> Any:
