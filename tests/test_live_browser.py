@@ -188,7 +188,8 @@ def test_live_boxes_labels_match_the_server_and_switch_models(app: str, camera) 
     _switch_models_in_place(d)
     _nothing_but_code_fetched_or_sent(d)
     enter_component(d)
-    assert d.find_element(By.ID, "status").text.startswith("Live:")  # no "Loading..." left behind
+    # no "Loading..." left behind: the page's rerun after the last switch may show it for a moment, never for good
+    wait(d, lambda dd: dd.find_element(By.ID, "status").text.startswith("Live:"), 60, "the status to say Live again")
     d.switch_to.default_content()
     _screenshots_at_both_widths(d)
 
