@@ -8,7 +8,6 @@ import datetime as _dt
 import json
 import os
 import secrets
-import shutil
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
@@ -56,8 +55,7 @@ def start_job(run_dir: str | os.PathLike, cfg: CompressConfig, out: str | os.Pat
 
 def cancel_job(job: Path) -> None:
     """Take a waiting job out of the queue and forget it (ValueError when it is not waiting: it runs, or ran)."""
-    queue.cancel(job, job.parent.parent)
-    shutil.rmtree(job, ignore_errors=True)  # it never started: nothing in its folder is worth keeping
+    jobs.cancel_waiting(job, job.parent.parent)
 
 
 class JobStatus(StrEnum):
@@ -88,7 +86,7 @@ def job_state(job: Path) -> JobState:
                         None, hit[0], hit[1].session)
     meta = read_json_object(job / JOB_FILE) or {}
     entry = queue.claimed(job, root)
-    alive = lock_held(job / launcher.LOCK) or _pid_alive(meta) or _launch_pending(meta, entry)
+    alive = lock_held(job / launcher.LOCK) or _pid_alive(meta) or (entry is not None and entry.unconfirmed(meta))
     lines = (job / RESULT_FILE).read_text(errors="replace").strip().splitlines() if (job / RESULT_FILE).exists() else []
     result = None
     if lines:
@@ -115,11 +113,6 @@ def _pid_alive(meta: dict[str, Any]) -> bool:
     started = meta.get("started_unix")
     return pid_alive(meta.get("pid"), started if isinstance(started, (int, float)) else None)
 
-
-def _launch_pending(meta: dict[str, Any], entry: queue.Entry | None) -> bool:
-    """Claimed by the queue and no process has confirmed that launch yet (or its launcher died, and the next pass
-    launches it again): it is starting, not failed."""
-    return entry is not None and not (meta.get("token") == entry.token and meta.get("pid"))
 
 
 def list_jobs(root: str | os.PathLike | None = None) -> list[JobState]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import sys
 import time
@@ -127,6 +128,14 @@ def submit(kind: JobKind, config: dict, folder: Path, runs_root: str | os.PathLi
     $FER_MAX_QUEUED jobs."""
     return queue.submit(config, folder, RUNNERS, session=session, kind=kind, runs_root=runs_dir(runs_root),
                         files=files)
+
+
+def cancel_waiting(folder: str | os.PathLike, runs_root: str | os.PathLike) -> None:
+    """Take a waiting compression or sweep out of the queue and forget its folder: it never started, so nothing in
+    it is worth keeping (a run is cancelled by queue.cancel, which keeps a resumed run's epochs). ValueError when
+    it is not waiting: it runs, or ran."""
+    queue.cancel(folder, runs_root)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def schedule_runs(runs_root: str | os.PathLike | None = None) -> list[Path]:

@@ -287,13 +287,10 @@ def list_sweeps(runs_root: str | os.PathLike | None = None) -> list[dict[str, An
 
 def cancel_sweep(folder: str | os.PathLike, runs_root: str | os.PathLike | None = None) -> None:
     """Take a waiting sweep out of the queue and forget it (ValueError when it is not waiting: it runs, or ran)."""
-    import shutil
-
-    from core.training import queue
+    from core.service import jobs
     from core.util.fsutil import runs_dir
 
-    queue.cancel(folder, runs_dir(runs_root))
-    shutil.rmtree(folder, ignore_errors=True)  # it never started: it holds no record, no trial, nothing to keep
+    jobs.cancel_waiting(folder, runs_dir(runs_root))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -80,6 +80,11 @@ class Entry:
     token: str | None = None  # names that launch: the runner tells its state by it
     kind: JobKind = JobKind.TRAIN
 
+    def unconfirmed(self, marker: dict[str, Any]) -> bool:
+        """Whether no process has confirmed this launch yet: the job's marker (job.json) holds no pid for its token
+        (its launcher may also have died; the next pass launches it again). Such a job is starting, not failed."""
+        return not (marker.get("token") == self.token and marker.get("pid"))
+
     def to_json(self) -> dict[str, Any]:
         return {"ticket": self.ticket, "run_dir": str(self.run_dir), "config": self.config, "session": self.session,
                 "enqueued": self.enqueued, "claimed": self.claimed, "token": self.token, "kind": self.kind.value}

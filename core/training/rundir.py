@@ -386,9 +386,7 @@ def _in_queue_after_all(st: RunStatus, run_dir: Path) -> bool:
 def _launch_pending(run_dir: Path, job: dict[str, Any]) -> Any:
     """The queue entry of a launch no trainer has confirmed (job.json holds no pid for its token), else None."""
     entry = queue.claimed(run_dir)
-    if entry is None or (job.get("token") == entry.token and job.get("pid")):
-        return None
-    return entry
+    return entry if entry is not None and entry.unconfirmed(job) else None
 
 
 def list_runs(runs_root: str | os.PathLike | None = None, include_shipped: bool = True) -> list[RunStatus]:
