@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from core.views import campaignviews as cv
-from core.views.study import campaign_budget_lines, campaign_section
+from core.views.study import campaign_budget_lines, campaign_section, targets_section
 
 
 def trials(rows: list[tuple]) -> pd.DataFrame:
@@ -20,8 +20,8 @@ def trials(rows: list[tuple]) -> pd.DataFrame:
 
 def grid(mb: dict[float, list[float]], pc: dict[float, list[float]]) -> pd.DataFrame:
     rows = []
-    for arch, fam, sizes in (("mobilenet", mb, {0.25: 9_000, 1.0: 110_000}),
-                             ("plain_cnn", pc, {0.0625: 14_000, 0.25: 186_000})):
+    for arch, fam, sizes in (("mobilenet", mb, {0.25: 9_000, 0.5: 30_000, 1.0: 110_000}),
+                             ("plain_cnn", pc, {0.0625: 14_000, 0.125: 47_000, 0.25: 186_000})):
         for w, accs in fam.items():
             rows += [(f"grid-{arch}", arch, w, sizes[w], s, "done", a) for s, a in enumerate(accs)]
     return cv.points_frame(trials(rows))
@@ -42,6 +42,40 @@ def test_one_seed_has_no_spread_and_blocks_the_equal_budget_verdict() -> None:
     assert math.isnan(pts.loc[pts["width"] == 0.25].query("arch == 'mobilenet'")["std"].iloc[0])
     assert cv.equal_budget(pts).empty
     assert "Not yet measurable" in "\n".join(campaign_budget_lines(cv.equal_budget(pts), None))
+
+
+def test_points_with_one_seed_wait_while_the_seeded_ones_compare() -> None:
+    # the seeded points span 9k-30k (MobileNet) and 14k-47k (plain): the overlap, 14k-30k, is what can be compared
+    pts = grid({0.25: [0.52, 0.53], 0.5: [0.56, 0.57], 1.0: [0.61]},
+               {0.0625: [0.53, 0.54], 0.125: [0.57, 0.58], 0.25: [0.62]})
+    eb = cv.equal_budget(pts)
+    assert eb["params"].min() == pytest.approx(14_000) and eb["params"].max() == pytest.approx(30_000)
+    assert eb[["mobilenet_std", "plain_cnn_std"]].notna().all().all()
+    # at 30k MobileNet is its own point (0.565); plain is 0.535 + 0.04 * log(30/14) / log(47/14) there
+    plain = 0.535 + 0.04 * math.log(30 / 14) / math.log(47 / 14)
+    assert eb["gap"].iloc[-1] == pytest.approx(0.565 - plain)
+
+
+def test_targets_judged_on_means_over_seeds() -> None:
+    pts = cv.points_frame(trials(
+        [("study-mobilenet", "mobilenet", 1.0, 109_607, 0, "done", 0.650),
+         ("study-mobilenet", "mobilenet", 1.0, 109_607, 1, "done", 0.652),
+         ("study-mobilenet", "mobilenet", 1.0, 109_607, 2, "in progress", math.nan)]
+        + [("grid-mobilenet", "mobilenet", 0.25, 9_191, s, "done", a) for s, a in enumerate([0.52, 0.53, 0.54])]
+        + [("grid-plain_cnn", "plain_cnn", 0.25, 186_263, s, "done", a) for s, a in enumerate([0.73, 0.72, 0.74])]))
+    shipped = pd.DataFrame({"name": ["mobilenet-w1"], "params": [109_607.0], "acc": [0.6163]})
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in targets_section(shipped, pts)
+             if line.startswith("| ") and "---" not in line]
+    rows = {r[0]: r[1:] for r in cells}
+    study = rows["MobileNet-style width 1.0 on the study's recipe (`study-mobilenet`)"]
+    assert study[1] == "`study-mobilenet` w1 (109,607 params): 0.6510 ± 0.0014" and study[3] == "on track (2 of 3 seeds)"
+    best = rows["best model"]
+    assert best[1].startswith("`grid-plain_cnn` w0.25 (186,263 params): 0.7300") and best[3] == "yes"
+    assert best[2] == "`mobilenet-w1` (109,607 params): 0.6163"
+    small = rows["a model of at most 110,000 parameters"]
+    assert small[1].startswith("`study-mobilenet`") and small[3] == "not so far (2 of 3 seeds)"
+    grid_row = next(v for k, v in rows.items() if k.startswith("the grid"))
+    assert grid_row[1] == "widths done: MobileNet-style 1 of 1, plain CNN 1 of 1" and grid_row[3] == "no"
 
 
 def test_a_winner_only_beyond_the_spread() -> None:

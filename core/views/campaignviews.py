@@ -66,11 +66,13 @@ def _curve(fam: pd.DataFrame, budgets: np.ndarray, column: str) -> np.ndarray:
 
 def equal_budget(points: pd.DataFrame, n: int = 4) -> pd.DataFrame:
     """MobileNet-style minus plain CNN at `n` budgets inside both families' ranges: each family's mean and spread
-    interpolated linearly in log(parameters) between its grid points. `spread` is the two spreads combined
-    (root of the sum of squares); a winner is named only where the gap exceeds it. Empty when the families do not
-    overlap or a point lacks two seeds."""
-    fams = {a: grid_points(points)[lambda d, a=a: d["arch"] == a] for a in ("mobilenet", "plain_cnn")}
-    if any(len(f) < 2 or f["std"].isna().any() for f in fams.values()):
+    interpolated linearly in log(parameters) between its grid points with two or more finished seeds (a point
+    without a spread cannot be compared; those with one join as their next seeds finish). `spread` is the two
+    spreads combined (root of the sum of squares); a winner is named only where the gap exceeds it. Empty when a
+    family has fewer than two such points or the families' ranges do not overlap."""
+    seeded = grid_points(points)[lambda d: d["seeds_done"] >= 2]
+    fams = {a: seeded[seeded["arch"] == a] for a in ("mobilenet", "plain_cnn")}
+    if any(len(f) < 2 for f in fams.values()):
         return pd.DataFrame()
     lo = max(f["params"].min() for f in fams.values())
     hi = min(f["params"].max() for f in fams.values())
@@ -113,7 +115,10 @@ def spread_chart(points: pd.DataFrame, *, height: int = 360) -> alt.LayerChart:
     # the grid's blocks draw one line per family; other blocks (the study's recipe, longer schedules) their own
     data = points[points["seeds_done"] > 0].assign(family=lambda d: d["arch"].map(FAMILY_TITLES).fillna(d["arch"]) + np.where(
         d["block"].str.startswith("grid-"), "", " · " + d["block"]))
-    x = alt.X("params:Q", scale=alt.Scale(type="log"), title="parameters (log scale)", axis=alt.Axis(format="~s"))
+    # the x domain hugs the points: Vega's own log domain starts at a power of ten (1k), leaving a third blank
+    span = [float(data["params"].min()) / 1.25, float(data["params"].max()) * 1.25] if len(data) else [1e3, 1e7]
+    x = alt.X("params:Q", scale=alt.Scale(type="log", domain=span, nice=False), title="parameters (log scale)",
+              axis=alt.Axis(format="~s"))
     color = alt.Color("family:N", legend=alt.Legend(orient="bottom", columns=2, labelLimit=0, title=None))
     tip = ["block", "arch", alt.Tooltip("width:Q", format="g"), alt.Tooltip("params:Q", format=","),
            alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("std:Q", format=".4f"), "seeds_done", "seeds"]

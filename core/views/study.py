@@ -12,6 +12,7 @@ from core.training.rundir import list_runs
 from core.training.runs import TRAIN_EVAL_SAMPLE
 from core.views import charts
 from core.views.archviews import conv_breakdown
+from core.views.campaignviews import FAMILY_TITLES, accuracy_text, campaign_points
 from core.views.runviews import runs_table
 
 STUDY_FAMILIES = ("mobilenet", "plain_cnn")
@@ -79,21 +80,76 @@ def epochs_text(row: pd.Series) -> str:
     return str(row["epochs"])
 
 
-def targets_section(df: pd.DataFrame) -> list[str]:
-    """The issue's accuracy targets against the best shipped run for each."""
-    def best(sel: pd.DataFrame) -> tuple[str, float]:
-        if sel.empty:
-            return "none shipped", float("nan")
-        r = sel.loc[sel["acc"].idxmax()]
-        return f"`{r['name']}` ({int(r['params']):,} params)", float(r["acc"])
+# the study-recipe target: within a point of the study's 0.651
+STUDY_BAND = (0.641, 0.661)
 
-    rows = [("MobileNet-style, width 1.0", df[(df["arch"] == "mobilenet") & (df["width"] == 1.0)], 0.67),
-            ("plain CNN, width 1.0", df[(df["arch"] == "plain_cnn") & (df["width"] == 1.0)], 0.72),
-            ("any model of at most 110,000 parameters", df[df["params"] <= 110_000], 0.69)]
-    lines = ["## Targets", "", "| target | best shipped | public acc | goal | met |", "|---|---|---|---|---|"]
-    for label, sel, goal in rows:
-        name, acc = best(sel)
-        lines.append(f"| {label} | {name} | {acc:.4f} | {goal:.2f} | {'yes' if acc >= goal else 'no'} |")
+
+def _target_status(point: pd.Series | None, ok: bool) -> str:
+    """'met' for one target: judged on a point's mean over its finished seeds, final only once all have finished."""
+    if point is None or point["seeds_done"] == 0:
+        return "not yet measured"
+    if point["seeds_done"] < point["seeds"]:
+        return f"{'on track' if ok else 'not so far'} ({point['seeds_done']} of {point['seeds']} seeds)"
+    return "yes" if ok else "no"
+
+
+def _best_point(pts: pd.DataFrame) -> pd.Series | None:
+    done = pts[pts["seeds_done"] > 0]
+    return None if done.empty else done.loc[done["mean"].idxmax()]
+
+
+def _point_text(p: pd.Series | None) -> str:
+    if p is None:
+        return "—"
+    if p["seeds_done"] == 0:
+        return f"`{p['block']}` w{p['width']:g}: no seed finished yet"
+    return f"`{p['block']}` w{p['width']:g} ({int(p['params']):,} params): {accuracy_text(p)}"
+
+
+def _shipped_text(sel: pd.DataFrame) -> str:
+    if sel.empty:
+        return "—"
+    r = sel.loc[sel["acc"].idxmax()]
+    return f"`{r['name']}` ({int(r['params']):,} params): {r['acc']:.4f}"
+
+
+def grid_coverage(pts: pd.DataFrame, seeds: int = 3) -> dict[str, tuple[int, int]]:
+    """Per family: (grid widths with `seeds` finished seeds, grid widths). The family's largest plain-CNN width
+    counts with one seed, as the issue allows until the campaign reaches it."""
+    grid = pts[pts["block"].str.startswith("grid-")]
+    out = {}
+    for arch in STUDY_FAMILIES:
+        fam = grid[grid["arch"] == arch]
+        need = np.where((arch == "plain_cnn") & (fam["params"] == fam["params"].max()), 1, seeds)
+        out[arch] = (int((fam["seeds_done"].to_numpy() >= need).sum()), len(fam))
+    return out
+
+
+def targets_section(df: pd.DataFrame, pts: pd.DataFrame) -> list[str]:
+    """The results issue's targets, judged on the campaign's means over seeds (`pts`, campaignviews.points_frame);
+    the best single shipped run (seed 0) stands beside each as context, never as the verdict."""
+    study = pts[pts["block"] == "study-mobilenet"]
+    study_pt = study.iloc[0] if len(study) else None
+    small = pts[pts["params"] <= 110_000]
+    best, best_small = _best_point(pts), _best_point(small)
+    lines = ["## Targets", "",
+             "The results issue's targets, on the public split. Each is judged on a campaign point's mean over its "
+             "finished seeds, and only finally once all its seeds have finished; the best single shipped run "
+             "(seed 0) is shown beside it for context.", "",
+             "| target | goal | campaign, mean over seeds | best single shipped run | met |", "|---|---|---|---|---|"]
+    rows = [("MobileNet-style width 1.0 on the study's recipe (`study-mobilenet`)",
+             f"within 1 point of 0.651 ({STUDY_BAND[0]:.3f} to {STUDY_BAND[1]:.3f})", study_pt, "—",
+             study_pt is not None and STUDY_BAND[0] <= study_pt["mean"] <= STUDY_BAND[1]),
+            ("best model", "at least 0.72", best, _shipped_text(df), best is not None and best["mean"] >= 0.72),
+            ("a model of at most 110,000 parameters", "at least 0.67", best_small,
+             _shipped_text(df[df["params"] <= 110_000]), best_small is not None and best_small["mean"] >= 0.67)]
+    for label, goal, point, shipped, ok in rows:
+        lines.append(f"| {label} | {goal} | {_point_text(point)} | {shipped} | {_target_status(point, bool(ok))} |")
+    cover = grid_coverage(pts)
+    done = ", ".join(f"{FAMILY_TITLES[a]} {k} of {n}" for a, (k, n) in cover.items())
+    met = all(k >= 5 for k, _ in cover.values())
+    lines.append(f"| the grid: 5 or more widths per family with 3 seeds each (the largest plain CNN may have 1) | "
+                 f"5 widths each | widths done: {done} | — | {'yes' if met else 'no'} |")
     return lines + [""]
 
 
@@ -260,7 +316,8 @@ def write_study(out: str | Path = "docs") -> Path:
                      f"{r['device']} |")
     lines += ["", "The study's figures for comparison: plain CNN 2,959,943 parameters, 0.722 public; MobileNet-style "
               "109,607 parameters, 0.651 public (50 epochs, batch 256, Adam 1e-3, no augmentation).", ""]
-    lines += campaign_section(out) + targets_section(df) + ablation_section(df) + compression_section(out)
+    lines += campaign_section(out) + targets_section(df, campaign_points()[0]) + ablation_section(df)
+    lines += compression_section(out)
     lines += equal_budget_section(df, seed_spread(df))
     lines += ["Where the parameters go (computed from the architectures), which is why the depthwise-separable family "
               "is expected to win when parameters are scarce:", ""] + why_text()
@@ -311,7 +368,7 @@ def campaign_budget_lines(eb: pd.DataFrame, cross: dict | None) -> list[str]:
     lines = ["### Equal parameter budgets, with the spread", ""]
     if eb.empty:
         return lines + ["Not yet measurable: each family needs two or more grid widths with at least two finished "
-                        "seeds each, so that a spread exists to compare the gap with.", ""]
+                        "seeds each, over overlapping budgets, so that a spread exists to compare the gap with.", ""]
     lines += ["| parameter budget | MobileNet-style | plain CNN | difference | spread | winner |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r.params:,.0f} | {r.mobilenet:.3f} ± {r.mobilenet_std:.3f} | {r.plain_cnn:.3f} ± "
@@ -324,7 +381,8 @@ def campaign_budget_lines(eb: pd.DataFrame, cross: dict | None) -> list[str]:
                  f"spread from {cross['low']:,.0f} to {cross['high']:,.0f} parameters, which is the crossover's "
                  "uncertainty.")
     return lines + ["", "Means and spreads are interpolated linearly in log(parameters) between each family's grid "
-                    "points; the spread of a difference is the two spreads combined (root of the sum of squares), "
+                    "points with two or more finished seeds, so the table covers only the budgets those points span "
+                    "and widens as seeds finish; the spread of a difference is the two spreads combined (root of the sum of squares), "
                     "and a winner is named only where the difference exceeds it. " + where, ""]
 
 
