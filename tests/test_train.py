@@ -35,6 +35,10 @@ def test_short_training_beats_chance(tmp_path: Path) -> None:
     assert record.params == sum(p.numel() for p in ck.load_model(tmp_path / "run")[0].parameters())
     for m in history:
         assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"} <= set(m)
+    # each epoch says what it trained in, as this machine resolves "auto" for the family
+    from core.training.train import autocast_dtype, precision_name
+    expected = precision_name(autocast_dtype(cfg, torch.device("cpu")))
+    assert [e.precision for e in record.epochs] == [expected] * 3
 
 
 def test_checkpoint_round_trip(tiny_run: Path) -> None:
@@ -434,7 +438,12 @@ def test_autocast_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)  # emulated bf16 is slower than fp32: stay fp32
     assert train.autocast_dtype(TrainConfig(), cpu) is None
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
-    assert train.autocast_dtype(TrainConfig(), cpu) is torch.bfloat16
+    # native bf16: the families it speeds up train in it; those it slows down (memory-bound depthwise) stay fp32
+    assert train.autocast_dtype(TrainConfig(arch="plain_cnn"), cpu) is torch.bfloat16
+    assert train.autocast_dtype(TrainConfig(arch="mobilenet_v2"), cpu) is torch.bfloat16
+    assert train.autocast_dtype(TrainConfig(arch="mobilenet"), cpu) is None
+    assert train.autocast_dtype(TrainConfig(arch="mobilenet_v3_small"), cpu) is None
+    assert train.autocast_dtype(TrainConfig(arch="mobilenet", precision="bf16"), cpu) is torch.bfloat16  # asked for
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert train.autocast_dtype(TrainConfig(), cuda) is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # older GPUs: fp16 with a scaler

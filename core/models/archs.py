@@ -72,6 +72,13 @@ class Family:
     description: str
     depthwise: bool  # whether the family is built from depthwise-separable convolutions (for the study's comparison)
     reference: dict[str, Any] = field(default_factory=dict)  # the study's model at width 1.0, where there is one
+    # Whether precision "auto" trains the family in bf16 on a CPU with native bf16. Measured, not assumed: on a
+    # 2-core EPYC with AVX512-BF16 (one thread, batch 128, FER2013, median of 3, 2026-12-07) bf16 against fp32 was
+    # plain_cnn 1.15x-2.44x (widths 0.0625-0.5), mobilenet_v2 1.30x and shufflenet_v2 1.04x, but mobilenet 0.88x-0.93x
+    # at widths 0.5-1 (1.02x-1.03x at 1.5-2) and mobilenet_v3_small 0.42x: their depthwise, thin 1x1 and (in v3)
+    # squeeze-excitation and hard-swish layers are memory-bound, so bf16's casts cost more than its arithmetic saves.
+    # resnet18 is not measured; its dense 3x3 convolutions are the kind bf16 speeds up.
+    cpu_bf16: bool = True
 
     def defaults(self) -> dict[str, float]:
         return {k.name: k.default for k in self.knobs}
@@ -330,7 +337,7 @@ register(Family(
 register(Family(
     "mobilenet", "MobileNet-style (depthwise-separable)", mobilenet, (WIDTH_KNOB, dropout_knob(0.1)),
     "A stride-2 stem and nine depthwise-separable blocks, then global pooling: the study's small model.",
-    depthwise=True, reference={"params": 109_607, "public": 0.65059, "private": 0.64558},
+    depthwise=True, reference={"params": 109_607, "public": 0.65059, "private": 0.64558}, cpu_bf16=False,
 ))
 register(Family(
     "mobilenet_v2", "MobileNetV2 (torchvision)", mobilenet_v2, (WIDTH_KNOB, dropout_knob(0.2)),
@@ -340,7 +347,7 @@ register(Family(
 register(Family(
     "mobilenet_v3_small", "MobileNetV3-Small (torchvision)", mobilenet_v3_small, (WIDTH_KNOB, dropout_knob(0.2)),
     "Inverted residuals with squeeze-excitation and hard-swish; torchvision's builder, 1-channel stride-1 stem.",
-    depthwise=True,
+    depthwise=True, cpu_bf16=False,
 ))
 register(Family(
     "shufflenet_v2", "ShuffleNetV2 (torchvision)", shufflenet_v2, (WIDTH_KNOB,),

@@ -92,8 +92,8 @@ class TrainConfig:
     seed: int = knob(0, "weights init, shuffling and augmentation all derive from it", low=0, high=2**31 - 1,
                      label="Seed")
     device: str = knob("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES, label="Device", group="main")
-    precision: str = knob("auto", "auto: mixed precision on CUDA and on CPUs with native bf16, else fp32",
-                          choices=PRECISIONS, label="Precision")
+    precision: str = knob("auto", "auto: mixed precision on CUDA, and on CPUs with native bf16 for the families "
+                                  "it speeds up; else fp32", choices=PRECISIONS, label="Precision")
     teacher: str | None = knob(None, "run folder(s) of trained models to distil from; several, joined by "
                                      "os.pathsep (':'), form an ensemble whose logits are averaged",
                                label="Teacher run folder (distillation)")

@@ -98,6 +98,7 @@ class Epoch:
     lr: float = math.nan
     seconds: float = 0.0
     images_per_s: float = 0.0
+    precision: str = ""  # bf16, fp16 or fp32 (a resumed run may change machines mid-way); "" in older records
     extra: dict[str, Any] = field(default_factory=dict)  # keys newer trainers add; kept so records round-trip
 
     @classmethod
@@ -109,14 +110,17 @@ class Epoch:
         for k in ("lr", "seconds", "images_per_s"):
             if k in typed and not is_num(typed[k]):
                 typed.pop(k)
-        if not isinstance(typed.get("val_split", ""), str):
-            typed.pop("val_split")
+        for k in ("val_split", "precision"):
+            if not isinstance(typed.get(k, ""), str):
+                typed.pop(k)
         if not _whole(typed.get("steps", 0)):
             typed.pop("steps")
         return cls(**typed, extra={k: v for k, v in d.items() if k not in known})
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if not self.precision:  # an older record, written before epochs said it: keep it as written
+            del out["precision"]
         return {**out, **self.extra}
 
 

@@ -75,14 +75,22 @@ def cpu_has_native_bf16() -> bool:
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """Mixed precision: on CUDA by default (bf16 where supported, else fp16); on CPUs with native bf16 by
-    default (about 2x the fp32 throughput with channels_last, see docs/benchmarks.md); fp32 elsewhere."""
+    default for the families it speeds up (archs.Family.cpu_bf16: plain_cnn-w1 2.25x the fp32 throughput with
+    channels_last, see docs/benchmarks.md), fp32 for the others and elsewhere. "bf16" asks for it anyway."""
     if cfg.precision == "fp32":
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if cfg.precision == "bf16" or (device.type == "cpu" and cpu_has_native_bf16()):
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_native_bf16() and archs.get_family(cfg.arch).cpu_bf16:
         return torch.bfloat16
     return None
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    """What an epoch trained in, as its record says it."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
 
 
 @dataclass
@@ -597,7 +605,7 @@ def finish_epoch(model: nn.Module, su: Setup, data: FERData, acc: Accum, state: 
     return {"epoch": state.epoch, "steps": state.steps, "train_loss": train_loss,
             "train_acc": acc.correct.item() / seen, "val_loss": ev["loss"], "val_acc": ev["accuracy"],
             "val_split": data.val_split, "lr": lr, "seconds": time.perf_counter() - t0,
-            "images_per_s": seen / train_seconds}
+            "images_per_s": seen / train_seconds, "precision": precision_name(su.amp)}
 
 
 def fit(
