@@ -180,14 +180,16 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from core.data import load_data
-    from core.training.runs import evaluate_path
+    from core.training.runs import evaluate_path, evaluate_with_tta
     from core.util.classes import CLASSES
 
+    if a.tta and not Path(a.target).is_dir():
+        raise ValueError(f"--tta needs a run folder (its weights are exported with the views), not {a.target!r}")
     data = load_data(a.data)
     splits = a.split or [s for s in data.splits if s != "train"] or list(data.splits)
-    results = evaluate_path(a.target, data, splits)
+    results = evaluate_with_tta(a.target, data, a.tta, splits) if a.tta else evaluate_path(a.target, data, splits)
     if a.json:
-        _print_json({"target": a.target, "data": data.describe(), "results": results})
+        _print_json({"target": a.target, "tta": a.tta, "data": data.describe(), "results": results})
         return 0
     for s, r in results.items():
         print(f"{s}: accuracy {r['accuracy']:.4f} on {r['n']:,} images (loss {r['loss']:.4f})")
@@ -282,6 +284,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_model_io(sub: argparse._SubParsersAction) -> None:
+    from core.data.augment import TTA_MODES
+
     e = sub.add_parser("export", help="(re-)export a run folder's weights to ONNX",
                        description="Re-export a run's weights to model.onnx and record the PyTorch/ONNX parity check.")
     e.add_argument("run_dir", help="a run folder, or a run's name in the runs folder or checkpoints/")
@@ -293,6 +297,9 @@ def _add_model_io(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--data", required=True, help="'synthetic' or a path to FER2013")
     v.add_argument("--split", action="append", default=None,
                    help="split name (train, public, private, val); repeatable; default: every split but train")
+    v.add_argument("--tta", choices=TTA_MODES, default=None,
+                   help="a run folder's weights with this test-time augmentation folded into a fresh ONNX graph "
+                        "(the run's files are not changed); default: the run's own model.onnx")
     v.add_argument("--json", action="store_true", help=JSON_HELP)
     v.set_defaults(func=cmd_evaluate)
 

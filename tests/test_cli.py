@@ -138,3 +138,27 @@ def test_predict_takes_a_run_folder_and_says_what_it_prints() -> None:
         assert len(lines) > 2 and not lines[1].startswith(("positional", "options")), (cmd, lines[:2])
     proc = cli("predict", "--model", "no-such-run", "assets/astronaut.jpg", check=False)
     assert proc.returncode == 2 and "run folder 'no-such-run' not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_with_tta_leaves_the_run_as_it_is(tiny_run: Path) -> None:
+    """`evaluate RUN --tta flip`: the run's weights with the views folded into a fresh graph, scored by ONNX Runtime
+    as PyTorch scores the same TTA model, and the run folder's files unchanged."""
+    import torch
+
+    from core.data import load_data
+    from core.data.augment import with_tta
+    from core.training import checkpoint as ck
+    from core.training.train import evaluate
+
+    before = {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()}
+    ev = json.loads(cli("evaluate", str(tiny_run), "--data", "synthetic", "--split", "val", "--tta", "flip",
+                        "--json").stdout)
+    assert ev["tta"] == "flip"
+    ref = evaluate(with_tta(ck.load_model(tiny_run)[0], "flip"), load_data("synthetic").splits["val"],
+                   torch.device("cpu"))
+    assert abs(ev["results"]["val"]["accuracy"] - ref["accuracy"]) < 2 / ref["n"]
+    plain = json.loads(cli("evaluate", str(tiny_run), "--data", "synthetic", "--split", "val", "--json").stdout)
+    assert ev["results"]["val"]["loss"] != plain["results"]["val"]["loss"]  # the views really were averaged
+    assert {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()} == before
+    proc = cli("evaluate", str(tiny_run / "model.onnx"), "--data", "synthetic", "--tta", "flip", check=False)
+    assert proc.returncode == 2 and "--tta needs a run folder" in proc.stderr and "Traceback" not in proc.stderr

@@ -39,6 +39,25 @@ def test_small_batches_give_the_pools_logits(tiny_run: Path) -> None:
         assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
+def test_large_inputs_run_in_chunks_sized_by_the_graphs_views(tiny_run: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ten-crop graph multiplies its input by ten inside: logits() cuts a large input so that images x views stay
+    under MAX_VIEWS, with the logits of one call."""
+    model, record = ck.load_model(tiny_run)
+    path = tmp_path / "tencrop.onnx"
+    export_onnx(model, path, arch=record.model.arch, knobs=record.model.knobs, params=0, tta="tencrop")
+    clf = OnnxClassifier(path)
+    x = np.random.default_rng(0).integers(0, 256, (25, 48, 48)).astype(np.float32)
+    whole = clf.logits(x)
+    calls: list[int] = []
+    run = ort.InferenceSession.run
+    monkeypatch.setattr(ort.InferenceSession, "run",
+                        lambda self, out, feed, *a: calls.append(len(feed["image"])) or run(self, out, feed, *a))
+    monkeypatch.setattr(OnnxClassifier, "MAX_VIEWS", 100)  # ten views: at most 10 images a call
+    np.testing.assert_allclose(clf.logits(x), whole, rtol=1e-5, atol=1e-5)
+    assert calls == [10, 10, 5]
+
+
 def test_contract(tiny_run: Path) -> None:
     path = tiny_run / rundir.ONNX
     proto = onnx.load(str(path))

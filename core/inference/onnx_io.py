@@ -188,6 +188,10 @@ class OnnxClassifier:
     # Larger batches (evaluation, occlusion maps) share the work between min(2, cores) threads. (2-core AMD EPYC,
     # other work held off with real-time priority, one process per setting.)
     SMALL_BATCH = 8
+    # Larger inputs run in chunks of at most this many views (images x the graph's test-time views): a ten-crop
+    # graph turns 1,024 images into 10,240 inside, and plain_cnn-w1's activations for them outgrew a 23 GiB machine.
+    MAX_VIEWS = 1024
+    TTA_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -227,6 +231,9 @@ class OnnxClassifier:
             x = x[:, None]
         if x.ndim != 4 or x.shape[1:] != (1, 48, 48):
             raise ValueError(f"images must be [N, 48, 48] or [N, 1, 48, 48], got {x.shape}")
+        step = max(1, self.MAX_VIEWS // self.TTA_VIEWS.get(self.meta.get("tta", "none"), 1))
+        if len(x) > step:
+            return np.concatenate([self.logits(x[i:i + step]) for i in range(0, len(x), step)])
         try:
             out = self._session_for(len(x)).run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         except Exception as exc:  # noqa: BLE001 - ORT's own exception types: a model that declares the contract but fails

@@ -280,7 +280,30 @@ def evaluate_path(target: str | os.PathLike, data: FERData, splits: list[str] | 
     onnx_path = target / rundir.ONNX if target.is_dir() else target
     if target.is_dir() and not onnx_path.exists():
         raise ValueError(f"{target}: has no {rundir.ONNX}; run `python -m core export {target}` first")
-    clf = OnnxClassifier.get(onnx_path)
+    return evaluate_classifier(OnnxClassifier.get(onnx_path), data, splits)
+
+
+def evaluate_with_tta(run_dir: str | os.PathLike, data: FERData, tta: str,
+                      splits: list[str] | None = None) -> dict[str, dict]:
+    """A run's weights with test-time augmentation `tta` folded into a fresh ONNX graph, as a run trained with that
+    `--tta` exports it, evaluated with ONNX Runtime; the run folder itself is not touched (shipped runs included)."""
+    import tempfile
+
+    from core.data.augment import TTA_MODES
+
+    if tta not in TTA_MODES:
+        raise ValueError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    run_dir = find_run(run_dir)
+    model, record = ck.load_model(run_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / rundir.ONNX
+        export_onnx(model, path, arch=record.model.arch, knobs=record.model.knobs,
+                    params=sum(p.numel() for p in model.parameters()), extra={"run": run_dir.name}, tta=tta)
+        return evaluate_classifier(OnnxClassifier(path), data, splits)  # uncached: the file goes with the folder
+
+
+def evaluate_classifier(clf: OnnxClassifier, data: FERData, splits: list[str] | None = None) -> dict[str, dict]:
+    """Accuracy, loss and per-class accuracy of an ONNX Runtime session on the given splits (default: all)."""
     names = splits or list(data.splits)
     unknown = [s for s in names if s not in data.splits]
     if unknown:

@@ -150,7 +150,9 @@ def targets_section(df: pd.DataFrame, pts: pd.DataFrame) -> list[str]:
     met = all(k >= 5 for k, _ in cover.values())
     lines.append(f"| the grid: 5 or more widths per family with 3 seeds each (the largest plain CNN may have 1) | "
                  f"5 widths each | widths done: {done} | — | {'yes' if met else 'no'} |")
-    return lines + [""]
+    return lines + ["", "Test-time augmentation folded into the exported graph (the mirror, or ten crops) adds to each "
+                    "model without retraining; what it adds, per model and pooled over seeds, is measured in "
+                    "[tta.md](tta.md).", ""]
 
 
 def ablation_section(df: pd.DataFrame, arch: str = "mobilenet", width: float = 1.0) -> list[str]:
@@ -382,8 +384,8 @@ def campaign_budget_lines(eb: pd.DataFrame, cross: dict | None) -> list[str]:
                  "uncertainty.")
     return lines + ["", "Means and spreads are interpolated linearly in log(parameters) between each family's grid "
                     "points with two or more finished seeds, so the table covers only the budgets those points span "
-                    "and widens as seeds finish; the spread of a difference is the two spreads combined (root of the sum of squares), "
-                    "and a winner is named only where the difference exceeds it. " + where, ""]
+                    "and widens as seeds finish; the spread of a difference is the two spreads combined (root of the "
+                    "sum of squares), and a winner is named only where the difference exceeds it. " + where, ""]
 
 
 def campaign_reproduction(pts: pd.DataFrame) -> list[str]:
