@@ -197,6 +197,46 @@ def test_predict_sample_photo_shows_a_prediction(onnx_model: Path) -> None:
     assert any(h.value == "Layer by layer" for h in at.subheader), [h.value for h in at.subheader]
 
 
+def test_predict_with_ten_crops_folds_the_views_into_a_copy(onnx_model: Path) -> None:
+    """Ten crops: the face is classified by the run's weights with the views in a cached copy of its graph, whose
+    answer is that graph's on the same crop; the run's own files stay as they were."""
+    from core.inference.onnx_io import OnnxClassifier
+    from core.inference.photo import analyze_photo
+    from core.training.runs import tta_graph
+
+    before = {p.name: p.read_bytes() for p in onnx_model.iterdir() if p.is_file()}
+    at = app("pages/5_Predict.py")
+    at.selectbox(key="predict_model").set_value(str(onnx_model)).run()
+    at.button(key="predict_sample").click().run()
+    plain = face_metrics(at)
+    at.radio(key="predict_tta").set_value("tencrop").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    tops = face_metrics(at)
+    assert len(tops) == len(plain) and all(t in CLASSES for t, _ in tops)
+    assert any("test-time augmentation: ten crops" in c.value for c in at.caption), [c.value for c in at.caption]
+    graph = tta_graph(onnx_model, "tencrop")  # the cached copy the page made: no second export
+    assert graph.parent.name == "tta" and OnnxClassifier.get(graph).meta["tta"] == "tencrop"
+    faces = analyze_photo(SAMPLE_PHOTO.read_bytes(), "astronaut.jpg", str(graph)).faces
+    assert [f"{f.top} {f.confidence:.0%}" for f in faces] == [f"{t} {p:.0%}" for t, p in tops]
+    assert {p.name: p.read_bytes() for p in onnx_model.iterdir() if p.is_file()} == before
+
+
+def test_predict_a_compressed_variant_runs_as_is() -> None:
+    """An int8 variant has no weights to re-export with views: the choice is disabled, its own graph classifies,
+    and asking core for a copy anyway is a ValueError that says why."""
+    from core.training.runs import tta_graph
+    from core.util.fsutil import SHIPPED_DIR
+
+    variant = SHIPPED_DIR / "mobilenet-w1--int8"
+    at = app("pages/5_Predict.py")
+    at.selectbox(key="predict_model").set_value(str(variant)).run()
+    assert at.radio(key="predict_tta").disabled
+    at.button(key="predict_sample").click().run()
+    assert not at.exception and not at.error and face_metrics(at)
+    with pytest.raises(ValueError, match="compressed variant has only its graph"):
+        tta_graph(variant, "flip")
+
+
 def test_predict_corrupt_upload_is_an_error_and_others_still_work(onnx_model: Path) -> None:
     at = app("pages/5_Predict.py")
     at.file_uploader(key="predict_upload").set_value([

@@ -285,21 +285,39 @@ def evaluate_path(target: str | os.PathLike, data: FERData, splits: list[str] | 
 
 def evaluate_with_tta(run_dir: str | os.PathLike, data: FERData, tta: str,
                       splits: list[str] | None = None) -> dict[str, dict]:
-    """A run's weights with test-time augmentation `tta` folded into a fresh ONNX graph, as a run trained with that
-    `--tta` exports it, evaluated with ONNX Runtime; the run folder itself is not touched (shipped runs included)."""
-    import tempfile
+    """A run's weights with test-time augmentation `tta` folded into an ONNX graph (tta_graph), evaluated with ONNX
+    Runtime; the run folder itself is not touched (shipped runs included)."""
+    return evaluate_classifier(OnnxClassifier.get(tta_graph(find_run(run_dir), tta)), data, splits)
+
+
+def tta_graph(run_dir: str | os.PathLike, tta: str) -> Path:
+    """A run's weights exported with test-time augmentation `tta` folded in, as a run trained with `--tta` exports
+    them: kept in the cache (one file per run and mode, made again when the weights are newer), never in the run
+    folder, so a shipped run is not changed. ValueError for a mode not in TTA_MODES or a run without its own
+    weights (a compressed variant's graph is not its parent's weights)."""
+    import hashlib
 
     from core.data.augment import TTA_MODES
+    from core.util.fsutil import cache_dir
 
     if tta not in TTA_MODES:
         raise ValueError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    run_dir = find_run(run_dir)
-    model, record = ck.load_model(run_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / rundir.ONNX
-        export_onnx(model, path, arch=record.model.arch, knobs=record.model.knobs,
-                    params=sum(p.numel() for p in model.parameters()), extra={"run": run_dir.name}, tta=tta)
-        return evaluate_classifier(OnnxClassifier(path), data, splits)  # uncached: the file goes with the folder
+    run_dir = Path(run_dir)
+    record = rundir.read_record(run_dir)
+    weights = run_dir / rundir.WEIGHTS
+    if record.variant is not None or not weights.is_file():
+        raise ValueError(f"{run_dir.name}: test-time augmentation needs the run's own weights ({rundir.WEIGHTS}); "
+                         "a compressed variant has only its graph")
+    key = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    path = cache_dir("tta") / f"{run_dir.name}-{key}-{tta}.onnx"
+    if path.exists() and path.stat().st_mtime >= weights.stat().st_mtime:
+        return path
+    model, _ = ck.load_model(run_dir)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    export_onnx(model, tmp, arch=record.model.arch, knobs=record.model.knobs,
+                params=sum(p.numel() for p in model.parameters()), extra={"run": run_dir.name}, tta=tta)
+    os.replace(tmp, path)  # atomic: two pages exporting at once each put a whole file in place
+    return path
 
 
 def evaluate_classifier(clf: OnnxClassifier, data: FERData, splits: list[str] | None = None) -> dict[str, dict]:
