@@ -62,4 +62,11 @@ def router() -> None:
 if __name__ == "__main__":  # a session's run of the script
     router()
 else:  # imported by `streamlit run` to serve the app: the server process itself
+    from streamlit.runtime.pages_manager import PagesManager
+
+    # Streamlit treats a folder named pages/ beside the script as its older multipage mode until a session's run
+    # calls st.navigation. So the first session after a server start looked its URL up among pages/'s file names, and
+    # a shared deep link such as /predict opened with a "Page not found" dialog. The router is st.navigation's alone:
+    # that mode is off before any session. (A private flag; tests/test_browser.py checks the first deep link.)
+    PagesManager.uses_pages_directory = False
     app = st.App(__file__, lifespan=start_queue)

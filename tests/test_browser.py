@@ -7,6 +7,7 @@ with a photo that has no face (the box placed by hand) and at a phone's width (n
 Without Chromium the browser tests skip, except under CI (CI=true), where they fail: CI must run them for real."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -74,13 +75,11 @@ def seed_runs(runs: Path) -> None:
         list(run_training(cfg, runs / f"demo-{arch}-w{width:g}"))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields the base URL
-    require_browser()
-    runs = tmp_path_factory.mktemp("browser-runs")
-    seed_runs(runs)
+@contextlib.contextmanager
+def serve(runs: Path, log_path: Path):  # noqa: ANN201 - yields the base URL
+    """`streamlit run streamlit_app.py` on a free loopback port with `runs` as its runs folder, until the block ends."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("logs") / "streamlit.log", "wb")
+    log = open(log_path, "wb")
     env = {**os.environ, "FER_RUNS_DIR": str(runs), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
@@ -99,7 +98,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields t
             pytest.fail(f"streamlit did not start: {Path(log.name).read_text()[-2000:]}")
         time.sleep(0.5)
     try:
-        yield url, runs
+        yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -113,6 +112,15 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields t
         for job in rundir.list_runs(runs, include_shipped=False):  # never leave a trainer behind
             if job.active:
                 jobs.stop_run(job.path, kill=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields (base URL, runs folder)
+    require_browser()
+    runs = tmp_path_factory.mktemp("browser-runs")
+    seed_runs(runs)
+    with serve(runs, tmp_path_factory.mktemp("logs") / "streamlit.log") as url:
+        yield url, runs
 
 
 @pytest.fixture(scope="module")
@@ -341,17 +349,19 @@ def no_face_photo(folder: Path) -> Path:
 
 
 def open_page(driver, url: str, path: str, title: str) -> None:  # noqa: ANN001
-    """Load url/path and wait for its title. Streamlit 1.67 answers a direct URL with a "Page not found" notice during
-    a server's very first (slow) script run, so the root is loaded first, once per server."""
-    if url not in _WARM:
-        driver.get(f"{url}/")
-        settle(driver, "Architectures")
-        _WARM.add(url)
+    """Load url/path and wait for its title."""
     driver.get(f"{url}{path}")
     settle(driver, title)
 
 
-_WARM: set[str] = set()
+def test_a_fresh_servers_first_visit_to_a_deep_link(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    """A teacher starts the server and shares /predict: the first student to open it sees Predict, not Streamlit's
+    "Page not found" (its pages/-folder mode, which the router turns off at server start)."""
+    with serve(tmp_path / "runs", tmp_path / "streamlit.log") as url:
+        browser.get(f"{url}/predict")
+        settle(browser, "Predict")
+        assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stDialog]"), \
+            browser.find_element(By.TAG_NAME, "body").text[:300]
 
 
 def overflow(driver) -> tuple[int, int]:  # noqa: ANN001

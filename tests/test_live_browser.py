@@ -59,15 +59,8 @@ def camera(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields a
 
 
 def open_live(driver, url: str) -> None:  # noqa: ANN001
-    if url not in _WARM:  # a fresh server knows its pages only after the router has run once
-        driver.get(f"{url}/")
-        settle(driver, "Architectures")
-        _WARM.add(url)
-    driver.get(f"{url}/live")
+    driver.get(f"{url}/live")  # a fresh server's first deep link too (streamlit_app.py turns pages/-folder mode off)
     settle(driver, "Live")
-
-
-_WARM: set[str] = set()
 
 
 def choose(driver, label: str, name: str) -> None:  # noqa: ANN001
