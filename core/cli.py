@@ -183,7 +183,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from core.training.runs import evaluate_path, evaluate_with_tta
     from core.util.classes import CLASSES
 
-    if a.tta and not Path(a.target).is_dir():
+    if a.tta and Path(a.target).is_file():
         raise ValueError(f"--tta needs a run folder (its weights are exported with the views), not {a.target!r}")
     data = load_data(a.data)
     splits = a.split or [s for s in data.splits if s != "train"] or list(data.splits)

@@ -102,3 +102,24 @@ def test_contract_violations_are_clear(tmp_path: Path) -> None:
     junk.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a loadable ONNX model"):
         OnnxClassifier(junk)
+
+
+def test_tta_graph_is_cached_and_made_again_when_the_weights_change(tiny_run: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+
+    from core.training.runs import tta_graph
+
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    graph = tta_graph(run, "flip")
+    made = graph.stat().st_mtime_ns
+    assert tta_graph(run, "flip") == graph and graph.stat().st_mtime_ns == made  # reused, not exported again
+    later = graph.stat().st_mtime + 10
+    os.utime(run / rundir.WEIGHTS, (later, later))  # the run was trained further: its weights are newer
+    assert tta_graph(run, "flip") == graph and graph.stat().st_mtime_ns != made
+    assert OnnxClassifier(graph).meta["tta"] == "flip" and tta_graph(run, "tencrop") != graph
+    assert not list(graph.parent.glob("*.tmp"))  # no temp file left behind
+    with pytest.raises(ValueError, match="must be one of"):
+        tta_graph(run, "fivecrop")

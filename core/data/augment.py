@@ -32,6 +32,7 @@ ERASE_COLS = slice(5, 10)
 RANDOMS_PER_IMAGE = 10  # columns of `r`: 5 for the affine warp, 5 for random erasing
 MIX_PARAMS = 5  # per batch: mixup lambda, cutmix flag, cutmix box centre y, x, box side fraction
 TTA_MODES = ("none", "flip", "tencrop")
+TTA_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}  # images the graph runs per input image (TTAModel.views x mirror)
 TTA_CROP = 44  # ten-crop side in pixels: a 0.92 zoom, inside the +-10% scale range the models train with
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.data.augment import TTA_VIEWS
 from core.util.classes import CLASSES, NUM_CLASSES
 from core.util.fsutil import atomic_write_bytes
 
@@ -191,7 +192,6 @@ class OnnxClassifier:
     # Larger inputs run in chunks of at most this many views (images x the graph's test-time views): a ten-crop
     # graph turns 1,024 images into 10,240 inside, and plain_cnn-w1's activations for them outgrew a 23 GiB machine.
     MAX_VIEWS = 1024
-    TTA_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -231,7 +231,7 @@ class OnnxClassifier:
             x = x[:, None]
         if x.ndim != 4 or x.shape[1:] != (1, 48, 48):
             raise ValueError(f"images must be [N, 48, 48] or [N, 1, 48, 48], got {x.shape}")
-        step = max(1, self.MAX_VIEWS // self.TTA_VIEWS.get(self.meta.get("tta", "none"), 1))
+        step = max(1, self.MAX_VIEWS // TTA_VIEWS.get(self.meta.get("tta", "none"), 1))
         if len(x) > step:
             return np.concatenate([self.logits(x[i:i + step]) for i in range(0, len(x), step)])
         try:

@@ -296,6 +296,7 @@ def tta_graph(run_dir: str | os.PathLike, tta: str) -> Path:
     folder, so a shipped run is not changed. ValueError for a mode not in TTA_MODES or a run without its own
     weights (a compressed variant's graph is not its parent's weights)."""
     import hashlib
+    import tempfile
 
     from core.data.augment import TTA_MODES
     from core.util.fsutil import cache_dir
@@ -313,10 +314,16 @@ def tta_graph(run_dir: str | os.PathLike, tta: str) -> Path:
     if path.exists() and path.stat().st_mtime >= weights.stat().st_mtime:
         return path
     model, _ = ck.load_model(run_dir)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    export_onnx(model, tmp, arch=record.model.arch, knobs=record.model.knobs,
-                params=sum(p.numel() for p in model.parameters()), extra={"run": run_dir.name}, tta=tta)
-    os.replace(tmp, path)  # atomic: two pages exporting at once each put a whole file in place
+    # a temp file of its own beside the target: two sessions (threads of one server) exporting at once each put a
+    # whole file in place, and a failed export leaves nothing behind
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        export_onnx(model, Path(tmp), arch=record.model.arch, knobs=record.model.knobs,
+                    params=sum(p.numel() for p in model.parameters()), extra={"run": run_dir.name}, tta=tta)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return path
 
 
