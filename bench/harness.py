@@ -37,7 +37,7 @@ from core.training.train import (
     make_optimizer,
     resolve_device,
 )
-from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR, atomic_write_json
+from core.util.fsutil import PROJECT_ROOT, SHIPPED_DIR, atomic_write_json, project_relative
 
 REFERENCE = ("plain_cnn", "mobilenet")
 
@@ -609,7 +609,7 @@ def main(quick: bool = False, data: str | None = None, out: str | None = "docs/b
     source = data or "synthetic"
     fer = load_data(source, synthetic_size=4096 if source == "synthetic" else 6000)
     image_root = Path(data) if data and (Path(data) / "train").is_dir() else None
-    data_desc = f"{fer.kind} ({source})" if not fer.synthetic else "built-in synthetic set (no --data given)"
+    data_desc = f"{fer.kind} ({project_relative(source)})" if not fer.synthetic else "built-in synthetic set (no --data given)"
     rows: list[Row] = []
     extra: list[str] = [f"Training throughput: median over {windows} windows of {steps} steps after {warm} warm-up steps; "
                         f"latencies: median of {repeats} calls after warm-up; loads: median of 3 after one warm-up."]

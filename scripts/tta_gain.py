@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from core.util.fsutil import PROJECT_ROOT
+from core.util.fsutil import PROJECT_ROOT, project_relative
 
 JSON_PATH = PROJECT_ROOT / "docs" / "tta.json"
 DOC_PATH = PROJECT_ROOT / "docs" / "tta.md"
@@ -66,7 +66,7 @@ def measure(data_path: str, rows: list[dict[str, Any]] | None = None) -> dict[st
         params = sum(p.numel() for p in ck.load_model(path)[0].parameters())
         out.append({**row, "params": params, **acc})
         print(f"{row['model']}: " + ", ".join(f"{m} {acc[m]:.4f}" for m in MODES), flush=True)
-    return {"produced_by": f"python scripts/tta_gain.py --data {data_path}", "date": time.strftime("%Y-%m-%d"),
+    return {"produced_by": f"python scripts/tta_gain.py --data {project_relative(data_path)}", "date": time.strftime("%Y-%m-%d"),
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
             "split": SPLIT, "images": len(data.splits[SPLIT]), "rows": out}
 

@@ -37,6 +37,7 @@ def test_measure_pool_and_render_on_a_real_run(tiny_run: Path, tmp_path: Path) -
     # no views: the run's own exported graph, re-exported from the same weights, scores the same
     assert r["none"] == evaluate_path(tiny_run, load_data(str(csv)), ["public"])["public"]["accuracy"]
     assert all(0 <= r[m] <= 1 for m in tta_gain.MODES) and data["images"] == 140
+    assert not Path(data["produced_by"].split("--data ", 1)[1]).is_absolute()  # a committed JSON names no machine
     (point,) = tta_gain.pooled(data["rows"])
     assert point["seeds"] == 2 and point["tencrop"] == pytest.approx(((r["tencrop"] - r["none"]) * 100, 0.0))
     text = tta_gain.render(data)

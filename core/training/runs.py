@@ -372,7 +372,7 @@ def ship_run(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
 
     Paths in the record (data source, teacher) are made relative to the project, so shipped records name no
     machine's folders."""
-    from core.util.fsutil import PROJECT_ROOT, atomic_write_bytes
+    from core.util.fsutil import atomic_write_bytes, project_relative
 
     run_dir, dest = Path(run_dir), Path(dest)
     record = rundir.read_record(run_dir)
@@ -381,11 +381,7 @@ def ship_run(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
         raise ValueError(f"{run_dir}: only finished or stopped runs with an ONNX export can be shipped "
                          f"(status {record.status!r})")
 
-    def rel(value: str | None) -> str | None:
-        if not value or value == "synthetic" or not os.path.isabs(value):
-            return value
-        return os.path.relpath(value, PROJECT_ROOT)
-
+    rel = project_relative
     record.config = {**record.config, "data": rel(record.config.get("data")),
                      "teacher": rel(record.config.get("teacher"))}
     record.data = {**record.data, "source": rel(record.data.get("source"))}

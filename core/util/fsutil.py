@@ -46,6 +46,14 @@ def json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def project_relative(value: str | None) -> str | None:
+    """An absolute path as seen from the project folder (e.g. ../shared/data/fer2013), so that a committed record or
+    report names no machine's folders; relative paths, 'synthetic' and None are returned as they are."""
+    if not value or value == "synthetic" or not os.path.isabs(value):
+        return value
+    return os.path.relpath(value, PROJECT_ROOT)
+
+
 def cache_dir(sub: str = "") -> Path:
     """Decoded-data cache; FER_CACHE_DIR overrides (tests point it at a temp dir)."""
     base = Path(os.environ.get("FER_CACHE_DIR") or Path.home() / ".cache" / "fer-explorer")
