@@ -58,6 +58,36 @@ def test_order_is_priority_then_seed_then_cost(tmp_path: Path) -> None:
     assert trials[0].cost < trials[1].cost
 
 
+def test_a_blocks_later_seeds_can_wait_in_a_block_of_the_same_name(tmp_path: Path) -> None:
+    """How the committed file puts off plain_cnn-w1's seeds 1 and 2: one name, two priorities, one point."""
+    from core.views.campaignviews import points_frame, trials_frame
+
+    split = TINY.format(size=300, epochs=2) + """
+[[sweep]]
+name = "big"
+priority = 1
+seeds = [0]
+[sweep.fixed]
+arch = "mobilenet"
+width = 1.0
+
+[[sweep]]
+name = "big"
+priority = 3
+seeds = [1, 2]
+[sweep.fixed]
+arch = "mobilenet"
+width = 1.0
+"""
+    trials = campaign.load_campaign(write(tmp_path, split))
+    names = [t.name for t in trials]
+    assert names.index("big-s0") < names.index("grid-w0.25-s1") < names.index("later-s0") < names.index("big-s1")
+    assert names[-2:] == ["big-s1", "big-s2"] and len(set(names)) == len(names)
+    points = points_frame(trials_frame(trials, tmp_path / "trials"))
+    big = points[points["block"] == "big"]
+    assert len(big) == 1 and int(big["seeds"].iloc[0]) == 3  # the two blocks pool into one point of three seeds
+
+
 def test_the_committed_campaign_file_is_valid() -> None:
     """The file the issue asks for: every trial a valid TrainConfig, five widths x two families x three seeds."""
     trials = campaign.load_campaign()
@@ -69,6 +99,8 @@ def test_the_committed_campaign_file_is_valid() -> None:
             assert len({t.config["seed"] for t in grid if t.config["arch"] == arch and t.config["width"] == w}) >= 3
     assert len({t.name for t in trials}) == len(trials)
     assert all(not os.path.isabs(t.config["data"]) for t in trials)  # the file works on every machine
+    names = [t.name for t in trials]  # the levers start before the largest plain width's seeds 1 and 2
+    assert names.index("grid-plain_cnn-w1-s0") < names.index("kd-mobilenet-w1-s0") < names.index("grid-plain_cnn-w1-s1")
 
 
 @pytest.mark.parametrize("text, message", [
