@@ -99,7 +99,7 @@ def test_crossover_with_its_uncertainty() -> None:
 
 def test_study_section_lists_in_progress_trials_not_as_results(tmp_path: Path) -> None:
     """The committed campaign file against an empty trials folder: every point pending, no accuracy anywhere."""
-    lines = "\n".join(campaign_section(tmp_path, trials_dir=tmp_path / "none"))
+    lines = "\n".join(campaign_section(tmp_path, cv.trials_frame(out=tmp_path / "none")))
     assert "0 of " in lines and "seed 0: pending" in lines
     assert "not finished yet" in lines and "± 0." not in lines
 

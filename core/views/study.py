@@ -12,7 +12,7 @@ from core.training.rundir import list_runs
 from core.training.runs import TRAIN_EVAL_SAMPLE
 from core.views import charts
 from core.views.archviews import conv_breakdown
-from core.views.campaignviews import FAMILY_TITLES, accuracy_text, campaign_points
+from core.views.campaignviews import FAMILY_TITLES, accuracy_text, points_frame, trials_frame
 from core.views.runviews import runs_table
 
 STUDY_FAMILIES = ("mobilenet", "plain_cnn")
@@ -318,7 +318,8 @@ def write_study(out: str | Path = "docs") -> Path:
                      f"{r['device']} |")
     lines += ["", "The study's figures for comparison: plain CNN 2,959,943 parameters, 0.722 public; MobileNet-style "
               "109,607 parameters, 0.651 public (50 epochs, batch 256, Adam 1e-3, no augmentation).", ""]
-    lines += campaign_section(out) + targets_section(df, campaign_points()[0]) + ablation_section(df)
+    frame = trials_frame()  # the campaign's trials, read once for its own section and for the Targets table
+    lines += campaign_section(out, frame) + targets_section(df, points_frame(frame)) + ablation_section(df)
     lines += compression_section(out)
     lines += equal_budget_section(df, seed_spread(df))
     lines += ["Where the parameters go (computed from the architectures), which is why the depthwise-separable family "
@@ -328,20 +329,12 @@ def write_study(out: str | Path = "docs") -> Path:
     return path
 
 
-def campaign_section(out: Path, trials_dir: Path | None = None) -> list[str]:
-    """The campaign's grid (core.campaign): every point as mean ± spread over its finished seeds, trials still
-    running shown as in progress, the equal-budget comparison with the spread, and the study's recipe reproduced."""
-    from core.service.campaign import DEFAULT_OUT
-    from core.views.campaignviews import (
-        crossover,
-        display_points,
-        equal_budget,
-        points_frame,
-        spread_chart,
-        trials_frame,
-    )
+def campaign_section(out: Path, frame: pd.DataFrame) -> list[str]:
+    """The campaign's grid (core.campaign) from its trials (`frame`, campaignviews.trials_frame): every point as
+    mean ± spread over its finished seeds, trials still running shown as in progress, the equal-budget comparison
+    with the spread, and the study's recipe reproduced."""
+    from core.views.campaignviews import crossover, display_points, equal_budget, spread_chart
 
-    frame = trials_frame(out=trials_dir or DEFAULT_OUT)
     if frame.empty:
         return []
     pts = points_frame(frame)
