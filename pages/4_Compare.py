@@ -76,7 +76,7 @@ def sweeps(root: Path) -> None:
 
 
 def campaign() -> None:
-    points, error = campaignviews.campaign_points()
+    points, levers, error = campaignviews.campaign_results()
     if error:
         st.warning(f"The campaign file could not be read: {error}")
         return
@@ -90,6 +90,12 @@ def campaign() -> None:
         st.altair_chart(campaignviews.spread_chart(points), width="stretch")
     st.dataframe(campaignviews.display_points(points), hide_index=True, key="compare_campaign",
                  column_config={"params": st.column_config.NumberColumn(format="localized")})
+    if not levers.empty:
+        st.markdown("**Levers past the study, each one change against the grid's recipe**")
+        st.caption("A lever helps or hurts only where its difference from the baseline exceeds the spread (both "
+                   "sides' spreads over seeds combined); a tail that continues shipped weights is compared with "
+                   "those weights' own accuracy.")
+        st.dataframe(campaignviews.display_levers(levers), hide_index=True, key="compare_levers")
 
 
 def learning_curves(ranked: list[str], records: dict[str, RunRecord]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from core.service.campaign import load_campaign
 from core.views import campaignviews as cv
 from core.views.study import campaign_budget_lines, campaign_section, targets_section
 
@@ -99,7 +100,7 @@ def test_crossover_with_its_uncertainty() -> None:
 
 def test_study_section_lists_in_progress_trials_not_as_results(tmp_path: Path) -> None:
     """The committed campaign file against an empty trials folder: every point pending, no accuracy anywhere."""
-    lines = "\n".join(campaign_section(tmp_path, cv.trials_frame(out=tmp_path / "none")))
+    lines = "\n".join(campaign_section(tmp_path, cv.trials_frame(out=tmp_path / "none"), load_campaign()))
     assert "0 of " in lines and "seed 0: pending" in lines
     assert "not finished yet" in lines and "± 0." not in lines
 
@@ -107,8 +108,8 @@ def test_study_section_lists_in_progress_trials_not_as_results(tmp_path: Path) -
 def test_compare_shows_the_campaign_with_unfinished_trials_as_in_progress() -> None:
     from streamlit.testing.v1 import AppTest
 
-    points, error = cv.campaign_points()
-    assert error is None and not points.empty
+    points, levers, error = cv.campaign_results()
+    assert error is None and not points.empty and not levers.empty
     at = AppTest.from_file("../streamlit_app.py", default_timeout=120).run()
     at.switch_page("pages/4_Compare.py").run()
     assert not at.exception, at.exception
@@ -118,6 +119,11 @@ def test_compare_shows_the_campaign_with_unfinished_trials_as_in_progress() -> N
     pending = shown[points["seeds_done"].to_numpy() == 0]
     assert (pending["public acc (mean ± spread)"] == "—").all()  # no result without a finished seed
     assert shown["in progress"].str.contains("pending|in progress|—").all()
+    lever_table = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    assert list(lever_table["lever"]) == list(levers["block"])  # every lever of the committed file, with a verdict
+    assert lever_table["verdict"].isin(["not finished yet", "needs two finished seeds on each side",
+                                        "its baseline has no result yet", "within the spread", "helps",
+                                        "hurts"]).all()
 
 
 def test_chart_axis_spans_the_data_even_with_one_finished_trial() -> None:
@@ -130,3 +136,80 @@ def test_chart_axis_spans_the_data_even_with_one_finished_trial() -> None:
     assert 0.45 < lo < 0.5283 < hi < 0.6
     assert bars["encoding"]["y"]["scale"]["domain"] == [lo, hi]  # both layers share the span
     assert line["encoding"]["y"]["axis"]["format"] == ".2f"
+
+
+LEVERS = """
+[defaults]
+data = "synthetic"
+epochs = 50
+
+[[sweep]]
+name = "grid-mobilenet"
+seeds = 3
+[sweep.grid]
+width = [0.25, 1.0]
+[sweep.fixed]
+arch = "mobilenet"
+
+[[sweep]]
+name = "ema-mobilenet"
+seeds = 3
+[sweep.grid]
+width = [1.0]
+[sweep.fixed]
+arch = "mobilenet"
+ema_decay = 0.999
+
+[[sweep]]
+name = "kd-mobilenet"
+seeds = 3
+[sweep.grid]
+width = [0.25, 1.0]
+[sweep.fixed]
+arch = "mobilenet"
+teacher = "checkpoints/plain_cnn-w1"
+
+[[sweep]]
+name = "tail-mobilenet-w1"
+seeds = 2
+[sweep.fixed]
+arch = "mobilenet"
+width = 1.0
+init_from = "checkpoints/mobilenet-w1"
+lr = 0.0002
+epochs = 15
+"""
+
+
+def test_each_lever_against_its_baseline_beyond_the_spread_only(tmp_path: Path) -> None:
+    from core.training import rundir
+    from core.util.fsutil import PROJECT_ROOT
+
+    (tmp_path / "c.toml").write_text(LEVERS)
+    configs = load_campaign(tmp_path / "c.toml")
+    rows = [("grid-mobilenet", "mobilenet", w, p, s, "done", a) for w, p, accs in
+            ((0.25, 9_191, [0.52, 0.53, 0.54]), (1.0, 109_607, [0.61, 0.62, 0.63])) for s, a in enumerate(accs)]
+    rows += [("ema-mobilenet", "mobilenet", 1.0, 109_607, s, "done", a) for s, a in enumerate([0.64, 0.65, 0.66])]
+    rows += [("kd-mobilenet", "mobilenet", 0.25, 9_191, s, "done", a) for s, a in enumerate([0.52, 0.535])]
+    rows += [("kd-mobilenet", "mobilenet", 1.0, 109_607, 0, "done", 0.70),
+             ("kd-mobilenet", "mobilenet", 1.0, 109_607, 1, "in progress", math.nan)]
+    rows += [("tail-mobilenet-w1", "mobilenet", 1.0, 109_607, s, "done", a) for s, a in enumerate([0.63, 0.632])]
+    levers = cv.lever_frame(cv.points_frame(trials(rows)), configs).set_index(["block", "width"])
+
+    ema = levers.loc[("ema-mobilenet", 1.0)]
+    assert ema["change"] == "ema_decay 0.999" and ema["baseline"] == "`grid-mobilenet` w1"
+    assert ema["difference"] == pytest.approx(0.03) and ema["spread"] == pytest.approx(math.hypot(0.01, 0.01))
+    assert ema["verdict"] == "helps"
+    small = levers.loc[("kd-mobilenet", 0.25)]
+    assert small["difference"] == pytest.approx(-0.0025) and small["verdict"] == "within the spread"
+    assert small["change"] == "teacher checkpoints/plain_cnn-w1"
+    # one finished seed is 8 points ahead, and still no verdict: a single seed has no spread
+    assert levers.loc[("kd-mobilenet", 1.0)]["verdict"] == "needs two finished seeds on each side"
+    tail = levers.loc[("tail-mobilenet-w1", 1.0)]
+    shipped = rundir.read_record(PROJECT_ROOT / "checkpoints" / "mobilenet-w1").headline()[1]
+    assert tail["baseline"] == "`checkpoints/mobilenet-w1`" and tail["baseline_mean"] == pytest.approx(shipped)
+    assert tail["spread"] == pytest.approx(pd.Series([0.63, 0.632]).std())  # the shipped weights are fixed, no draw
+    assert tail["difference"] == pytest.approx(0.631 - shipped) and tail["verdict"] == "helps"
+    assert "init_from checkpoints/mobilenet-w1" in tail["change"] and "lr 0.0002" in tail["change"]
+    shown = cv.display_levers(levers.reset_index())
+    assert list(shown["difference (points)"])[0] == "+3.0" and list(shown["spread (points)"])[0] == "1.4"

@@ -101,7 +101,7 @@ def test_study_regenerates(shipped: Path, tmp_path: Path, monkeypatch: pytest.Mo
 def check_targets(rows: list[list[str]], recs: dict[str, dict]) -> None:
     """The shipped column worked out again from the records; the campaign's verdicts are targets_section's on the
     committed campaign (their logic is checked on hand-made points in test_campaignviews)."""
-    from core.views.campaignviews import campaign_points
+    from core.views.campaignviews import campaign_results
 
     def best(keep) -> str:  # noqa: ANN001
         name = max((n for n, r in recs.items() if keep(r)), key=lambda n: recs[n]["final"]["accuracy"]["public"])
@@ -109,7 +109,7 @@ def check_targets(rows: list[list[str]], recs: dict[str, dict]) -> None:
 
     assert [row[3] for row in rows[:3]] == ["—", best(lambda r: True), best(lambda r: r["params"] <= 110_000)]
     assert rows[1][3] == "`mobilenet-w1` (109,607 params): 0.6800"  # the fixture's best run, by the figures set above
-    expected = md_table("\n".join(targets_section(study_table(), campaign_points()[0])), "## Targets")
+    expected = md_table("\n".join(targets_section(study_table(), campaign_results().points)), "## Targets")
     assert rows == expected
 
 

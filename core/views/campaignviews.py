@@ -1,9 +1,10 @@
 """The campaign's results as tables and a chart: one row per trial, one point per (block, family, width) with the
-mean and spread over its finished seeds, and the equal-budget comparison with that spread. Unfinished trials are
-shown as in progress ("epoch 12 of 50"), never as results. Used by Compare and docs/study.md."""
+mean and spread over its finished seeds, the equal-budget comparison with that spread, and each lever against its
+baseline. Unfinished trials are shown as in progress ("epoch 12 of 50"), never as results. Used by Compare and docs/study.md."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import altair as alt
 import numpy as np
@@ -151,9 +152,95 @@ def display_points(points: pd.DataFrame) -> pd.DataFrame:
         "in progress": points["in_progress"].replace("", "—")})
 
 
-def campaign_points() -> tuple[pd.DataFrame, str | None]:
-    """(the committed campaign's points, None), or (an empty frame, why) when its file cannot be read."""
+LEVER_COLUMNS = ["block", "arch", "width", "params", "change", "baseline", "seeds_done", "seeds", "mean", "std",
+                 "baseline_mean", "baseline_std", "difference", "spread", "verdict"]
+
+
+def _change_text(config: dict, base: dict) -> str:
+    """The settings in which a lever's trials differ from the grid's at the same width (the seed aside)."""
+    shown = {None: "the architecture's default", True: "on", False: "off"}
+    return ", ".join(f"{k} {shown.get(v, v) if isinstance(v, (bool, type(None))) else v}"
+                     for k, v in config.items() if k != "seed" and v != base.get(k))
+
+
+def _shipped_accuracy(folder: str) -> float:
+    from core.training import rundir
+    from core.util.fsutil import PROJECT_ROOT
+
     try:
-        return points_frame(trials_frame()), None
+        return float(rundir.read_record(PROJECT_ROOT / folder).headline()[1])
+    except ValueError:
+        return float("nan")
+
+
+def _lever_verdict(r: dict) -> str:
+    if r["seeds_done"] == 0:
+        return "not finished yet"
+    if np.isnan(r["baseline_mean"]):
+        return "its baseline has no result yet"
+    if np.isnan(r["spread"]):
+        return "needs two finished seeds on each side"
+    if abs(r["difference"]) <= r["spread"]:
+        return "within the spread"
+    return "helps" if r["difference"] > 0 else "hurts"
+
+
+def lever_frame(points: pd.DataFrame, trials: list[CampaignTrial]) -> pd.DataFrame:
+    """Every lever (a block named neither grid-* nor study-*) at each width against its baseline, as the results
+    issue asks: one change against the grid's recipe, with seeds. The baseline is the grid's point of the same family
+    and width, or, for a block that continues shipped weights (`init_from`), that checkpoint's own accuracy: fixed
+    weights, not a draw, so the spread is the lever's alone. `difference` is lever minus baseline; a lever "helps" or
+    "hurts" only where the difference exceeds the spread (both spreads combined, as at equal budgets)."""
+    configs: dict[tuple, dict] = {}
+    for t in trials:  # the first trial's settings stand for the block's (they differ only by seed)
+        configs.setdefault((t.block, t.config["arch"], float(t.config["width"])), t.config)
+    grid = {(a, w): b for (b, a, w) in configs if b.startswith("grid-")}
+    by_key = points.set_index(["block", "arch", "width"])
+    rows = []
+    for _, p in points[~points["block"].str.startswith(("grid-", "study-"))].iterrows():
+        config, key = configs[(p["block"], p["arch"], p["width"])], (p["arch"], p["width"])
+        base = configs.get((grid.get(key, ""), *key), {})
+        if config.get("init_from"):
+            baseline, b_mean, b_std = f"`{config['init_from']}`", _shipped_accuracy(config["init_from"]), 0.0
+        elif key in grid:
+            g = by_key.loc[(grid[key], *key)]
+            baseline, b_mean, b_std = f"`{grid[key]}` w{p['width']:g}", g["mean"], g["std"]
+        else:
+            baseline, b_mean, b_std = "no grid point at this width", np.nan, np.nan
+        row = {**{c: p[c] for c in ("block", "arch", "width", "params", "seeds_done", "seeds", "mean", "std")},
+               "change": _change_text(config, base), "baseline": baseline, "baseline_mean": b_mean,
+               "baseline_std": b_std, "difference": p["mean"] - b_mean, "spread": float(np.hypot(p["std"], b_std))}
+        rows.append({**row, "verdict": _lever_verdict(row)})
+    return pd.DataFrame(rows, columns=LEVER_COLUMNS)
+
+
+def display_levers(levers: pd.DataFrame) -> pd.DataFrame:
+    """The levers as Compare and study.md show them: accuracies as text, the difference and spread in points."""
+    def points_text(v: float, sign: str = "") -> str:
+        return "—" if np.isnan(v) else f"{v * 100:{sign}.1f}"
+
+    return pd.DataFrame({
+        "lever": levers["block"], "family": levers["arch"].map(FAMILY_TITLES).fillna(levers["arch"]),
+        "width": levers["width"], "change against the grid's recipe": levers["change"],
+        "seeds done": [f"{d} of {n}" for d, n in zip(levers["seeds_done"], levers["seeds"])],
+        "public acc (mean ± spread)": [accuracy_text(r) for _, r in levers.iterrows()],
+        "baseline": [f"{b}: " + ("—" if np.isnan(m) else f"{m:.4f}" + ("" if np.isnan(s) or s == 0 else f" ± {s:.4f}"))
+                     for b, m, s in zip(levers["baseline"], levers["baseline_mean"], levers["baseline_std"])],
+        "difference (points)": [points_text(v, "+") for v in levers["difference"]],
+        "spread (points)": [points_text(v) for v in levers["spread"]], "verdict": levers["verdict"]})
+
+
+class CampaignResults(NamedTuple):
+    points: pd.DataFrame  # points_frame
+    levers: pd.DataFrame  # lever_frame
+    error: str | None  # why the campaign file could not be read (both frames then empty)
+
+
+def campaign_results() -> CampaignResults:
+    """The committed campaign's points and levers, its file and trial folders read once."""
+    try:
+        trials = load_campaign(DEFAULT_FILE)
+        points = points_frame(trials_frame(trials))
+        return CampaignResults(points, lever_frame(points, trials), None)
     except ValueError as exc:
-        return pd.DataFrame(columns=POINT_COLUMNS), str(exc)
+        return CampaignResults(pd.DataFrame(columns=POINT_COLUMNS), pd.DataFrame(columns=LEVER_COLUMNS), str(exc))

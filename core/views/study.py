@@ -8,11 +8,20 @@ import pandas as pd
 
 from core.models import archs
 from core.models.summary import summarize
+from core.service.campaign import DEFAULT_FILE as CAMPAIGN_FILE
+from core.service.campaign import CampaignTrial, load_campaign
 from core.training.rundir import list_runs
 from core.training.runs import TRAIN_EVAL_SAMPLE
 from core.views import charts
 from core.views.archviews import conv_breakdown
-from core.views.campaignviews import FAMILY_TITLES, accuracy_text, points_frame, trials_frame
+from core.views.campaignviews import (
+    FAMILY_TITLES,
+    accuracy_text,
+    display_levers,
+    lever_frame,
+    points_frame,
+    trials_frame,
+)
 from core.views.runviews import runs_table
 
 STUDY_FAMILIES = ("mobilenet", "plain_cnn")
@@ -318,8 +327,9 @@ def write_study(out: str | Path = "docs") -> Path:
                      f"{r['device']} |")
     lines += ["", "The study's figures for comparison: plain CNN 2,959,943 parameters, 0.722 public; MobileNet-style "
               "109,607 parameters, 0.651 public (50 epochs, batch 256, Adam 1e-3, no augmentation).", ""]
-    frame = trials_frame()  # the campaign's trials, read once for its own section and for the Targets table
-    lines += campaign_section(out, frame) + targets_section(df, points_frame(frame)) + ablation_section(df)
+    trials = load_campaign(CAMPAIGN_FILE)
+    frame = trials_frame(trials)  # the campaign's trials, read once for its own section and for the Targets table
+    lines += campaign_section(out, frame, trials) + targets_section(df, points_frame(frame)) + ablation_section(df)
     lines += compression_section(out)
     lines += equal_budget_section(df, seed_spread(df))
     lines += ["Where the parameters go (computed from the architectures), which is why the depthwise-separable family "
@@ -329,10 +339,10 @@ def write_study(out: str | Path = "docs") -> Path:
     return path
 
 
-def campaign_section(out: Path, frame: pd.DataFrame) -> list[str]:
-    """The campaign's grid (core.campaign) from its trials (`frame`, campaignviews.trials_frame): every point as
-    mean ± spread over its finished seeds, trials still running shown as in progress, the equal-budget comparison
-    with the spread, and the study's recipe reproduced."""
+def campaign_section(out: Path, frame: pd.DataFrame, trials: list[CampaignTrial]) -> list[str]:
+    """The campaign's grid (core.campaign) from its trials (`frame`, campaignviews.trials_frame, of `trials`): every
+    point as mean ± spread over its finished seeds, trials still running shown as in progress, the equal-budget
+    comparison with the spread, the study's recipe reproduced, and the levers against their baselines."""
     from core.views.campaignviews import crossover, display_points, equal_budget, spread_chart
 
     if frame.empty:
@@ -356,7 +366,24 @@ def campaign_section(out: Path, frame: pd.DataFrame) -> list[str]:
     for _, r in display_points(pts).iterrows():
         lines.append(f"| {r['block']} | {r['family']} | {r['width']:g} | {r['params']:,} | {r['seeds done']} | "
                      f"{r['public acc (mean ± spread)']} | {r['range']} | {r['in progress']} |")
-    return lines + [""] + campaign_budget_lines(equal_budget(pts), crossover(pts)) + campaign_reproduction(pts)
+    return (lines + [""] + campaign_budget_lines(equal_budget(pts), crossover(pts)) + campaign_reproduction(pts)
+            + lever_lines(lever_frame(pts, trials)))
+
+
+def lever_lines(levers: pd.DataFrame) -> list[str]:
+    """The levers past the study, each against its baseline, as a table (campaignviews.display_levers)."""
+    if levers.empty:
+        return []
+    table = display_levers(levers)
+    lines = ["### The levers past the study, each one change against the grid's recipe", "",
+             "Each lever changes one thing in the grid's recipe at one width, with the grid's seeds. Its baseline is "
+             "the grid's point of the same family and width, or, for a low learning-rate tail that continues shipped "
+             "weights, those weights' own accuracy (fixed weights, so the spread is the tail's alone). A lever helps "
+             "or hurts only where the difference exceeds the spread (both sides' spreads combined).", "",
+             "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in row) + " |"
+              for row in table.itertuples(index=False)]
+    return lines + [""]
 
 
 def campaign_budget_lines(eb: pd.DataFrame, cross: dict | None) -> list[str]:
