@@ -197,7 +197,7 @@ def test_each_lever_against_its_baseline_beyond_the_spread_only(tmp_path: Path) 
     levers = cv.lever_frame(cv.points_frame(trials(rows)), configs).set_index(["block", "width"])
 
     ema = levers.loc[("ema-mobilenet", 1.0)]
-    assert ema["change"] == "ema_decay 0.999" and ema["baseline"] == "`grid-mobilenet` w1"
+    assert ema["change"] == "ema_decay 0.999" and ema["baseline"] == "grid-mobilenet w1"
     assert ema["difference"] == pytest.approx(0.03) and ema["spread"] == pytest.approx(math.hypot(0.01, 0.01))
     assert ema["verdict"] == "helps"
     small = levers.loc[("kd-mobilenet", 0.25)]
@@ -207,7 +207,7 @@ def test_each_lever_against_its_baseline_beyond_the_spread_only(tmp_path: Path) 
     assert levers.loc[("kd-mobilenet", 1.0)]["verdict"] == "needs two finished seeds on each side"
     tail = levers.loc[("tail-mobilenet-w1", 1.0)]
     shipped = rundir.read_record(PROJECT_ROOT / "checkpoints" / "mobilenet-w1").headline()[1]
-    assert tail["baseline"] == "`checkpoints/mobilenet-w1`" and tail["baseline_mean"] == pytest.approx(shipped)
+    assert tail["baseline"] == "checkpoints/mobilenet-w1" and tail["baseline_mean"] == pytest.approx(shipped)
     assert tail["spread"] == pytest.approx(pd.Series([0.63, 0.632]).std())  # the shipped weights are fixed, no draw
     assert tail["difference"] == pytest.approx(0.631 - shipped) and tail["verdict"] == "helps"
     assert "init_from checkpoints/mobilenet-w1" in tail["change"] and "lr 0.0002" in tail["change"]

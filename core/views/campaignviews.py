@@ -201,10 +201,10 @@ def lever_frame(points: pd.DataFrame, trials: list[CampaignTrial]) -> pd.DataFra
         config, key = configs[(p["block"], p["arch"], p["width"])], (p["arch"], p["width"])
         base = configs.get((grid.get(key, ""), *key), {})
         if config.get("init_from"):
-            baseline, b_mean, b_std = f"`{config['init_from']}`", _shipped_accuracy(config["init_from"]), 0.0
+            baseline, b_mean, b_std = config["init_from"], _shipped_accuracy(config["init_from"]), 0.0
         elif key in grid:
             g = by_key.loc[(grid[key], *key)]
-            baseline, b_mean, b_std = f"`{grid[key]}` w{p['width']:g}", g["mean"], g["std"]
+            baseline, b_mean, b_std = f"{grid[key]} w{p['width']:g}", g["mean"], g["std"]
         else:
             baseline, b_mean, b_std = "no grid point at this width", np.nan, np.nan
         row = {**{c: p[c] for c in ("block", "arch", "width", "params", "seeds_done", "seeds", "mean", "std")},
@@ -219,15 +219,17 @@ def display_levers(levers: pd.DataFrame) -> pd.DataFrame:
     def points_text(v: float, sign: str = "") -> str:
         return "—" if np.isnan(v) else f"{v * 100:{sign}.1f}"
 
+    # the verdict and the numbers behind it first, the long description of the change last: a narrow screen
+    # scrolls the table sideways, and the verdict must be in its first view
     return pd.DataFrame({
-        "lever": levers["block"], "family": levers["arch"].map(FAMILY_TITLES).fillna(levers["arch"]),
-        "width": levers["width"], "change against the grid's recipe": levers["change"],
-        "seeds done": [f"{d} of {n}" for d, n in zip(levers["seeds_done"], levers["seeds"])],
+        "lever": levers["block"], "width": levers["width"], "verdict": levers["verdict"],
+        "difference (points)": [points_text(v, "+") for v in levers["difference"]],
+        "spread (points)": [points_text(v) for v in levers["spread"]],
         "public acc (mean ± spread)": [accuracy_text(r) for _, r in levers.iterrows()],
+        "seeds done": [f"{d} of {n}" for d, n in zip(levers["seeds_done"], levers["seeds"])],
         "baseline": [f"{b}: " + ("—" if np.isnan(m) else f"{m:.4f}" + ("" if np.isnan(s) or s == 0 else f" ± {s:.4f}"))
                      for b, m, s in zip(levers["baseline"], levers["baseline_mean"], levers["baseline_std"])],
-        "difference (points)": [points_text(v, "+") for v in levers["difference"]],
-        "spread (points)": [points_text(v) for v in levers["spread"]], "verdict": levers["verdict"]})
+        "change against the grid's recipe": levers["change"]})
 
 
 class CampaignResults(NamedTuple):
