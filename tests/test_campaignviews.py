@@ -213,3 +213,39 @@ def test_each_lever_against_its_baseline_beyond_the_spread_only(tmp_path: Path) 
     assert "init_from checkpoints/mobilenet-w1" in tail["change"] and "lr 0.0002" in tail["change"]
     shown = cv.display_levers(levers.reset_index())
     assert list(shown["difference (points)"])[0] == "+3.0" and list(shown["spread (points)"])[0] == "1.4"
+
+
+def study_trial(folder: Path, final: float, train: float, peak: tuple[int, float]) -> None:
+    """A finished trial's folder: a real campaign record with its accuracies set to the figures given."""
+    import json
+    import shutil
+
+    from core.util.fsutil import PROJECT_ROOT
+
+    record = json.loads((PROJECT_ROOT / "checkpoints" / "mobilenet-w1" / "run.json").read_text())
+    for e in record["epochs"]:
+        e["val_split"], e["val_acc"] = "public", final - 0.01
+    record["epochs"][peak[0] - 1]["val_acc"] = peak[1]
+    record["final"]["accuracy"].update(public=final, train=train)
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps(record))
+    shutil.copy(PROJECT_ROOT / "checkpoints" / "mobilenet-w1" / "model.onnx", folder / "model.onnx")
+
+
+def test_the_reproductions_gap_comes_with_what_its_seeds_measured(tmp_path: Path) -> None:
+    from core.views.study import campaign_reproduction
+
+    study_trial(tmp_path / "s0", 0.600, 0.980, (20, 0.640))
+    study_trial(tmp_path / "s1", 0.610, 0.960, (25, 0.630))
+    frame = trials([("study-mobilenet", "mobilenet", 1.0, 109_607, s, "done", a) for s, a in enumerate([0.6, 0.61])])
+    frame["folder"] = [str(tmp_path / "s0"), str(tmp_path / "s1")]
+    peaks = cv.peak_frame(frame, "study-mobilenet")
+    assert list(peaks["peak_epoch"]) == [20, 25] and list(peaks["peak"]) == pytest.approx([0.64, 0.63])
+    text = "\n".join(campaign_reproduction(cv.points_frame(frame), frame))
+    assert "0.6050 ± 0.0071 over 2 seeds, -4.6 points against the study" in text
+    assert "seed 0: 0.6000 at the end, peak 0.6400 at epoch 20" in text and "training sample 0.9800" in text
+    # 0.970 on the training sample against 0.605 public; 3.0 points lost after the peak on average
+    assert "Measured cause: overfitting" in text and "0.970" in text and "lose 3.0 points" in text
+    study_trial(tmp_path / "fit", 0.600, 0.650, (20, 0.610))
+    frame = frame.iloc[:1].assign(folder=str(tmp_path / "fit"))
+    assert "Not overfitting" in "\n".join(campaign_reproduction(cv.points_frame(frame), frame))

@@ -17,8 +17,8 @@ FAMILY_TITLES = {"mobilenet": "MobileNet-style", "plain_cnn": "plain CNN"}
 
 
 def trials_frame(trials: list[CampaignTrial] | None = None, out: Path = DEFAULT_OUT) -> pd.DataFrame:
-    """One row per trial: block, arch, width, seed, params, state, the progress label, and the public accuracy of a
-    finished trial (NaN for every other state)."""
+    """One row per trial: its folder, block, arch, width, seed, params, state, the progress label, and the public
+    accuracy of a finished trial (NaN for every other state)."""
     from core.models.summary import summarize
     from core.training.config import TrainConfig
 
@@ -27,7 +27,8 @@ def trials_frame(trials: list[CampaignTrial] | None = None, out: Path = DEFAULT_
     for s in states(trials, Path(out)):
         c = s.trial.config
         knobs = TrainConfig.from_dict(c).model_knobs()
-        rows.append({"trial": s.trial.name, "block": s.trial.block, "arch": c["arch"], "width": float(c["width"]),
+        rows.append({"trial": s.trial.name, "folder": str(Path(out) / s.trial.name), "block": s.trial.block,
+                     "arch": c["arch"], "width": float(c["width"]),
                      "seed": c["seed"], "params": summarize(c["arch"], **knobs).params, "state": s.state,
                      "progress": s.label(), "epoch": s.epoch, "epochs": s.epochs,
                      "accuracy": s.accuracy if s.state == "done" else np.nan})
@@ -150,6 +151,23 @@ def display_points(points: pd.DataFrame) -> pd.DataFrame:
         "public acc (mean ± spread)": [accuracy_text(r) for _, r in points.iterrows()],
         "range": [f"{r['min']:.4f}–{r['max']:.4f}" if r["seeds_done"] >= 2 else "—" for _, r in points.iterrows()],
         "in progress": points["in_progress"].replace("", "—")})
+
+
+def peak_frame(frame: pd.DataFrame, block: str) -> pd.DataFrame:
+    """Per finished seed of `block`: its final public accuracy, the best public accuracy of any epoch and that epoch,
+    and its accuracy on the training sample of the final evaluation: how far a run overfits, and what it lost after
+    its peak. The peak is picked on the test split itself, so it is optimistic: a diagnosis, never a result."""
+    from core.training import rundir
+
+    rows = []
+    for r in frame[(frame["block"] == block) & (frame["state"] == "done")].itertuples():
+        record = rundir.read_record(r.folder)
+        public = [e for e in record.epochs if e.val_split == "public"]
+        peak = max(public, key=lambda e: e.val_acc) if public else None
+        rows.append({"seed": r.seed, "final": record.accuracy("public"), "train": record.accuracy("train"),
+                     "peak": peak.val_acc if peak else np.nan, "peak_epoch": peak.epoch if peak else 0,
+                     "epochs": len(record.epochs)})
+    return pd.DataFrame(rows, columns=["seed", "final", "train", "peak", "peak_epoch", "epochs"])
 
 
 LEVER_COLUMNS = ["block", "arch", "width", "params", "change", "baseline", "seeds_done", "seeds", "mean", "std",
