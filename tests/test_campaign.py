@@ -103,6 +103,23 @@ def test_the_committed_campaign_file_is_valid() -> None:
     assert names.index("grid-plain_cnn-w1-s0") < names.index("kd-mobilenet-w1-s0") < names.index("grid-plain_cnn-w1-s1")
 
 
+def test_a_tail_changes_only_the_schedule_of_the_run_it_continues() -> None:
+    """A low-LR tail is one change against the shipped weights: every other part of the recipe is the shipped run's
+    own, read from its record (the grid's defaults would change its weight decay or dropout on the way)."""
+    from core.training.config import TrainConfig
+
+    tails = [t for t in campaign.load_campaign() if t.config.get("init_from")]
+    assert tails
+    for t in tails:
+        shipped = rundir.read_record(PROJECT_ROOT / t.config["init_from"])
+        before = TrainConfig.from_dict(shipped.config).to_dict()  # an older record's missing keys: their defaults
+        for key in ("arch", "width", "optimizer", "schedule", "batch_size", "augment", "label_smoothing",
+                    "weight_decay", "dropout_kind", "ema_decay", "teacher", "erase_prob", "mixup_alpha"):
+            assert t.config[key] == before[key], (t.name, key)
+        assert TrainConfig.from_dict(t.config).model_knobs() == shipped.model.knobs, t.name
+        assert t.config["lr"] < before["lr"]
+
+
 @pytest.mark.parametrize("text, message", [
     ("[[sweep]]\nname = 'a'\nbogus = 1\n", "a \\[\\[sweep\\]\\] block has a name"),
     ("[[sweep]]\nname = 'a'\npriority = 'high'\n", "priority must be a whole number"),
