@@ -76,13 +76,15 @@ def sweeps(root: Path) -> None:
 
 
 def campaign() -> None:
-    points, levers, error = campaignviews.campaign_results()
+    trials, points, levers, error = campaignviews.campaign_results()
     if error:
         st.warning(f"The campaign file could not be read: {error}")
         return
     if points.empty:
         return
     st.subheader("Campaign: the study's grid, mean ± spread over seeds")
+    fraction, text = campaignviews.progress(trials)
+    st.progress(fraction, text=f"Campaign progress: {text}")
     st.caption("Trained by `python -m core campaign` from `campaign/campaign.toml`, over many sessions on the CPU. "
                "Each row pools the finished seeds of one width; trials still training are listed as in progress, "
                "never as results. Bars on the chart span the lowest to the highest seed.")

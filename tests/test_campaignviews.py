@@ -108,12 +108,16 @@ def test_study_section_lists_in_progress_trials_not_as_results(tmp_path: Path) -
 def test_compare_shows_the_campaign_with_unfinished_trials_as_in_progress() -> None:
     from streamlit.testing.v1 import AppTest
 
-    points, levers, error = cv.campaign_results()
+    frame, points, levers, error = cv.campaign_results()
     assert error is None and not points.empty and not levers.empty
     at = AppTest.from_file("../streamlit_app.py", default_timeout=120).run()
     at.switch_page("pages/4_Compare.py").run()
     assert not at.exception, at.exception
     assert any("Campaign" in s.value for s in at.subheader)
+    bar = at.get("progress")[0].proto  # the bar counts epochs: trials differ in length
+    done, epochs, total = (frame["state"] == "done").sum(), frame["epoch"].sum(), frame["epochs"].sum()
+    assert bar.value == int(100 * epochs / total) and f"{done} of {len(frame)} trials finished" in bar.text
+    assert f"{epochs:,} of {total:,} epochs" in bar.text
     shown = next(d.value for d in at.dataframe if "public acc (mean ± spread)" in d.value.columns)
     assert len(shown) == len(points)
     pending = shown[points["seeds_done"].to_numpy() == 0]

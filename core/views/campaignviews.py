@@ -250,17 +250,27 @@ def display_levers(levers: pd.DataFrame) -> pd.DataFrame:
         "change against the grid's recipe": levers["change"]})
 
 
+def progress(frame: pd.DataFrame) -> tuple[float, str]:
+    """How far the campaign is, by epochs (trials differ in length): (fraction done, a sentence saying it)."""
+    done, epochs, total = int((frame["state"] == "done").sum()), int(frame["epoch"].sum()), int(frame["epochs"].sum())
+    return (epochs / total if total else 0.0,
+            f"{done} of {len(frame)} trials finished ({epochs:,} of {total:,} epochs)")
+
+
 class CampaignResults(NamedTuple):
+    trials: pd.DataFrame  # trials_frame
     points: pd.DataFrame  # points_frame
     levers: pd.DataFrame  # lever_frame
-    error: str | None  # why the campaign file could not be read (both frames then empty)
+    error: str | None  # why the campaign file could not be read (every frame then empty)
 
 
 def campaign_results() -> CampaignResults:
-    """The committed campaign's points and levers, its file and trial folders read once."""
+    """The committed campaign's trials, points and levers, its file and trial folders read once."""
     try:
         trials = load_campaign(DEFAULT_FILE)
-        points = points_frame(trials_frame(trials))
-        return CampaignResults(points, lever_frame(points, trials), None)
+        frame = trials_frame(trials)
+        points = points_frame(frame)
+        return CampaignResults(frame, points, lever_frame(points, trials), None)
     except ValueError as exc:
-        return CampaignResults(pd.DataFrame(columns=POINT_COLUMNS), pd.DataFrame(columns=LEVER_COLUMNS), str(exc))
+        return CampaignResults(pd.DataFrame(), pd.DataFrame(columns=POINT_COLUMNS),
+                               pd.DataFrame(columns=LEVER_COLUMNS), str(exc))

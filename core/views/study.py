@@ -343,16 +343,14 @@ def campaign_section(out: Path, frame: pd.DataFrame, trials: list[CampaignTrial]
     """The campaign's grid (core.campaign) from its trials (`frame`, campaignviews.trials_frame, of `trials`): every
     point as mean ± spread over its finished seeds, trials still running shown as in progress, the equal-budget
     comparison with the spread, the study's recipe reproduced, and the levers against their baselines."""
-    from core.views.campaignviews import crossover, display_points, equal_budget, spread_chart
+    from core.views.campaignviews import crossover, display_points, equal_budget, progress, spread_chart
 
     if frame.empty:
         return []
     pts = points_frame(frame)
-    done = int((frame["state"] == "done").sum())
     lines = ["## The grid with error bars (the campaign)", "",
              f"`campaign/campaign.toml` lists every training of this comparison; `python -m core campaign` runs them "
-             f"on the CPU over many sessions, resuming each unfinished trial. So far {done} of {len(frame)} trials "
-             f"are finished ({int(frame['epoch'].sum()):,} of {int(frame['epochs'].sum()):,} epochs). Each point "
+             f"on the CPU over many sessions, resuming each unfinished trial. So far {progress(frame)[1]}. Each point "
              "below pools the finished seeds of one width: mean public accuracy, sample standard deviation (the "
              "spread; none below two seeds) and the range. Unfinished trials are listed as in progress, never as "
              "results.", ""]
