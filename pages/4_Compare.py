@@ -98,6 +98,24 @@ def campaign() -> None:
                    "sides' spreads over seeds combined); a tail that continues shipped weights is compared with "
                    "those weights' own accuracy.")
         st.dataframe(campaignviews.display_levers(levers), hide_index=True, key="compare_levers")
+    campaign_curves(trials)
+
+
+def campaign_curves(trials: pd.DataFrame) -> None:
+    """Public accuracy epoch by epoch for the campaign's trials, the running ones first: long work shows progress."""
+    started = trials[trials["epoch"] > 0]
+    if started.empty:
+        return
+    picked = st.multiselect("Learning curves of the campaign's trials", started["trial"].tolist(),
+                            default=campaignviews.curve_defaults(started), key="compare_campaign_curves",
+                            help="Public accuracy after each epoch. A running trial is shown beside the finished "
+                                 "seeds of the same width; its last points are still moving.")
+    curves = runviews.learning_curves(campaignviews.trial_records(trials, picked))
+    curves = curves[curves["metric"] == "val_acc"]
+    if curves.empty:
+        st.info("Pick one or more of the campaign's trials to see their learning curves.")
+    else:
+        st.altair_chart(charts.learning_curves_chart(curves, "public accuracy"), width="stretch")
 
 
 def learning_curves(ranked: list[str], records: dict[str, RunRecord]) -> None:

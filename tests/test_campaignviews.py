@@ -123,6 +123,9 @@ def test_compare_shows_the_campaign_with_unfinished_trials_as_in_progress() -> N
     pending = shown[points["seeds_done"].to_numpy() == 0]
     assert (pending["public acc (mean ± spread)"] == "—").all()  # no result without a finished seed
     assert shown["in progress"].str.contains("pending|in progress|—").all()
+    curves = at.multiselect(key="compare_campaign_curves")
+    assert curves.value == cv.curve_defaults(frame[frame["epoch"] > 0]) and curves.value
+    assert len(cv.trial_records(frame, curves.value)) == len(curves.value)  # each one's record read, so drawn
     lever_table = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
     assert list(lever_table["lever"]) == list(levers["block"])  # every lever of the committed file, with a verdict
     assert lever_table["verdict"].isin(["not finished yet", "needs two finished seeds on each side",
@@ -253,3 +256,16 @@ def test_the_reproductions_gap_comes_with_what_its_seeds_measured(tmp_path: Path
     study_trial(tmp_path / "fit", 0.600, 0.650, (20, 0.610))
     frame = frame.iloc[:1].assign(folder=str(tmp_path / "fit"))
     assert "Not overfitting" in "\n".join(campaign_reproduction(cv.points_frame(frame), frame))
+
+
+def test_the_curves_shown_first_are_the_running_trials_beside_their_finished_seeds() -> None:
+    frame = trials([("grid-mobilenet", "mobilenet", 1.0, 109_607, 0, "done", 0.61),
+                    ("grid-mobilenet", "mobilenet", 1.0, 109_607, 1, "in progress", math.nan),
+                    ("grid-mobilenet", "mobilenet", 1.0, 109_607, 2, "pending", math.nan),
+                    ("grid-mobilenet", "mobilenet", 0.5, 30_359, 0, "done", 0.57),
+                    ("kd-mobilenet", "mobilenet", 1.0, 109_607, 0, "done", 0.62)])
+    frame.loc[frame["state"] == "pending", "epoch"] = 0
+    started = frame[frame["epoch"] > 0]
+    assert cv.curve_defaults(started) == ["grid-mobilenet-w1-s0", "grid-mobilenet-w1-s1"]
+    finished = started[started["state"] == "done"]
+    assert cv.curve_defaults(finished) == ["kd-mobilenet-w1-s0"]  # none running: the last finished

@@ -250,6 +250,31 @@ def display_levers(levers: pd.DataFrame) -> pd.DataFrame:
         "change against the grid's recipe": levers["change"]})
 
 
+def curve_defaults(frame: pd.DataFrame) -> list[str]:
+    """The trials whose learning curves Compare shows first: those training now, beside the finished seeds of the
+    same point (how the running seed compares with them); the last finished trial when none is running."""
+    running = frame[frame["state"] == "in progress"]
+    if running.empty:
+        done = frame[frame["state"] == "done"]
+        return done["trial"].tail(1).tolist()
+    same = frame.set_index(["block", "arch", "width"]).index.isin(running.set_index(["block", "arch", "width"]).index)
+    return frame.loc[same & (frame["epoch"] > 0), "trial"].tolist()
+
+
+def trial_records(frame: pd.DataFrame, names: list[str]) -> dict:
+    """name -> RunRecord of the named trials (a folder whose record cannot be read is left out)."""
+    from core.training import rundir
+
+    folders = dict(zip(frame["trial"], frame["folder"]))
+    out = {}
+    for name in names:
+        try:
+            out[name] = rundir.read_record(folders[name])
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
 def progress(frame: pd.DataFrame) -> tuple[float, str]:
     """How far the campaign is, by epochs (trials differ in length): (fraction done, a sentence saying it)."""
     done, epochs, total = int((frame["state"] == "done").sum()), int(frame["epoch"].sum()), int(frame["epochs"].sum())
