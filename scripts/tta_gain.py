@@ -7,8 +7,12 @@ weights, with no views, with the mirror ('flip', 2 views) and with ten crops ('t
 FER2013 PublicTest. No run folder is changed. Campaign trials are pooled per point (block and width), so each gain
 comes with its spread over seeds.
 
-    python scripts/tta_gain.py --data data/fer2013     # measure (about 10 minutes on 2 cores), then render
+    python scripts/tta_gain.py --data data/fer2013     # measure what is new, then render
+    python scripts/tta_gain.py --data data/fer2013 --all   # measure every model again (about 10 minutes on 2 cores)
     python scripts/tta_gain.py --render                # docs/tta.md from the JSON only
+
+A model whose weights (model.pt, by content) are those of its row in docs/tta.json keeps that row: finished trials
+do not change, so a rerun as the campaign goes measures only the trials finished since, in a minute or two.
 """
 from __future__ import annotations
 
@@ -50,8 +54,19 @@ def models_to_measure() -> list[dict[str, Any]]:
     return rows
 
 
-def measure(data_path: str, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Public accuracy of every model under every mode, with the machine it was measured on."""
+def weights_digest(path: Path) -> str:
+    """The content of a model's weights (model.pt), which its three graphs are exported from."""
+    import hashlib
+
+    from core.training import rundir
+
+    return hashlib.sha256((path / rundir.WEIGHTS).read_bytes()).hexdigest()[:16]
+
+
+def measure(data_path: str, rows: list[dict[str, Any]] | None = None,
+            previous: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Public accuracy of every model under every mode, each row with its weights' digest, the day and the machine it
+    was measured on. A row of `previous` with the same model and weights is kept as it is, not measured again."""
     from core.data import load_data
     from core.training import checkpoint as ck
     from core.training.runs import evaluate_with_tta
@@ -59,15 +74,23 @@ def measure(data_path: str, rows: list[dict[str, Any]] | None = None) -> dict[st
     data = load_data(data_path)
     if SPLIT not in data.splits:
         raise ValueError(f"{data_path}: has no {SPLIT!r} split (FER2013 PublicTest); found {sorted(data.splits)}")
+    known = {(r["model"], r.get("weights")): r for r in previous or []}
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
     out = []
     for row in models_to_measure() if rows is None else rows:
         path = PROJECT_ROOT / row["model"] if not Path(row["model"]).is_absolute() else Path(row["model"])
+        digest = weights_digest(path)
+        if (row["model"], digest) in known:
+            out.append({**known[(row["model"], digest)], **row})
+            continue
         acc = {m: evaluate_with_tta(path, data, m, [SPLIT])[SPLIT]["accuracy"] for m in MODES}
         params = sum(p.numel() for p in ck.load_model(path)[0].parameters())
-        out.append({**row, "params": params, **acc})
+        out.append({**row, "params": params, **acc, "weights": digest, "date": time.strftime("%Y-%m-%d"),
+                    "machine": machine})
         print(f"{row['model']}: " + ", ".join(f"{m} {acc[m]:.4f}" for m in MODES), flush=True)
-    return {"produced_by": f"python scripts/tta_gain.py --data {project_relative(data_path)}", "date": time.strftime("%Y-%m-%d"),
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+    dates = sorted({r["date"] for r in out}) or [time.strftime("%Y-%m-%d")]
+    return {"produced_by": f"python scripts/tta_gain.py --data {project_relative(data_path)}",
+            "date": dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}", "machine": machine,
             "split": SPLIT, "images": len(data.splits[SPLIT]), "rows": out}
 
 
@@ -140,10 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="data/fer2013", help="FER2013 with its PublicTest split")
     ap.add_argument("--render", action="store_true", help="only write docs/tta.md from docs/tta.json")
+    ap.add_argument("--all", action="store_true", help="measure every model again, even where docs/tta.json has "
+                    "a row for the same weights")
     a = ap.parse_args(argv)
     try:
         if not a.render:
-            JSON_PATH.write_text(json.dumps(measure(a.data), indent=1) + "\n")
+            previous = [] if a.all or not JSON_PATH.exists() else json.loads(JSON_PATH.read_text())["rows"]
+            JSON_PATH.write_text(json.dumps(measure(a.data, previous=previous), indent=1) + "\n")
             print(f"wrote {JSON_PATH}")
         DOC_PATH.write_text(render(json.loads(JSON_PATH.read_text())))
     except (ValueError, OSError) as exc:

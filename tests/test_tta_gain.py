@@ -45,6 +45,24 @@ def test_measure_pool_and_render_on_a_real_run(tiny_run: Path, tmp_path: Path) -
     assert "These are single runs" in text
 
 
+def test_a_rerun_measures_only_models_whose_weights_are_new(tiny_run: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.training.runs as runs
+
+    csv = fer_csv(tmp_path / "fer2013.csv")
+    rows = [{"model": str(tiny_run), "kind": "campaign", "block": "grid-x", "arch": "plain_cnn", "width": 0.125,
+             "seed": 0}]
+    first = tta_gain.measure(str(csv), rows)
+    calls = []
+    real = runs.evaluate_with_tta
+    monkeypatch.setattr(runs, "evaluate_with_tta", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    again = tta_gain.measure(str(csv), rows, previous=first["rows"])
+    assert calls == [] and again["rows"] == first["rows"]  # the same weights: the row kept, nothing evaluated
+    stale = [{**first["rows"][0], "weights": "0" * 16, "none": 0.0}]  # a row for other weights than these
+    fresh = tta_gain.measure(str(csv), rows, previous=stale)
+    assert calls == list(tta_gain.MODES) and fresh["rows"][0]["none"] == first["rows"][0]["none"]
+
+
 def test_a_split_missing_is_a_clear_error(tiny_run: Path) -> None:
     with pytest.raises(ValueError, match="has no 'public' split"):
         tta_gain.measure("synthetic", [])
