@@ -1,6 +1,7 @@
 """The campaign's results as tables and a chart: one row per trial, one point per (block, family, width) with the
 mean and spread over its finished seeds, the equal-budget comparison with that spread, and each lever against its
-baseline. Unfinished trials are shown as in progress ("epoch 12 of 50"), never as results. Used by Compare and docs/study.md."""
+baseline. Unfinished trials are shown as in progress ("epoch 12 of 50"), never as results. Used by Compare and
+docs/study.md."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -237,6 +238,10 @@ def display_levers(levers: pd.DataFrame) -> pd.DataFrame:
     def points_text(v: float, sign: str = "") -> str:
         return "—" if np.isnan(v) else f"{v * 100:{sign}.1f}"
 
+    def baseline_text(name: str, mean: float, std: float) -> str:
+        return f"{name}: " + ("—" if np.isnan(mean) else f"{mean:.4f}" + ("" if np.isnan(std) or std == 0
+                                                                          else f" ± {std:.4f}"))
+
     # the verdict and the numbers behind it first, the long description of the change last: a narrow screen
     # scrolls the table sideways, and the verdict must be in its first view
     return pd.DataFrame({
@@ -245,8 +250,8 @@ def display_levers(levers: pd.DataFrame) -> pd.DataFrame:
         "spread (points)": [points_text(v) for v in levers["spread"]],
         "public acc (mean ± spread)": [accuracy_text(r) for _, r in levers.iterrows()],
         "seeds done": [f"{d} of {n}" for d, n in zip(levers["seeds_done"], levers["seeds"])],
-        "baseline": [f"{b}: " + ("—" if np.isnan(m) else f"{m:.4f}" + ("" if np.isnan(s) or s == 0 else f" ± {s:.4f}"))
-                     for b, m, s in zip(levers["baseline"], levers["baseline_mean"], levers["baseline_std"])],
+        "baseline": [baseline_text(*v) for v in
+                     zip(levers["baseline"], levers["baseline_mean"], levers["baseline_std"])],
         "change against the grid's recipe": levers["change"]})
 
 
