@@ -116,8 +116,9 @@ def crossover(points: pd.DataFrame) -> dict | None:
 def spread_chart(points: pd.DataFrame, *, height: int = 360) -> alt.LayerChart:
     """Mean public accuracy against parameters (log), one line per family and block, with min-max bars over seeds."""
     # the grid's blocks draw one line per family; other blocks (the study's recipe, longer schedules) their own
-    data = points[points["seeds_done"] > 0].assign(family=lambda d: d["arch"].map(FAMILY_TITLES).fillna(d["arch"]) + np.where(
-        d["block"].str.startswith("grid-"), "", " · " + d["block"]))
+    data = points[points["seeds_done"] > 0].assign(
+        family=lambda d: d["arch"].map(FAMILY_TITLES).fillna(d["arch"])
+        + np.where(d["block"].str.startswith("grid-"), "", " · " + d["block"]))
     # the x domain hugs the points: Vega's own log domain starts at a power of ten (1k), leaving a third blank
     span = [float(data["params"].min()) / 1.25, float(data["params"].max()) * 1.25] if len(data) else [1e3, 1e7]
     x = alt.X("params:Q", scale=alt.Scale(type="log", domain=span, nice=False), title="parameters (log scale)",
@@ -128,7 +129,8 @@ def spread_chart(points: pd.DataFrame, *, height: int = 360) -> alt.LayerChart:
     # an explicit domain two points past the data: with one trial done (min = max) Vega's own domain has no span,
     # and its axis then labelled an accuracy of 0.53 as "1"
     # (pandas skips the NaN min/max of a point with one seed)
-    lo, hi = (float(data[["min", "mean"]].min().min()), float(data[["max", "mean"]].max().max())) if len(data) else (0, 1)
+    lo, hi = ((float(data[["min", "mean"]].min().min()), float(data[["max", "mean"]].max().max())) if len(data)
+              else (0, 1))
     scale = alt.Scale(domain=[max(0.0, lo - 0.02), min(1.0, hi + 0.02)])  # both layers: a shared scale would add 0
     y = alt.Y("mean:Q", title="public accuracy (mean over seeds)", axis=alt.Axis(format=".2f"), scale=scale)
     line = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=70, filled=True)).encode(x=x, y=y, color=color,
