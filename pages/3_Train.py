@@ -107,16 +107,15 @@ def start(values: dict, run_name: str | None, root, box) -> None:  # noqa: ANN00
     try:
         form = {k: v for k, v in values.items() if k not in ("data", "dropout")}
         cfg = config_from_form(form, data=values["data"], dropout=values["dropout"])
-        if jobs.repeat_click(st.session_state.get("train_last_start"), cfg):
-            raise ValueError("that run was just started (one click, one run); change a setting to start another")
         # the browser's identity, not the Streamlit session's: the limit of queued runs per user ($FER_MAX_QUEUED)
-        # holds across reloads, and only this browser (or the operator) may stop the run
+        # and the one-click-one-run guard hold across reloads, and only this browser (or the operator) may stop it
         user = identity.current_user()
         run_dir = jobs.start_run(cfg, root, run_name, session=user, owner=user)
+    except jobs.RepeatedStart as exc:  # a double-click's second half: the first started, nothing is wrong
+        box.info(f"Already started: {exc}.")
     except (ValueError, OSError) as exc:  # OSError: the runs folder is not writable, or no disk space
         box.error(f"Could not start: {exc}")
     else:
-        st.session_state["train_last_start"] = jobs.click_stamp(cfg)
         status = rundir.run_status(run_dir)
         if status.status == "queued":
             box.info(f"Queued **{run_dir.name}** (place {status.position}): it starts when a slot is free; it is "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,34 @@ def test_cli_refuses_bad_inputs_before_making_a_folder(tmp_path: Path) -> None:
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
     assert run_folders(out) == []
+
+
+def test_a_repeated_start_is_one_job_whatever_the_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A double-click is two reruns; the guard is the queue's, so it holds across Streamlit sessions and under load
+    (a guard in st.session_state once let the browser test start two runs)."""
+    monkeypatch.setattr(queue, "schedule", lambda *a, **k: [])  # nothing launches: the entries stay waiting
+    root, cfg = tmp_path / "runs", TrainConfig(**TINY)
+    first = jobs.start_run(cfg, root, session="browser-a")
+    for name in (None, "renamed"):  # a new folder either way: still the same click
+        with pytest.raises(jobs.RepeatedStart, match=rf"run '{first.name}' was just started with these settings"):
+            jobs.start_run(cfg, root, name, session="browser-a")
+    assert run_folders(root) == [first.name]
+    jobs.start_run(cfg, root, session="browser-b")  # another browser's identical run is its own
+    jobs.start_run(TrainConfig(**{**TINY, "seed": 1}), root, session="browser-a")  # a setting changed
+    jobs.start_run(cfg, root, session=None)  # the CLI has no session, and no double-click
+    monkeypatch.setattr(jobs, "REPEAT_WINDOW_S", 0.2)
+    time.sleep(0.3)  # past the window, the same settings are a new run
+    jobs.start_run(cfg, root, session="browser-a")
+    assert len(run_folders(root)) == len(queue.waiting(root)) == 5
+
+
+def test_train_page_says_a_double_click_started_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(queue, "schedule", lambda *a, **k: [])
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at.switch_page("pages/3_Train.py").run()
+    at.button(key="train_start").click().run()
+    at.button(key="train_start").click().run()  # the second half of a double-click: same browser, same settings
+    assert not at.exception and not at.error, (at.exception, at.error)
+    assert any(i.value.startswith("Already started: run '") for i in at.info), [i.value for i in at.info]
+    assert len(run_folders(tmp_path)) == 1

@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.service import jobs
 from core.training import rundir
 from core.training.config import (
     TrainConfig,
@@ -115,15 +114,6 @@ def test_form_fields_build_the_same_config() -> None:
     assert (cfg.arch, cfg.width, cfg.batch_size, cfg.epochs, cfg.time_budget_s) == ("plain_cnn", 0.125, 32, 30, 30)
     with pytest.raises(ValueError, match="warmup_epochs must be an integer from 0 to 30"):  # bounded by the epochs
         config_from_form({**values, "warmup_epochs": 31}, data="synthetic")
-
-
-def test_a_double_click_starts_one_run() -> None:
-    cfg = TrainConfig()
-    stamp = jobs.click_stamp(cfg, now=100.0)
-    assert jobs.repeat_click(stamp, cfg, now=101.0)
-    assert not jobs.repeat_click(stamp, cfg, now=100.0 + jobs.REPEAT_WINDOW_S + 1)
-    assert not jobs.repeat_click(stamp, TrainConfig(seed=1), now=101.0)
-    assert not jobs.repeat_click(None, cfg)
 
 
 def test_views_behind_the_pages() -> None:

@@ -13,33 +13,18 @@ import os
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 
 from core.service import launcher, owners
 from core.training import queue, rundir
 from core.training.config import TrainConfig, to_cli_args, with_defaults
-from core.training.queue import JobKind
+from core.training.queue import JobKind, RepeatedStart  # noqa: F401 - the Train page catches it here
 from core.training.record import FINISHED
 from core.util import settings
 from core.util.fsutil import runs_dir
 from core.util.procs import take_lock
 
-REPEAT_WINDOW_S = 5.0  # a second click on Start within this time, with the same settings, is the same click
-
-
-def click_stamp(cfg: TrainConfig, now: float | None = None) -> tuple[dict, float]:
-    """What the app remembers of a Start click, to recognise a double-click."""
-    return cfg.to_dict(), time.time() if now is None else now
-
-
-def repeat_click(last: tuple[dict, float] | None, cfg: TrainConfig, now: float | None = None) -> bool:
-    """Is this Start the second half of a double-click (same settings, within REPEAT_WINDOW_S)? A browser sends
-    each click as its own rerun, so without this a double-click launches two identical runs."""
-    if not last:
-        return False
-    settings, when = last
-    return settings == cfg.to_dict() and 0 <= (time.time() if now is None else now) - when < REPEAT_WINDOW_S
+REPEAT_WINDOW_S = 5.0  # a second Start from one browser this soon, with the same settings, is the same click
 
 
 def _check_can_start(run_dir: Path, cfg: TrainConfig) -> None:
@@ -115,19 +100,22 @@ def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name
         _check_can_start(run_dir, cfg)
         if owner is not None:  # continuing an unfinished run of the same name: it must be this user's to continue
             owners.check_control(run_dir, owner)
+    fresh = not run_dir.exists()  # a repeated click names a new folder; resuming one is never a repeat
     files = {owners.OWNER_FILE: owners.owner_entry(owner)} if owner is not None else None
     # a stop request left by an earlier trainer that died before it could honour it: not a request for this run
     (run_dir / rundir.STOP_FILE).unlink(missing_ok=True)
-    return submit(JobKind.TRAIN, cfg.to_dict(), run_dir, run_dir.parent, session=session, files=files)
+    return submit(JobKind.TRAIN, cfg.to_dict(), run_dir, run_dir.parent, session=session, files=files,
+                  repeat_window_s=REPEAT_WINDOW_S if fresh else None)
 
 
 def submit(kind: JobKind, config: dict, folder: Path, runs_root: str | os.PathLike | None, *,
-           session: str | None = None, files: dict[str, dict] | None = None) -> Path:
+           session: str | None = None, files: dict[str, dict] | None = None,
+           repeat_window_s: float | None = None) -> Path:
     """Queue a job of any kind in the runs folder's queue (it makes `folder`, with `files` in it, once the job is
     accepted); ValueError when a setting is mistyped, the job is already queued or running, or `session` has
     $FER_MAX_QUEUED jobs."""
     return queue.submit(config, folder, RUNNERS, session=session, kind=kind, runs_root=runs_dir(runs_root),
-                        files=files)
+                        files=files, repeat_window_s=repeat_window_s)
 
 
 def cancel_waiting(folder: str | os.PathLike, runs_root: str | os.PathLike) -> None:

@@ -142,13 +142,15 @@ def _next_ticket(qdir: Path) -> str:
 
 def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runners, *, session: str | None = None,
            max_alive: int | None = None, kind: JobKind = JobKind.TRAIN,
-           runs_root: str | os.PathLike | None = None, files: dict[str, Any] | None = None) -> Path:
+           runs_root: str | os.PathLike | None = None, files: dict[str, Any] | None = None,
+           repeat_window_s: float | None = None) -> Path:
     """Queue a job of `kind` (its folder: `run_dir`), then run a pass. `runs_root` names the runs folder whose queue
     it joins (default: the folder's parent, as for a run). `files` (name: JSON object) are written into the folder
     as it is made, under the queue's lock, so no pass can launch the job before they exist. ValueError, with nothing written, when a server setting is
     mistyped, the job is already queued, or this session already has its maximum waiting or running, of all kinds
     together; the folder is made only once the job is accepted, so a refused Start leaves no empty folder that
-    would list as a failed run."""
+    would list as a failed run. With `repeat_window_s`, the same settings from the same session within that many
+    seconds are refused as a repeated click (see _check_repeat)."""
     run_dir, kind = Path(run_dir), JobKind(kind)
     check_server_settings()
     max_runs(max_alive)  # an invalid override fails here, not in the pass after the entry is written
@@ -164,6 +166,7 @@ def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runners, 
             # entry, whose token no longer matches the folder's launch, for one that never started and launch it too
             (qdir / "running" / f"{launched.ticket}.json").unlink(missing_ok=True)
         _check_session_limit(qdir, session, runner)
+        _check_repeat(qdir, session, kind, config, repeat_window_s)
         # The entry before the folder: a folder with no entry beside it would list as a failed run meanwhile.
         ticket = _next_ticket(qdir)
         entry = qdir / "waiting" / f"{ticket}.json"
@@ -177,6 +180,25 @@ def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runners, 
             raise
     schedule(root, runner, max_alive=max_alive)
     return run_dir
+
+
+class RepeatedStart(ValueError):
+    """A job refused as the second half of a double-click: the first one is queued or running."""
+
+
+def _check_repeat(qdir: Path, session: str | None, kind: JobKind, config: dict[str, Any],
+                  window_s: float | None) -> None:
+    """One click, one job. A double-click on Start reaches the server as two reruns, and a guard kept in the
+    browser's Streamlit session missed the second one under load (the fresh-clone CI once got two runs). Checked here,
+    under the queue's lock, it holds whatever the reruns, tabs or sessions: a job of the same kind and settings that
+    this session queued less than `window_s` ago, waiting or launched, is the same click."""
+    if session is None or not window_s:
+        return
+    now = time.time()
+    for e in _entries(qdir, "waiting") + _entries(qdir, "running"):
+        if e.session == session and e.kind == kind and e.config == config and 0 <= now - e.enqueued < window_s:
+            raise RepeatedStart(f"{kind.noun} {e.run_dir.name!r} was just started with these settings, and one click "
+                                f"starts one {kind.noun}; to start another, change a setting or wait {window_s:g} s")
 
 
 def _check_session_limit(qdir: Path, session: str | None, runner: Runners) -> None:
