@@ -9,7 +9,7 @@ import streamlit as st
 from components import identity
 from components.widgets import field_rows, field_widget
 from core.compression.compress import CompressConfig
-from core.service import compress_jobs, owners
+from core.service import compress_jobs, jobs, owners
 from core.training.config import FormField, config_from_form, form_fields
 from core.training.rundir import RunStatus, list_runs
 from core.util.fsutil import runs_dir
@@ -62,6 +62,9 @@ def compress_form(root: Path, names: dict[str, RunStatus]) -> None:
         # the browser's identity: $FER_MAX_QUEUED counts this user's compressions with their trainings and sweeps
         job = compress_jobs.start_job(names[run].path, cfg, out=out, root=root, force=force,
                                       session=identity.current_user())
+    except jobs.RepeatedStart as exc:  # a double-click's second half: the first is queued, nothing is wrong
+        st.info(f"Already started: {exc}.")
+        return
     except (ValueError, OSError) as exc:  # OSError: the runs folder is not writable, or no disk space
         st.error(str(exc))
         return

@@ -111,7 +111,12 @@ def test_a_waiting_job_shows_its_place_and_a_refused_one_an_error(tmp_path: Path
         (job,) = compress_jobs.list_jobs(root)
         assert job.status == "queued" and any(f"`{job.path.name}`" in i.value and "queued (place 1)" in i.value
                                               for i in at.info)
-        at.button(key="compress_start").click().run()  # a second one: this browser already has one waiting
+        at.button(key="compress_start").click().run()  # the same again at once: a double-click, one job
+        assert not at.exception and not at.error, (at.exception, at.error)
+        assert any(i.value.startswith("Already started: compression") for i in at.info), [i.value for i in at.info]
+        assert len(compress_jobs.list_jobs(root)) == 1
+        at.checkbox(key="compress_int8").check()
+        at.button(key="compress_start").click().run()  # another one: this browser already has one waiting
         assert not at.exception, at.exception
         assert any("you already have 1 job queued or running" in e.value and "$FER_MAX_QUEUED" in e.value
                    for e in at.error), [e.value for e in at.error]

@@ -108,10 +108,11 @@ def test_the_per_user_limit_counts_trainings_compressions_and_sweeps_together(
         assert [(s["name"], s["state"], s["position"]) for s in sweep.list_sweeps(tmp_path)] == [("mine", "queued", 3)]
         limit = r"already have 3 jobs queued or running \(trainings, compressions and sweeps count together\).*" \
                 r"\(3, \$FER_MAX_QUEUED\)"
+        # other requests than the three (the same again at once would be a double-click: core.training.queue)
         with pytest.raises(ValueError, match=limit):
-            compress_jobs.start_job(PARENT, cfg, out=tmp_path / "v", root=tmp_path, session=user)
+            compress_jobs.start_job(PARENT, cfg, out=tmp_path / "w", root=tmp_path, session=user)
         with pytest.raises(ValueError, match=limit):
-            jobs.start_run(TrainConfig(**TINY), tmp_path, "one-more", session=user)
+            jobs.start_run(TrainConfig(**{**TINY, "seed": 1}), tmp_path, "one-more", session=user)
         assert len(list((tmp_path / compress_jobs.JOBS_DIR).iterdir())) == 1  # the refused ones wrote nothing
         assert not (tmp_path / "one-more").exists()
         other = jobs.start_run(TrainConfig(**TINY), tmp_path, "theirs", session="user-two")  # another user's limit

@@ -50,7 +50,7 @@ def test_refused_starts_write_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     root = tmp_path / "runs"
     first = jobs.start_run(TrainConfig(**TINY), root, "first", session="s")
     refusals = [
-        (dict(), r"jobs? queued or running .*, the most this server allows"),  # the per-user limit
+        (dict(seed=1), r"jobs? queued or running .*, the most this server allows"),  # the per-user limit
         (dict(data="/etc"), r"only reads data from .*\$FER_DATA_ROOTS"),
         (dict(data=str(allowed)), "found no FER2013 data"),
         (dict(teacher="/nonexistent"), r"teacher '/nonexistent' is not a folder; allowed: a trained run folder"),

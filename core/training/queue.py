@@ -165,8 +165,8 @@ def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runners, 
             # its process is gone but no pass has forgotten it yet: forget it now, or a pass would take the old
             # entry, whose token no longer matches the folder's launch, for one that never started and launch it too
             (qdir / "running" / f"{launched.ticket}.json").unlink(missing_ok=True)
+        _check_repeat(qdir, session, kind, config, run_dir, repeat_window_s)  # first: a double-click is no overrun
         _check_session_limit(qdir, session, runner)
-        _check_repeat(qdir, session, kind, config, repeat_window_s)
         # The entry before the folder: a folder with no entry beside it would list as a failed run meanwhile.
         ticket = _next_ticket(qdir)
         entry = qdir / "waiting" / f"{ticket}.json"
@@ -186,17 +186,27 @@ class RepeatedStart(ValueError):
     """A job refused as the second half of a double-click: the first one is queued or running."""
 
 
-def _check_repeat(qdir: Path, session: str | None, kind: JobKind, config: dict[str, Any],
+def _same_request(kind: JobKind, config: dict[str, Any], folder: Path) -> Any:  # noqa: ANN401 - a JSON value
+    """What makes two jobs the same request: a training's settings; a command job's command line, less its own new
+    folder (a compression's job folder is named by the time it was asked for)."""
+    if kind == JobKind.TRAIN:
+        return config
+    return [str(a).replace(str(folder.resolve()), "{folder}").replace(str(folder), "{folder}")
+            for a in config.get("args") or []]
+
+
+def _check_repeat(qdir: Path, session: str | None, kind: JobKind, config: dict[str, Any], folder: Path,
                   window_s: float | None) -> None:
     """One click, one job. A double-click on Start reaches the server as two reruns, and a guard kept in the
     browser's Streamlit session missed the second one under load (the fresh-clone CI once got two runs). Checked here,
-    under the queue's lock, it holds whatever the reruns, tabs or sessions: a job of the same kind and settings that
+    under the queue's lock, it holds whatever the reruns, tabs or sessions: the same request (_same_request) that
     this session queued less than `window_s` ago, waiting or launched, is the same click."""
     if session is None or not window_s:
         return
-    now = time.time()
+    now, request = time.time(), _same_request(kind, config, folder)
     for e in _entries(qdir, "waiting") + _entries(qdir, "running"):
-        if e.session == session and e.kind == kind and e.config == config and 0 <= now - e.enqueued < window_s:
+        if e.session == session and e.kind == kind and _same_request(e.kind, e.config, e.run_dir) == request \
+                and 0 <= now - e.enqueued < window_s:
             raise RepeatedStart(f"{kind.noun} {e.run_dir.name!r} was just started with these settings, and one click "
                                 f"starts one {kind.noun}; to start another, change a setting or wait {window_s:g} s")
 
