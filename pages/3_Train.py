@@ -270,6 +270,8 @@ def sweep_panel(root: Path, values: dict) -> None:
                                    list(range(int(s_seeds))))
             # the browser's identity: $FER_MAX_QUEUED counts this user's sweeps with their trainings and compressions
             sweep.start_sweep(spec, root, session=identity.current_user())
+        except jobs.RepeatedStart as exc:  # a double-click's second half: the first is queued
+            st.info(f"Already started: {exc}.")
         except (ValueError, OSError) as exc:
             st.error(f"Could not start the sweep: {exc}")
         else:

@@ -122,6 +122,27 @@ def test_the_per_user_limit_counts_trainings_compressions_and_sweeps_together(
         assert not queue.waiting(tmp_path) and not compression.exists() and not swept.exists()
 
 
+
+def test_a_double_click_queues_one_compression_and_one_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their folders are named by the time they were asked for, so a second click names a new one: the queue knows
+    the request by its command line and files less that folder and name."""
+    monkeypatch.setattr(queue, "schedule", lambda *a, **k: [])  # nothing launches: the entries stay waiting
+    monkeypatch.setenv("FER_MAX_QUEUED", "0")  # no per-user limit: four jobs wait
+    user, cfg = "user-one", CompressConfig(**FP16)
+    first = compress_jobs.start_job(PARENT, cfg, out=tmp_path / "v", root=tmp_path, session=user)
+    with pytest.raises(jobs.RepeatedStart, match=rf"compression '{first.name}' was just started with these settings"):
+        compress_jobs.start_job(PARENT, cfg, out=tmp_path / "v", root=tmp_path, session=user)
+    compress_jobs.start_job(PARENT, CompressConfig(**{**FP16, "repeats": 4}), out=tmp_path / "v", root=tmp_path,
+                            session=user)  # one setting changed: another job
+    grid = {k: v for k, v in TINY.items() if k != "width"}
+    sweep.start_sweep(sweep.SweepSpec("sweep-20261208-010101", {"width": [0.125]}, grid, [0]), tmp_path, session=user)
+    with pytest.raises(jobs.RepeatedStart, match="sweep 'sweep-20261208-010101' was just started"):  # the next second
+        sweep.start_sweep(sweep.SweepSpec("sweep-20261208-010102", {"width": [0.125]}, grid, [0]), tmp_path,
+                          session=user)
+    sweep.start_sweep(sweep.SweepSpec("sweep-20261208-010103", {"width": [0.25]}, grid, [0]), tmp_path, session=user)
+    sweep.start_sweep(sweep.SweepSpec("named", {"width": [0.25]}, grid, [0]), tmp_path, session=user)  # typed
+    assert [e.kind for e in queue.waiting(tmp_path)] == ["compress"] * 2 + ["sweep"] * 3
+
 LAUNCHER = """
 import sys
 sys.path.insert(0, {root!r})

@@ -98,19 +98,20 @@ def test_a_repeated_start_is_one_job_whatever_the_session(tmp_path: Path, monkey
     """A double-click is two reruns; the guard is the queue's, so it holds across Streamlit sessions and under load
     (a guard in st.session_state once let the browser test start two runs)."""
     monkeypatch.setattr(queue, "schedule", lambda *a, **k: [])  # nothing launches: the entries stay waiting
+    monkeypatch.setenv("FER_MAX_QUEUED", "0")  # no per-user limit: every accepted run waits
     root, cfg = tmp_path / "runs", TrainConfig(**TINY)
     first = jobs.start_run(cfg, root, session="browser-a")
-    for name in (None, "renamed"):  # a new folder either way: still the same click
-        with pytest.raises(jobs.RepeatedStart, match=rf"run '{first.name}' was just started with these settings"):
-            jobs.start_run(cfg, root, name, session="browser-a")
+    with pytest.raises(jobs.RepeatedStart, match=rf"run '{first.name}' was just started with these settings"):
+        jobs.start_run(cfg, root, session="browser-a")  # its default name is new, but it is the same click
     assert run_folders(root) == [first.name]
+    jobs.start_run(cfg, root, "typed-a-name", session="browser-a")  # a name typed since: the user asks for another
     jobs.start_run(cfg, root, session="browser-b")  # another browser's identical run is its own
     jobs.start_run(TrainConfig(**{**TINY, "seed": 1}), root, session="browser-a")  # a setting changed
     jobs.start_run(cfg, root, session=None)  # the CLI has no session, and no double-click
     monkeypatch.setattr(jobs, "REPEAT_WINDOW_S", 0.2)
     time.sleep(0.3)  # past the window, the same settings are a new run
     jobs.start_run(cfg, root, session="browser-a")
-    assert len(run_folders(root)) == len(queue.waiting(root)) == 5
+    assert len(run_folders(root)) == len(queue.waiting(root)) == 6
 
 
 def test_train_page_says_a_double_click_started_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,7 +50,10 @@ def start_job(run_dir: str | os.PathLike, cfg: CompressConfig, out: str | os.Pat
         "--progress", str(job / PROGRESS_FILE), "--job-dir", str(job), "--json", "--quiet"]
     config = launcher.command_config(cmd[1:], {"run": str(run_dir), "techniques": cfg.techniques()}, log=LOG_FILE,
                                      stdout=RESULT_FILE)
-    return jobs.submit(queue.JobKind.COMPRESS, config, job, root, session=session, repeat_window_s=jobs.REPEAT_WINDOW_S)
+    # the request: the command line less the job folder, which is named by the time of the click
+    return jobs.submit(queue.JobKind.COMPRESS, config, job, root, session=session,
+                       request=cli_args(Path(run_dir), cfg, Path(out) if out else None, force)[1:],
+                       repeat_window_s=jobs.REPEAT_WINDOW_S)
 
 
 def cancel_job(job: Path) -> None:

@@ -104,18 +104,19 @@ def start_run(cfg: TrainConfig, runs_root: str | os.PathLike | None = None, name
     files = {owners.OWNER_FILE: owners.owner_entry(owner)} if owner is not None else None
     # a stop request left by an earlier trainer that died before it could honour it: not a request for this run
     (run_dir / rundir.STOP_FILE).unlink(missing_ok=True)
+    # the request: the settings, and the name only where the user typed one (a default name is new every click)
     return submit(JobKind.TRAIN, cfg.to_dict(), run_dir, run_dir.parent, session=session, files=files,
-                  repeat_window_s=REPEAT_WINDOW_S if fresh else None)
+                  request={"config": cfg.to_dict(), "name": name}, repeat_window_s=REPEAT_WINDOW_S if fresh else None)
 
 
 def submit(kind: JobKind, config: dict, folder: Path, runs_root: str | os.PathLike | None, *,
            session: str | None = None, files: dict[str, dict] | None = None,
-           repeat_window_s: float | None = None) -> Path:
+           request: object = None, repeat_window_s: float | None = None) -> Path:
     """Queue a job of any kind in the runs folder's queue (it makes `folder`, with `files` in it, once the job is
     accepted); ValueError when a setting is mistyped, the job is already queued or running, or `session` has
     $FER_MAX_QUEUED jobs."""
     return queue.submit(config, folder, RUNNERS, session=session, kind=kind, runs_root=runs_dir(runs_root),
-                        files=files, repeat_window_s=repeat_window_s)
+                        files=files, request=request, repeat_window_s=repeat_window_s)
 
 
 def cancel_waiting(folder: str | os.PathLike, runs_root: str | os.PathLike) -> None:

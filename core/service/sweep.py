@@ -12,6 +12,7 @@ import datetime as _dt
 import itertools
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -198,6 +199,11 @@ def seed_list(seeds: Any) -> list[int]:
 
 def default_name() -> str:
     return "sweep-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def is_default_name(name: str) -> bool:
+    """Whether `name` has default_name's shape: made up by the click, not typed."""
+    return re.fullmatch(r"sweep-\d{8}-\d{6}", name) is not None
 
 
 def parse_address(address: str | None) -> str | None:
@@ -671,7 +677,10 @@ def start_sweep(spec: SweepSpec, runs_root: str | os.PathLike | None = None, *, 
             "--out", str(runs_dir(runs_root)), "--cpus-per-trial", repr(float(cpus_per_trial)), "--quiet"]
     config = launcher.command_config(args, {"name": spec.name, "trials": count(spec)}, log=LOG_FILE,
                                      write={SPEC_FILE: _to_toml(spec)})
-    return jobs.submit(JobKind.SWEEP, config, folder, runs_root, session=session)
+    # the request: the grid, and the name only where the user typed one (a default name is new every second)
+    request = {**spec.describe(), "name": None if is_default_name(spec.name) else spec.name}
+    return jobs.submit(JobKind.SWEEP, config, folder, runs_root, session=session, request=request,
+                       repeat_window_s=jobs.REPEAT_WINDOW_S)
 
 
 def _to_toml(spec: SweepSpec) -> str:

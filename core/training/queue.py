@@ -79,6 +79,7 @@ class Entry:
     claimed: float | None = None  # unix time a scheduler pass moved it to running/
     token: str | None = None  # names that launch: the runner tells its state by it
     kind: JobKind = JobKind.TRAIN
+    request: Any = None  # what the user asked for, to know a repeated click (_check_repeat); None: never a repeat
 
     def unconfirmed(self, marker: dict[str, Any]) -> bool:
         """Whether no process has confirmed this launch yet: the job's marker (job.json) holds no pid for its token
@@ -87,7 +88,8 @@ class Entry:
 
     def to_json(self) -> dict[str, Any]:
         return {"ticket": self.ticket, "run_dir": str(self.run_dir), "config": self.config, "session": self.session,
-                "enqueued": self.enqueued, "claimed": self.claimed, "token": self.token, "kind": self.kind.value}
+                "enqueued": self.enqueued, "claimed": self.claimed, "token": self.token, "kind": self.kind.value,
+                "request": self.request}
 
 
 def _root(folder: str | os.PathLike, runs_root: str | os.PathLike | None) -> Path:
@@ -119,7 +121,7 @@ def _read(path: Path) -> Entry | None:
     try:
         d = json.loads(path.read_text())
         return Entry(d["ticket"], Path(d["run_dir"]), d["config"], d.get("session"), float(d["enqueued"]),
-                     d.get("claimed"), d.get("token"), JobKind(d.get("kind", JobKind.TRAIN)))
+                     d.get("claimed"), d.get("token"), JobKind(d.get("kind", JobKind.TRAIN)), d.get("request"))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # removed by another pass meanwhile, or damaged: not a run we can launch
 
@@ -143,20 +145,22 @@ def _next_ticket(qdir: Path) -> str:
 def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runners, *, session: str | None = None,
            max_alive: int | None = None, kind: JobKind = JobKind.TRAIN,
            runs_root: str | os.PathLike | None = None, files: dict[str, Any] | None = None,
-           repeat_window_s: float | None = None) -> Path:
+           request: Any = None, repeat_window_s: float | None = None) -> Path:  # noqa: ANN401 - JSON
     """Queue a job of `kind` (its folder: `run_dir`), then run a pass. `runs_root` names the runs folder whose queue
     it joins (default: the folder's parent, as for a run). `files` (name: JSON object) are written into the folder
     as it is made, under the queue's lock, so no pass can launch the job before they exist. ValueError, with nothing written, when a server setting is
     mistyped, the job is already queued, or this session already has its maximum waiting or running, of all kinds
     together; the folder is made only once the job is accepted, so a refused Start leaves no empty folder that
-    would list as a failed run. With `repeat_window_s`, the same settings from the same session within that many
-    seconds are refused as a repeated click (see _check_repeat)."""
+    would list as a failed run. With `repeat_window_s`, the same `request` (what the user chose: JSON, without what is
+    made up per click, such as a folder named by the time) from the same session within that many seconds is
+    refused as a repeated click (see _check_repeat)."""
     run_dir, kind = Path(run_dir), JobKind(kind)
     check_server_settings()
     max_runs(max_alive)  # an invalid override fails here, not in the pass after the entry is written
     root = _root(run_dir, runs_root)
     qdir = queue_dir(root)
     with _locked(qdir):
+        _check_repeat(qdir, session, kind, request, repeat_window_s)  # first: a double-click is no error
         if find(run_dir, root) is not None:
             raise ValueError(f"{kind.noun} {run_dir.name!r} is already queued")
         if (launched := claimed(run_dir, root)) is not None:
@@ -165,12 +169,12 @@ def submit(config: dict[str, Any], run_dir: str | os.PathLike, runner: Runners, 
             # its process is gone but no pass has forgotten it yet: forget it now, or a pass would take the old
             # entry, whose token no longer matches the folder's launch, for one that never started and launch it too
             (qdir / "running" / f"{launched.ticket}.json").unlink(missing_ok=True)
-        _check_repeat(qdir, session, kind, config, run_dir, repeat_window_s)  # first: a double-click is no overrun
         _check_session_limit(qdir, session, runner)
         # The entry before the folder: a folder with no entry beside it would list as a failed run meanwhile.
         ticket = _next_ticket(qdir)
         entry = qdir / "waiting" / f"{ticket}.json"
-        atomic_write_json(entry, Entry(ticket, run_dir.resolve(), config, session, time.time(), kind=kind).to_json())
+        atomic_write_json(entry, Entry(ticket, run_dir.resolve(), config, session, time.time(), kind=kind,
+                                       request=request if repeat_window_s else None).to_json())
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             for name, obj in (files or {}).items():
@@ -186,27 +190,17 @@ class RepeatedStart(ValueError):
     """A job refused as the second half of a double-click: the first one is queued or running."""
 
 
-def _same_request(kind: JobKind, config: dict[str, Any], folder: Path) -> Any:  # noqa: ANN401 - a JSON value
-    """What makes two jobs the same request: a training's settings; a command job's command line, less its own new
-    folder (a compression's job folder is named by the time it was asked for)."""
-    if kind == JobKind.TRAIN:
-        return config
-    return [str(a).replace(str(folder.resolve()), "{folder}").replace(str(folder), "{folder}")
-            for a in config.get("args") or []]
-
-
-def _check_repeat(qdir: Path, session: str | None, kind: JobKind, config: dict[str, Any], folder: Path,
+def _check_repeat(qdir: Path, session: str | None, kind: JobKind, request: Any,  # noqa: ANN401 - JSON
                   window_s: float | None) -> None:
     """One click, one job. A double-click on Start reaches the server as two reruns, and a guard kept in the
     browser's Streamlit session missed the second one under load (the fresh-clone CI once got two runs). Checked here,
-    under the queue's lock, it holds whatever the reruns, tabs or sessions: the same request (_same_request) that
+    under the queue's lock, it holds whatever the reruns, tabs or sessions: the same request of the same kind that
     this session queued less than `window_s` ago, waiting or launched, is the same click."""
-    if session is None or not window_s:
+    if session is None or not window_s or request is None:
         return
-    now, request = time.time(), _same_request(kind, config, folder)
+    now, request = time.time(), json.loads(json.dumps(request))  # as the entries hold it: tuples become lists
     for e in _entries(qdir, "waiting") + _entries(qdir, "running"):
-        if e.session == session and e.kind == kind and _same_request(e.kind, e.config, e.run_dir) == request \
-                and 0 <= now - e.enqueued < window_s:
+        if e.session == session and e.kind == kind and e.request == request and 0 <= now - e.enqueued < window_s:
             raise RepeatedStart(f"{kind.noun} {e.run_dir.name!r} was just started with these settings, and one click "
                                 f"starts one {kind.noun}; to start another, change a setting or wait {window_s:g} s")
 
