@@ -9,6 +9,7 @@ parents trained on it, so it checks the choice, not generalisation).
 
     python scripts/compression_levers.py --data data/fer2013          # measure (a few minutes on 2 cores), render
     python scripts/compression_levers.py --render                     # docs/compression.md from the JSON only
+    python scripts/compression_levers.py --data data/fer2013 --other-cpu  # on a CPU of the other kind (VNNI or not)
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ LEVERS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("u8u8-percentile", "u8u8 + Percentile (99.999)", {"types": "u8u8", "calibrate": "percentile"}, {}),
 ]
 QUICK = ("fp32", "old-default", "reduce-range", "u8u8")  # for the other models: the old and the saturation-free recipes
+# on the other kind of CPU (--other-cpu): each int8 number type and the depthwise lever, the same files as above
+CPU_KEYS = ("fp32", "old-default", "depthwise-fp32", "reduce-range", "u8u8", "s8s8")
 
 
 def check_slice(train: Any) -> Any:
@@ -291,7 +294,7 @@ def latency_noise(data: dict[str, Any], model: str) -> str:
 def render_doc(text: str, data: dict[str, Any], model: str = "mobilenet-w1") -> str:
     """text with each generated section replaced by its rendering from data; a missing marker is a ValueError."""
     sections = {"machine": render_machine(data), "levers": render_levers(data, model), "models": render_models(data),
-                "facts": render_facts(data, model)}
+                "facts": render_facts(data, model), "cpus": render_cpus(data)}
     for name, body in sections.items():
         begin, end = BEGIN.format(name), END.format(name)
         if begin not in text or end not in text:
@@ -301,15 +304,59 @@ def render_doc(text: str, data: dict[str, Any], model: str = "mobilenet-w1") -> 
     return text
 
 
+def measure_other_cpu(data_path: str, model: str, data: dict[str, Any]) -> dict[str, Any]:
+    """CPU_KEYS of `model` on this machine, kept beside the main measurement when this CPU is of the other kind
+    (with or without VNNI): ONNX Runtime's int8 kernels differ between the two. Latency is not compared."""
+    from core.data import load_data
+
+    here = machine()
+    if here["cpu_vnni"] == data["machine"]["cpu_vnni"]:
+        raise ValueError(f"this CPU is of the same kind as the main measurement's (VNNI: {here['cpu_vnni']}); "
+                         "rerun the whole measurement instead, or run --other-cpu on a CPU of the other kind")
+    rows = measure_run(SHIPPED_DIR / model, CPU_KEYS, load_data(data_path), repeats=1)
+    here["load_avg_1min_end"] = os.getloadavg()[0]
+    return {**data, "other_cpu": {"machine": here, "model": model, "rows": rows}}
+
+
+def render_cpus(data: dict[str, Any]) -> str:
+    other = data.get("other_cpu")
+    if not other:
+        return "Only one kind of CPU has been measured."
+    main = {r["key"]: r for r in data["models"][other["model"]]["rows"]}
+    m, o = data["machine"], other["machine"]
+    kind = {True: "with VNNI", False: "without VNNI"}
+    out = [f"{other['model']}, the same int8 files on both kinds (public accuracy; a row's activation scales have "
+           f"the same digest on both): {m['cpu']} {kind[m['cpu_vnni']]} (above) against {o['cpu']} "
+           f"{kind[o['cpu_vnni']]} ({o['cpu_count']} cores, ONNX Runtime {o['onnxruntime']}, load average "
+           f"{o['load_avg_1min']:.1f} at the start).", "",
+           f"| lever | {kind[m['cpu_vnni']]} | {kind[o['cpu_vnni']]} | difference (points) | {kind[o['cpu_vnni']]}: "
+           "vs its fp32 (points) | same file |", "|---|---|---|---|---|---|"]
+    for r in other["rows"]:
+        a = main[r["key"]]
+        same = "yes" if a.get("scales_digest") == r.get("scales_digest") else "no"
+        out.append(f"| `{r['key']}` | {a['public']:.4f} | {r['public']:.4f} | {_pts(r['public'] - a['public'])} | "
+                   f"{_pts(r['delta_public'])} | {same if 'scales_digest' in r else '(fp32)'} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="data/fer2013", help="FER2013 (Training and PublicTest)")
     ap.add_argument("--model", default="mobilenet-w1", help="the shipped model every lever is measured on")
     ap.add_argument("--repeats", type=int, default=12, help="latency runs per batch size and row")
     ap.add_argument("--render", action="store_true", help="only write docs/compression.md from the JSON")
+    ap.add_argument("--other-cpu", action="store_true", help="measure --model's int8 number types on this CPU, of "
+                    "the other kind than the JSON's (with or without VNNI), and keep them beside it")
     a = ap.parse_args(argv)
-    if not a.render:
+    if a.other_cpu:
+        result = measure_other_cpu(a.data, a.model, json.loads(JSON_PATH.read_text()))
+        JSON_PATH.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {JSON_PATH}")
+    elif not a.render:
         result = measure(a.data, a.repeats, a.model)
+        old = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
+        if old.get("other_cpu") and old["other_cpu"]["machine"]["cpu_vnni"] != result["machine"]["cpu_vnni"]:
+            result["other_cpu"] = old["other_cpu"]  # still the other kind: keep it
         JSON_PATH.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {JSON_PATH}")
     DOC_PATH.write_text(render_doc(DOC_PATH.read_text(), json.loads(JSON_PATH.read_text())))

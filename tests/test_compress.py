@@ -177,7 +177,7 @@ def test_background_job_command_line_rebuilds_the_config() -> None:
                 CompressConfig(fp16=True, prune=0.3, structured=True, finetune_steps=5, data="synthetic", repeats=3)):
         args = build_parser().parse_args(cli_args(Path("run"), cfg, None)[3:])
         assert config_from_args(args, CompressConfig) == cfg
-    assert CompressConfig(int8=True).int8_recipe().saturation_free  # the default computes alike on every x86 CPU
+    assert CompressConfig(int8=True).int8_recipe().saturation_free  # no 16-bit saturation on any x86 CPU
 
 
 def test_no_technique_chosen() -> None:
@@ -279,22 +279,25 @@ def test_shipped_int8_accuracy_is_what_onnx_runtime_measures(fer_dir: Path) -> N
         made_with_vnni = False
     if made_with_vnni == cpu_has_vnni():
         assert got == pytest.approx(recorded, abs=1e-6)  # the same int8 kernels: the same predictions
-    elif record.variant.settings.get("saturation_free"):
-        # 7-bit or uint8 weights: the int8 sums are exact with and without VNNI; only the fp32 stem and head round
-        # differently across CPUs, which may flip a near-tied image or two
-        assert got == pytest.approx(recorded, abs=0.002)
     else:
-        # uint8 x int8 products saturate in ONNX Runtime's kernels without VNNI and not with it
-        # (core.compression.quantize.cpu_has_vnni): the two kinds of CPU differed by 1.2 points here
-        assert got == pytest.approx(recorded, abs=0.02)
+        # ONNX Runtime's int8 kernels compute differently with and without VNNI, whatever the number types: the same
+        # files differed by 0.7 to 1.2 points between the two kinds (docs/compression.md, "On the other kind of
+        # CPU"), the saturation-free ones too. Where that measurement was made on this kind, it is exact here
+        other = json.loads((folder.parent.parent / "docs" / "compression.json").read_text()).get("other_cpu") or {}
+        shipped_row = [r["public"] for r in other.get("rows", []) if r["key"] == "reduce-range"]
+        if other.get("model") == "mobilenet-w1" and other["machine"]["cpu_vnni"] == cpu_has_vnni() and shipped_row:
+            assert got == pytest.approx(shipped_row[0], abs=1e-6)
+        assert got == pytest.approx(recorded, abs=0.015)
     parent = record.variant.measured["parent_accuracy"]
-    assert got >= parent - 0.01 and recorded >= parent - 0.01, (got, recorded, parent)
+    assert recorded >= parent - 0.01, (recorded, parent)  # the target, on the kind of CPU the variant was made on
+    if made_with_vnni == cpu_has_vnni():
+        assert got >= parent - 0.01, (got, parent)
 
 
 @pytest.mark.skipif(not SHIPPED_VARIANTS, reason="no shipped compression variants in checkpoints/")
 def test_large_shipped_int8_variants_hold_within_a_point() -> None:
     """Every shipped int8 variant of a model of at least 100,000 parameters was measured within a point of its
-    parent, with a recipe that computes the same on CPUs with and without VNNI."""
+    parent on the kind of CPU it was measured on, with a recipe free of 16-bit saturation on CPUs without VNNI."""
     checked = 0
     for folder in SHIPPED_VARIANTS:
         rec = rundir.read_record(folder)

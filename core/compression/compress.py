@@ -56,7 +56,7 @@ class CompressConfig:
     int8_calibrate: str = knob("minmax", "how calibration sets the activation ranges", choices=CALIBRATE_METHODS,
                                label="Calibration method")
     int8_types: str = knob("u8s8", "activation x weight types", choices=INT8_TYPE_NAMES, label="int8 types")
-    int8_reduce_range: bool = knob(True, "7-bit weights: the same int8 results on CPUs with and without VNNI",
+    int8_reduce_range: bool = knob(True, "7-bit weights: no 16-bit saturation on CPUs without VNNI",
                                    label="7-bit weights (reduce_range)")
     # the first conv sees raw pixels (docs/compression.md measures what quantising it costs)
     quantize_stem: bool = knob(False, "quantise the first conv too (costs accuracy)", label="quantise the stem too")

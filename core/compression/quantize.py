@@ -226,7 +226,9 @@ class Int8Recipe:
 
     @property
     def saturation_free(self) -> bool:
-        """Whether ONNX Runtime's x86 kernels compute it exactly with and without VNNI alike."""
+        """Whether no 16-bit pair sum can saturate in ONNX Runtime's x86 kernels without VNNI. Not the same as
+        computing alike on both kinds: the same saturation-free files still scored lower without VNNI
+        (docs/compression.md, "On the other kind of CPU")."""
         return self.reduce_range or self.types in ("u8u8", "u16s8") or not self.static
 
     def settings(self) -> dict[str, object]:
