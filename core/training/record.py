@@ -98,6 +98,7 @@ class Epoch:
     lr: float = math.nan
     seconds: float = 0.0
     images_per_s: float = 0.0
+    train_seconds: float = 0.0  # the steps' time alone, which a time budget counts; 0 in older records
     precision: str = ""  # bf16, fp16 or fp32 (a resumed run may change machines mid-way); "" in older records
     extra: dict[str, Any] = field(default_factory=dict)  # keys newer trainers add; kept so records round-trip
 
@@ -107,7 +108,7 @@ class Epoch:
         _need(ok, f"epochs[{i}]", "", d, verb=f"must hold 'epoch' and the numbers {', '.join(EPOCH_NUMBERS)}")
         known = {f.name for f in fields(cls)} - {"extra"}
         typed = {k: v for k, v in d.items() if k in known}
-        for k in ("lr", "seconds", "images_per_s"):
+        for k in ("lr", "seconds", "images_per_s", "train_seconds"):
             if k in typed and not is_num(typed[k]):
                 typed.pop(k)
         for k in ("val_split", "precision"):
@@ -121,6 +122,8 @@ class Epoch:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         if not self.precision:  # an older record, written before epochs said it: keep it as written
             del out["precision"]
+        if not self.train_seconds:  # likewise
+            del out["train_seconds"]
         return {**out, **self.extra}
 
 

@@ -605,7 +605,7 @@ def finish_epoch(model: nn.Module, su: Setup, data: FERData, acc: Accum, state: 
     return {"epoch": state.epoch, "steps": state.steps, "train_loss": train_loss,
             "train_acc": acc.correct.item() / seen, "val_loss": ev["loss"], "val_acc": ev["accuracy"],
             "val_split": data.val_split, "lr": lr, "seconds": time.perf_counter() - t0,
-            "images_per_s": seen / train_seconds, "precision": precision_name(su.amp)}
+            "images_per_s": seen / train_seconds, "train_seconds": train_seconds, "precision": precision_name(su.amp)}
 
 
 def fit(
