@@ -70,7 +70,7 @@ def pick_graph(model: RunStatus) -> Path | None:
     views = st.radio("Test-time augmentation", list(VIEWS), format_func=VIEWS.get, horizontal=True, key="predict_tta",
                      disabled=not weights, persist_state="session", help="Averages the model's answers over views of each face: the face and "
                      "its mirror, or ten crops and their mirrors, folded into a copy of its ONNX graph (the model's "
-                     "own files are not changed). On FER2013's public test, ten crops added 1.8 to 3.0 points on "
+                     "own files are not changed). On FER2013's public test, ten crops added 1.7 to 3.0 points on "
                      "average over the campaign's models (docs/tta.md); classifying takes about as many times "
                      "longer as there are views. A compressed variant has no weights to re-export, so it runs as is.")
     if views == "none" or not weights:
