@@ -86,6 +86,16 @@ def test_targets_judged_on_means_over_seeds(tmp_path: Path) -> None:
     assert small[4] == "not so far (2 of 3 seeds); with ten crops: on track"
     grid_row = next(v for k, v in rows.items() if k.startswith("the grid"))
     assert grid_row[1] == "widths done: MobileNet-style 1 of 1, plain CNN 1 of 1" and grid_row[4] == "no"
+    # a finished point below the goal is a final "no" only when no other point of that size is still to finish
+    done = [("grid-mobilenet", "mobilenet", 0.25, 9_191, s, "done", a) for s, a in enumerate([0.52, 0.53, 0.54])]
+    waiting = [("ema-mobilenet", "mobilenet", 1.0, 109_607, 0, "in progress", math.nan)]
+
+    def small_status(rows: list[tuple]) -> str:
+        lines = targets_section(shipped, cv.points_frame(trials(rows)), tencrop_points(tmp_path / "none.json"))
+        return next(line for line in lines if line.startswith("| a model of at most")).strip("|").split("|")[-1].strip()
+
+    assert small_status(done) == "no"
+    assert small_status(done + waiting) == "not so far (1 more point of this size to finish)"
 
 
 def test_a_winner_only_beyond_the_spread() -> None:
