@@ -46,13 +46,12 @@ def start_job(run_dir: str | os.PathLike, cfg: CompressConfig, out: str | os.Pat
     check_free(parent, cfg.techniques(), output_folder(parent, out), force)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     job = runs_dir(root) / JOBS_DIR / f"{stamp}-{secrets.token_hex(3)}"
-    cmd = cli_args(Path(run_dir), cfg, Path(out) if out else None, force) + [
-        "--progress", str(job / PROGRESS_FILE), "--job-dir", str(job), "--json", "--quiet"]
+    asked = cli_args(Path(run_dir), cfg, Path(out) if out else None, force)  # what the user chose
+    cmd = asked + ["--progress", str(job / PROGRESS_FILE), "--job-dir", str(job), "--json", "--quiet"]
     config = launcher.command_config(cmd[1:], {"run": str(run_dir), "techniques": cfg.techniques()}, log=LOG_FILE,
                                      stdout=RESULT_FILE)
     # the request: the command line less the job folder, which is named by the time of the click
-    return jobs.submit(queue.JobKind.COMPRESS, config, job, root, session=session,
-                       request=cli_args(Path(run_dir), cfg, Path(out) if out else None, force)[1:],
+    return jobs.submit(queue.JobKind.COMPRESS, config, job, root, session=session, request=asked[1:],
                        repeat_window_s=jobs.REPEAT_WINDOW_S)
 
 
